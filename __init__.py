@@ -1,0 +1,28 @@
+"""Tilewise: seamless tiled super-resolution for ComfyUI, Stable Diffusion WebUI and the CLI.
+
+The repository root is at once the Python package `tilewise`, a ComfyUI custom-node folder and
+an A1111/Forge extension folder. Importing it outside ComfyUI never imports ComfyUI: the
+ComfyUI entry point `comfy_entrypoint` exists only when ComfyUI's V3 API is importable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+__version__ = "0.1.0"
+
+
+def _comfy_v3_available() -> bool:
+    try:
+        return importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+if _comfy_v3_available():
+
+    async def comfy_entrypoint():
+        """ComfyUI V3 entry point: the node pack's extension object."""
+        from .nodes import comfy_entrypoint as entry
+
+        return await entry()

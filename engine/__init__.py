@@ -1,0 +1,1 @@
+"""Host-agnostic inference: loading, detection, tiling, precision, channels, resizing."""

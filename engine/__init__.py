@@ -1,1 +1,21 @@
-"""Host-agnostic inference: loading, detection, tiling, precision, channels, resizing."""
+"""Host-agnostic inference: loading, detection, tiling, precision, channels, resizing.
+
+Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module exports.
+"""
+
+from ..archs import LoadHints
+from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, TilewiseError, UnknownArchitectureError, UnsafeModelError
+from .files import MODEL_EXTENSIONS, canonicalize, read_state_dict
+from .loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
+from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, passes_needed, upscale
+from .precision import PRECISIONS, resolve_device, resolve_dtype
+from .resize import FILTERS, resize
+from .runner import TileSettings, plan_run, run_tiled
+
+__all__ = [
+    "ALPHA_MODES", "CancelledError", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
+    "MODEL_EXTENSIONS", "ModelFileError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TilewiseError",
+    "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
+    "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",
+    "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale",
+]

@@ -1,0 +1,231 @@
+"""Command line: `python -m tilewise upscale ...` and `python -m tilewise info ...`.
+
+Bad input (missing file, unreadable image, unsupported model, bad option) exits with status 2
+and one line on stderr; every input is checked before the first output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .engine import (
+    ALPHA_MODES,
+    FILTERS,
+    PRECISIONS,
+    LoadHints,
+    ScaleTarget,
+    TileSettings,
+    TilewiseError,
+    UpscaleOptions,
+    load_model,
+    resolve_device,
+    upscale,
+)
+from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_readable, read_image, write_image
+
+DEFAULT_MODEL = "builtin:magic-kernel-sharp-2x"
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad command line or input; reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2, as for every other bad input
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tilewise", description="Seamless tiled super-resolution.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = commands.add_parser("upscale", help="upscale images with a model")
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
+    up.add_argument("--model", default=DEFAULT_MODEL, help=f"model file or built-in name (default: {DEFAULT_MODEL})")
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, metavar="F", help="output size as a factor of the input (default: the model's scale)")
+    size.add_argument("--longest", type=int, metavar="N", help="make the longer side N pixels")
+    size.add_argument("--megapixels", type=float, metavar="MP", help="make the output about MP megapixels")
+    up.add_argument("--width", type=int, metavar="W", help="exact output width (alone: keep the aspect ratio)")
+    up.add_argument("--height", type=int, metavar="H", help="exact output height (alone: keep the aspect ratio)")
+    up.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels; auto (default); 0 = no tiling")
+    up.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
+    up.add_argument("--merge", choices=("crop", "blend"), default="crop", help="tile merge: crop margins (exact, default) or blend them")
+    up.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
+    up.add_argument("--precision", choices=PRECISIONS, default="auto")
+    up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    up.add_argument("--alpha", choices=ALPHA_MODES, default="resize", help="alpha channel: resize it (default), run it through the model, or drop it")
+    up.add_argument("--resample", choices=tuple(FILTERS), default="lanczos", help="filter for the final resize to the exact size")
+    up.add_argument("--format", choices=[e.lstrip(".") for e in WRITE_EXTENSIONS], help="output format when OUT is a folder (default: the input's)")
+    up.add_argument("--model-scale", type=int, metavar="N", help="scale hint for models that do not store it (SRCNN, FSRCNN)")
+    up.add_argument("--upsampler-alpha", type=float, metavar="A", help="ParagonSR2 base-path alpha (not stored in its files; default 0)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    info = commands.add_parser("info", help="show what a model file is")
+    info.add_argument("model", help="model file or built-in name")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--model-scale", type=int, metavar="N")
+    info.add_argument("--upsampler-alpha", type=float, metavar="A")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "info":
+            return _info(args)
+        return _upscale(args)
+    except (UsageError, TilewiseError, ValueError) as error:
+        print(f"tilewise: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tilewise: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+
+
+def _hints(args) -> LoadHints:
+    return LoadHints(scale=args.model_scale, upsampler_alpha=args.upsampler_alpha)
+
+
+def model_summary(descriptor) -> dict:
+    """The fields `info --json` prints (also shown by the hosts' model-info views)."""
+    requirements = descriptor.size_requirements
+    return {
+        "architecture": descriptor.architecture.id,
+        "purpose": descriptor.purpose,
+        "scale": descriptor.scale,
+        "input_channels": descriptor.input_channels,
+        "output_channels": descriptor.output_channels,
+        "params": sum(p.numel() for p in descriptor.model.parameters()),
+        "supports_half": descriptor.supports_half,
+        "supports_bfloat16": descriptor.supports_bfloat16,
+        "tiling": descriptor.tiling.name.lower(),
+        "size_requirements": {"minimum": requirements.minimum, "multiple_of": requirements.multiple_of, "square": requirements.square},
+        "tags": list(descriptor.tags),
+    }
+
+
+def _info(args) -> int:
+    summary = model_summary(load_model(args.model, hints=_hints(args)))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for key, value in summary.items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+def _tile_settings(args) -> TileSettings:
+    text = str(args.tile).strip().lower()
+    if text == "auto":
+        tile = 0
+    else:
+        try:
+            tile = int(text)
+        except ValueError:
+            raise UsageError(f"--tile must be a number of pixels, auto or 0, got '{args.tile}'") from None
+        if tile in (0, -1):
+            tile = -1
+        elif tile < 8:
+            raise UsageError(f"--tile must be at least 8 pixels (or auto, or 0 for no tiling), got {tile}")
+    if args.tile_pad is not None and args.tile_pad < 0:
+        raise UsageError("--tile-pad must be 0 or more")
+    if args.batch < 1:
+        raise UsageError("--batch must be 1 or more")
+    return TileSettings(tile=tile, pad=args.tile_pad, merge=args.merge, batch=args.batch)
+
+
+def _target(args) -> ScaleTarget:
+    if args.width is not None or args.height is not None:
+        if args.scale is not None or args.longest is not None or args.megapixels is not None:
+            raise UsageError("give either --width/--height or one of --scale, --longest, --megapixels")
+        return ScaleTarget("size", width=args.width, height=args.height)
+    if args.scale is not None:
+        return ScaleTarget("factor", factor=args.scale)
+    if args.longest is not None:
+        return ScaleTarget("longest", longest=args.longest)
+    if args.megapixels is not None:
+        return ScaleTarget("megapixels", megapixels=args.megapixels)
+    return ScaleTarget("native")
+
+
+def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+        else:
+            paths.append(path)
+    if not paths:
+        raise UsageError("no input images found")
+    return paths
+
+
+def _output_paths(inputs: list[Path], output: str, fmt: str | None) -> list[Path]:
+    out = Path(output)
+    folder = len(inputs) > 1 or out.is_dir() or output.endswith(("/", "\\"))
+    if not folder:
+        if out.suffix.lower() not in WRITE_EXTENSIONS:
+            raise UsageError(f"cannot write '{out.suffix or out.name}' files; name the output with one of {', '.join(WRITE_EXTENSIONS)}")
+        return [out]
+    results = []
+    for path in inputs:
+        suffix = f".{fmt}" if fmt else path.suffix.lower()
+        if suffix not in WRITE_EXTENSIONS:
+            suffix = ".png"
+        results.append(out / f"{path.stem}{suffix}")
+    if len(set(results)) != len(results):
+        raise UsageError("two inputs would write the same output file; give inputs with distinct names")
+    return results
+
+
+def _upscale(args) -> int:
+    settings = _tile_settings(args)
+    target = _target(args)
+    inputs = _collect_inputs(args.inputs)
+    outputs = _output_paths(inputs, args.output, args.format)
+    for path in inputs:
+        check_readable(path)
+    device = resolve_device(args.device)
+    options = UpscaleOptions(tiles=settings, precision=args.precision, device=str(device), target=target, resample=args.resample, alpha=args.alpha)
+    model = load_model(args.model, hints=_hints(args))
+    show = not args.quiet and sys.stderr.isatty()
+    for index, (source, destination) in enumerate(zip(inputs, outputs), start=1):
+        loaded = read_image(source)
+        bar = _ProgressBar(f"[{index}/{len(inputs)}] {source.name}") if show else None
+        result = upscale(model, loaded.tensor, options, progress=bar)
+        if bar:
+            bar.finish()
+        write_image(destination, result, bits=loaded.bits)
+        if not args.quiet:
+            print(f"{source} -> {destination} ({result.shape[-1]}x{result.shape[-2]})", file=sys.stderr)
+    return 0
+
+
+class _ProgressBar:
+    """A one-line tile progress bar on stderr with elapsed time and time left."""
+
+    def __init__(self, label: str, width: int = 30):
+        self.label, self.width, self.start = label, width, time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self.start
+        filled = int(self.width * done / max(total, 1))
+        left = elapsed / done * (total - done) if done else 0.0
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} tiles, {elapsed:.1f}s, {left:.1f}s left ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Errors the engine raises. Each message names the thing at fault and says what to do next.
+
+Hosts show `str(error)` to the user as is (ComfyUI error, A1111 log line, CLI stderr line),
+so messages are single sentences without tracebacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TilewiseError(Exception):
+    """Base class for every error meant for the user."""
+
+
+class ModelFileError(TilewiseError):
+    """A model file cannot be used. `path` is the file; the message says why and what to do."""
+
+    def __init__(self, path: str | Path, problem: str, advice: str = ""):
+        self.path = Path(path)
+        self.problem = problem
+        self.advice = advice
+        text = f"{self.path.name}: {problem}"
+        if advice:
+            text += f" {advice}"
+        super().__init__(text)
+
+
+class UnsafeModelError(ModelFileError):
+    """The file would execute code or is a format we refuse to run (pickled code, TorchScript)."""
+
+
+class UnknownArchitectureError(ModelFileError):
+    """The weights load but match no known architecture."""
+
+
+class HintRequiredError(ModelFileError):
+    """The architecture is known but the file lacks a hyper-parameter the user must give."""
+
+
+class ImageError(TilewiseError):
+    """An image cannot be processed (wrong shape, empty, too large, unreadable)."""
+
+
+class CancelledError(TilewiseError):
+    """The caller cancelled the run; nothing was written."""
+
+    def __init__(self, message: str = "Upscale cancelled."):
+        super().__init__(message)

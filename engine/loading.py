@@ -1,0 +1,226 @@
+"""Model loading: file -> canonical state dict -> detected architecture -> spandrel descriptor.
+
+Detection runs over a *private* copy of spandrel's registry extended with this package's native
+architectures (and `spandrel_extra_arches` when installed), so other ComfyUI node packs that
+use spandrel's global registry see no change.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDescriptor, StateDict
+
+from ..archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
+from ..archs import magic_kernel
+from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError
+from .files import read_state_dict, top_level_keys
+
+log = logging.getLogger("tilewise")
+
+BUILTIN_SCHEME = "builtin:"
+_MKS_NAME = re.compile(r"^magic-kernel-sharp-([1-9][0-9]?)x$")
+
+#: Loaded models kept for reuse; a few, since each may hold hundreds of MB.
+CACHE_SIZE = 4
+
+_registry_lock = threading.Lock()
+_registry: ArchRegistry | None = None
+
+
+def registry() -> ArchRegistry:
+    """spandrel's architectures + ours (+ spandrel_extra_arches), in a private registry."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            reg = MAIN_REGISTRY.copy()
+            reg.add(*native_arch_supports(), ignore_duplicates=True)
+            try:
+                from spandrel_extra_arches import EXTRA_REGISTRY  # type: ignore[import-not-found]
+
+                reg.add(*EXTRA_REGISTRY, ignore_duplicates=True)
+            except ImportError:
+                pass
+            _registry = reg
+        return _registry
+
+
+def builtin_names() -> list[str]:
+    """Model names that need no file (`builtin:...`)."""
+    return [f"{BUILTIN_SCHEME}magic-kernel-sharp-{s}x" for s in (2, 3, 4)]
+
+
+def is_builtin(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(BUILTIN_SCHEME)
+
+
+def _load_builtin(name: str, hints: LoadHints) -> ImageModelDescriptor:
+    key = name[len(BUILTIN_SCHEME):]
+    match = _MKS_NAME.match(key)
+    if match:
+        return magic_kernel.builtin(int(match.group(1)), alpha=hints.upsampler_alpha or 0.0)
+    raise ModelFileError(name, "is not a built-in model.", f"Built-in models: {', '.join(builtin_names())}.")
+
+
+def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>", hints: LoadHints | None = None) -> ImageModelDescriptor:
+    """Detects the architecture of a canonical state dict and builds its descriptor (on CPU, fp32)."""
+    hints = hints or LoadHints(file_name=Path(path).name)
+    support = next((s for s in registry().architectures("detection") if _detects(s, state_dict)), None)
+    if support is None:
+        raise UnknownArchitectureError(path, _unknown_reason(state_dict), "If it is an upscaler, its architecture is not supported yet; check for a newer Tilewise or spandrel_extra_arches.")
+    arch = support.architecture
+    try:
+        if isinstance(arch, NativeArchitecture):
+            descriptor: ModelDescriptor = arch.load(state_dict, hints)
+        else:
+            descriptor = arch.load(state_dict)
+    except HintNeededError as error:
+        raise HintRequiredError(path, str(error)) from None
+    except RecognisedButUnsupportedError as error:
+        raise UnknownArchitectureError(path, str(error)) from None
+    except TilewiseError:
+        raise
+    except Exception as error:  # a detector matched but the weights do not fit: name both
+        raise ModelFileError(
+            path,
+            f"looks like {arch.name} but its weights do not fit that architecture ({_first_line(error)}).",
+            "The file may be damaged or a variant Tilewise does not know; report it with the model's download page.",
+        ) from None
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise UnknownArchitectureError(path, f"is a {arch.name} {descriptor.purpose.lower()} model, not an upscaler or restoration model.")
+    descriptor.model.eval()
+    for parameter in descriptor.model.parameters():
+        parameter.requires_grad_(False)
+    return descriptor
+
+
+def _detects(support: Any, state_dict: StateDict) -> bool:
+    try:
+        return bool(support.detect(state_dict))
+    except Exception:  # a buggy detector must not hide the others
+        return False
+
+
+_NOT_UPSCALERS = (
+    (("state", "param_groups"), "an optimizer state, not model weights"),
+    (("encoder", "decoder", "quant_conv"), "an image VAE (autoencoder), not an upscaler"),
+    (("text_model",), "a text encoder, not an upscaler"),
+    (("model.diffusion_model", "diffusion_model", "input_blocks"), "a diffusion model (UNet), not an upscaler"),
+    (("lora_unet", "lora_te"), "a LoRA, not an upscaler"),
+)
+
+
+def _unknown_reason(state_dict: StateDict) -> str:
+    heads = top_level_keys(state_dict)
+    joined = ".".join(heads)
+    for markers, what in _NOT_UPSCALERS:
+        if sum(1 for m in markers if m in heads or joined.startswith(m)) >= min(2, len(markers)):
+            return f"looks like {what} (top-level keys: {', '.join(heads)})."
+    return f"has an unknown architecture (top-level keys: {', '.join(heads)})."
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+@dataclass(frozen=True)
+class _CacheKey:
+    source: str
+    mtime_ns: int
+    size: int
+    device: str
+    dtype: str
+    hints: LoadHints
+
+
+class ModelCache:
+    """Least-recently-used cache of loaded models keyed by (file, mtime, size, device, dtype, hints).
+
+    A changed file (new mtime or size) is a new key, so editing a model in place reloads it.
+    """
+
+    def __init__(self, capacity: int = CACHE_SIZE):
+        self.capacity = capacity
+        self._items: OrderedDict[_CacheKey, ImageModelDescriptor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _CacheKey) -> ImageModelDescriptor | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: _CacheKey, value: ImageModelDescriptor) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+MODEL_CACHE = ModelCache()
+
+
+def load_model(
+    source: str | Path,
+    *,
+    hints: LoadHints | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache: ModelCache | None = MODEL_CACHE,
+) -> ImageModelDescriptor:
+    """Loads a model file (or a `builtin:` name) and returns its spandrel descriptor in eval mode.
+
+    `hints` supplies what a format may not store (scale, ParagonSR2 `upsampler_alpha`); the file
+    name is always used as a scale hint too. Raises `ModelFileError` and subclasses with a message
+    naming the file and the fix. The result is shared through `cache`: treat it as read-only.
+    """
+    hints = hints or LoadHints()
+    device = torch.device(device)
+    if is_builtin(source):
+        key = _CacheKey(str(source), 0, 0, str(device), str(dtype), hints)
+        build = lambda: _load_builtin(str(source), hints)  # noqa: E731
+    else:
+        path = Path(source).expanduser()
+        if hints.file_name is None:
+            hints = replace(hints, file_name=path.name)
+        try:
+            stat = path.resolve().stat()
+            key = _CacheKey(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device), str(dtype), hints)
+        except OSError:
+            key = None  # read_state_dict below raises the clear error
+        build = lambda: describe_state_dict(read_state_dict(path), path, hints)  # noqa: E731
+    if cache is not None and key is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    descriptor = build()
+    descriptor = _to(descriptor, device, dtype, source)
+    if cache is not None and key is not None:
+        cache.put(key, descriptor)
+    return descriptor
+
+
+def _to(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, source: str | Path) -> ImageModelDescriptor:
+    if dtype == torch.float16 and not descriptor.supports_half:
+        raise ModelFileError(source, f"({descriptor.architecture.name}) does not support fp16.", "Use precision fp32 or auto.")
+    if dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
+        raise ModelFileError(source, f"({descriptor.architecture.name}) does not support bf16.", "Use precision fp32 or auto.")
+    descriptor.model.to(device=device, dtype=dtype)
+    return descriptor

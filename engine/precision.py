@@ -1,0 +1,119 @@
+"""Devices, precisions and per-(device, dtype) copies of a loaded model.
+
+Precision is always explicit: inputs and weights are cast to the working dtype and the model is
+never run under an ambient autocast region (a host's autocast turned fp32-only models into NaNs
+in the past). `auto` picks fp16 on CUDA where the architecture supports it, bf16 where only that
+is supported, else fp32; on CPU it picks fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+import weakref
+from typing import Callable, Literal
+
+import torch
+from spandrel import ImageModelDescriptor
+
+log = logging.getLogger("tilewise")
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto`/None -> first CUDA device if present, else CPU; also accepts `cpu`, `cuda`, `cuda:1`, `mps`."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
+    """The working dtype for `precision`; a precision the model cannot run falls back to fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "auto":
+        if device.type == "cuda":
+            if descriptor.supports_half:
+                return torch.float16
+            if descriptor.supports_bfloat16 and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+        return torch.float32
+    dtype = _DTYPES[precision]
+    if dtype == torch.float16 and not descriptor.supports_half or dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
+        log.warning("Tilewise: %s does not support %s; running in fp32.", descriptor.architecture.name, precision)
+        return torch.float32
+    return dtype
+
+
+_variants: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], torch.nn.Module]]" = weakref.WeakKeyDictionary()
+_variants_lock = threading.Lock()
+
+
+def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The descriptor's module on `device` in `dtype`; a cached copy when that differs from the original.
+
+    The original is never moved or cast, so a model shared by several hosts or threads keeps
+    its placement.
+    """
+    model = descriptor.model
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    if first is None or (same_device(first.device, device) and first.dtype == dtype):
+        return model
+    key = (str(device), dtype)
+    with _variants_lock:
+        variants = _variants.setdefault(model, {})
+        if key not in variants:
+            variant = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+            for parameter in variant.parameters():
+                parameter.requires_grad_(False)
+            variants[key] = variant
+        return variants[key]
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """`cuda` and `cuda:0` are the same device when 0 is the current one."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def release_variants(descriptor: ImageModelDescriptor) -> None:
+    """Drops the cached device/dtype copies of a model (frees GPU memory after a run)."""
+    with _variants_lock:
+        _variants.pop(descriptor.model, None)
+
+
+def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp."""
+    call = getattr(descriptor, "_call_fn", None) or (lambda m, x: m(x))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with no_autocast(x.device):
+            return call(module, x)
+
+    return forward
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disables any autocast region a host may have opened around us."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA OOM, or a CPU allocator failure (which torch raises as a plain RuntimeError)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, (RuntimeError, MemoryError)) and ("out of memory" in text or "can't allocate memory" in text or isinstance(error, MemoryError))

@@ -1,0 +1,148 @@
+"""How much context a tile needs: the model's receptive radius, exact or effective.
+
+Two probes, both run once per model (fp32) and cached:
+
+* exact radius: the extent of the input gradient of the centre output pixels on a random image.
+  For convolutional nets that is their structural receptive field. Shallow models (Compact,
+  SPAN: a dozen pixels) get it as `pad`, so crop-merged tiles equal the untiled run to rounding.
+* effective radius: deep models (RRDB: hundreds of pixels) have a structural field far larger
+  than what matters numerically. For them we crop a random probe image around its centre with a
+  growing margin r and take the smallest r at which the centre output moves by at most
+  `PROBE_TOLERANCE` from the uncropped run: exactly the error a tile with margin r makes. The
+  result gets `SAFETY` on top, since the probe is one image and one position.
+
+A model may also declare its radius (`model.receptive_radius`, exact) or a minimum margin
+(`model.min_tile_margin`, e.g. one attention window); declared values skip the probes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from spandrel import ImageModelDescriptor
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+#: Largest radius (input pixels) the exact probe looks for; beyond it a model counts as deep.
+EXACT_PROBE_RADIUS = 40
+#: Largest margin the effective probe tries; a model still moving outputs there has global context.
+EFFECTIVE_PROBE_RADIUS = 128
+#: Output change the effective radius allows (ten times below the 1e-4 tiling target).
+PROBE_TOLERANCE = 1e-5
+#: Extra margin on top of the effective radius.
+SAFETY = 1.25
+
+
+@dataclass(frozen=True)
+class Context:
+    """The margin a tile needs. `exact`: it is the structural radius; `bounded`: the probe converged."""
+
+    pad: int
+    exact: bool
+    bounded: bool = True
+
+
+_cache: "weakref.WeakKeyDictionary[torch.nn.Module, Context]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int = 1) -> Context:
+    """The tile margin for `descriptor`; `forward` runs the model in fp32 on `device` without clamping."""
+    model = descriptor.model
+    with _lock:
+        known = _cache.get(model)
+    if known is not None:
+        return known
+    declared = getattr(model, "receptive_radius", None)
+    if isinstance(declared, int):
+        context = Context(declared, exact=True)
+    else:
+        context = _probe(descriptor, forward, device, align)
+        minimum = getattr(model, "min_tile_margin", None)
+        if isinstance(minimum, int) and minimum > context.pad:
+            context = Context(minimum, exact=False, bounded=context.bounded)
+    with _lock:
+        _cache[model] = context
+    return context
+
+
+def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int) -> Context:
+    channels = descriptor.input_channels
+    requirements = descriptor.size_requirements
+    align = max(align, requirements.multiple_of)
+    size = _round_up(max(2 * EXACT_PROBE_RADIUS + 1, requirements.minimum), align)
+    generator = torch.Generator().manual_seed(1234)
+    image = torch.rand(1, channels, size, size, generator=generator).to(device)
+    radius = exact_radius(forward, image, descriptor.scale)
+    if radius is not None and radius < EXACT_PROBE_RADIUS:
+        return Context(radius, exact=True)
+    size = _round_up(max(2 * EFFECTIVE_PROBE_RADIUS + 1, requirements.minimum), align)
+    image = torch.rand(1, channels, size, size, generator=generator).to(device)
+    radius, bounded = effective_radius(forward, image, descriptor.scale, align, requirements.minimum)
+    return Context(math.ceil(radius * SAFETY), exact=False, bounded=bounded)
+
+
+def exact_radius(forward: Forward, image: torch.Tensor, scale: int) -> int | None:
+    """Largest distance (input pixels) from the centre that the centre outputs depend on.
+
+    Returns None when the dependence reaches the probe's border (the field is larger).
+    """
+    size = image.shape[-1]
+    centre = size // 2
+    with torch.inference_mode(False), torch.enable_grad():
+        probe = image.clone().requires_grad_(True)
+        out = forward(probe)
+        s = out.shape[-1] // size
+        out[..., centre * s:(centre + 1) * s, centre * s:(centre + 1) * s].sum().backward()
+    grad = probe.grad.abs().sum(dim=(0, 1))
+    rows = torch.nonzero(grad.sum(dim=1)).flatten()
+    cols = torch.nonzero(grad.sum(dim=0)).flatten()
+    if rows.numel() == 0:
+        return 0
+    reach = max(centre - int(rows.min()), int(rows.max()) - centre, centre - int(cols.min()), int(cols.max()) - centre)
+    return None if reach >= centre else reach
+
+
+def effective_radius(forward: Forward, image: torch.Tensor, scale: int, align: int = 1, minimum: int = 0) -> tuple[int, bool]:
+    """Smallest margin r for which cropping the input to centre +- r keeps the centre outputs within tolerance."""
+    size = image.shape[-1]
+    centre = size // 2
+    block = max(1, align)  # look at a block of outputs so every phase of an aligned grid is seen
+    with torch.inference_mode():
+        full = forward(image)
+        s = full.shape[-1] // size
+        reference = full[..., centre * s:(centre + block) * s, centre * s:(centre + block) * s]
+
+        def error(r: int) -> float:
+            y0 = max(0, (centre - r) // align * align)
+            y1 = min(size, _round_up(max(centre + block + r, y0 + minimum), align))
+            crop = forward(image[..., y0:y1, y0:y1])
+            got = crop[..., (centre - y0) * s:(centre - y0 + block) * s, (centre - y0) * s:(centre - y0 + block) * s]
+            return float((got - reference).abs().max())
+
+        low, high = 0, None
+        r = 4
+        while r <= centre - block:
+            if error(r) <= PROBE_TOLERANCE:
+                high = r
+                break
+            low = r
+            r *= 2
+        if high is None:
+            return centre, False
+        while high - low > 1:
+            mid = (low + high) // 2
+            if error(mid) <= PROBE_TOLERANCE:
+                high = mid
+            else:
+                low = mid
+        return high, True
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

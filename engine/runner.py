@@ -1,0 +1,249 @@
+"""Running a model tile by tile: batching, precision fallback, out-of-memory resume, cancel.
+
+`run_tiled` is the one place where model forwards happen for still images; every host calls it
+(through `pipeline.upscale`). Tensors are `(B, C, H, W)` float in [0, 1] with C equal to the
+model's input channels; the result has the model's output channels and `scale` times the size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from spandrel import ImageModelDescriptor, ModelTiling
+
+from .errors import CancelledError, ImageError, TilewiseError
+from .precision import forward_fn, is_out_of_memory, model_on
+from .receptive import model_context
+from .tiling import Rect, Tile, plan_tiles, split_tile
+
+log = logging.getLogger("tilewise")
+
+Merge = Literal["crop", "blend"]
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+#: Window length used when the caller asks for automatic tiling (0) on a CPU; see `auto_tile`.
+AUTO_TILE_CPU = 1024
+AUTO_TILE_CUDA = 512
+#: Below this window length an out-of-memory error is final.
+MIN_TILE = 32
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How to tile. `tile`: window length fed to the model (0 = auto, -1 = whole image);
+    `pad`: context margin in input pixels (None = the model's receptive radius, see `receptive`);
+    `batch`: tiles per forward; `merge`: crop (exact) or blend (feathered margins)."""
+
+    tile: int = 0
+    pad: int | None = None
+    merge: Merge = "crop"
+    batch: int = 4
+
+
+def auto_tile(device: torch.device) -> int:
+    # Issue #7 replaces this with a memory probe; until then a size that fits every model we ship tests for.
+    return AUTO_TILE_CUDA if device.type == "cuda" else AUTO_TILE_CPU
+
+
+_warned_discouraged: set[str] = set()
+
+
+def run_tiled(
+    descriptor: ImageModelDescriptor,
+    image: torch.Tensor,
+    *,
+    settings: TileSettings = TileSettings(),
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    output_device: torch.device = torch.device("cpu"),
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> torch.Tensor:
+    """Upscales `image` (B, C, H, W) in [0, 1] with the model, tile by tile; returns float32 on `output_device`."""
+    if image.ndim != 4 or image.shape[1] != descriptor.input_channels:
+        raise ImageError(f"the model expects (B, {descriptor.input_channels}, H, W) images, got shape {tuple(image.shape)}")
+    batch, _, height, width = image.shape
+    if batch == 0 or height == 0 or width == 0:
+        raise ImageError(f"the image is empty (shape {tuple(image.shape)}); give at least one 1x1 image")
+    scale = descriptor.scale
+    model = model_on(descriptor, device, dtype)
+    forward = forward_fn(descriptor, model)
+    forward32 = forward if dtype == torch.float32 else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+
+    padded, (pad_bottom, pad_right) = _pad_to_requirements(descriptor, image)
+    ph, pw = padded.shape[-2:]
+    plan = plan_run(descriptor, height, width, settings, device)
+    tiles, pad, tile, align = plan.tiles, plan.pad, plan.tile, plan.align
+
+    out_channels = descriptor.output_channels
+    output = torch.zeros(batch, out_channels, ph * scale, pw * scale, dtype=torch.float32, device=output_device)
+    weights = torch.zeros(batch, 1, ph * scale, pw * scale, dtype=torch.float32, device=output_device) if settings.merge == "blend" and len(tiles) > 1 else None
+
+    queue: deque[tuple[Tile, int]] = deque((t, b) for t in tiles for b in range(batch))
+    done, per_forward = 0, max(1, settings.batch)
+    while queue:
+        if cancel is not None and cancel():
+            raise CancelledError()
+        group = _take_group(queue, per_forward)
+        windows = torch.stack([padded[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group])
+        try:
+            result = _forward_checked(forward, forward32, windows.to(device=device, dtype=dtype, non_blocking=True))
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            tile = _shrink_after_oom(tile, group, device)
+            for item in reversed(group):
+                queue.appendleft(item)
+            _resplit_queue(queue, ph, pw, tile, pad, align)
+            continue
+        expected = (len(group), out_channels, windows.shape[-2] * scale, windows.shape[-1] * scale)
+        if tuple(result.shape) != expected:
+            raise TilewiseError(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
+        result = result.to(device=output_device, dtype=torch.float32, non_blocking=False).clamp_(0, 1)
+        for (t, b), out in zip(group, result):
+            if weights is None:
+                _paste_core(output[b], out, t, scale)
+            else:
+                _accumulate(output[b], weights[b], out, t, scale, pad, ph, pw)
+            done += 1
+            if progress is not None:
+                progress(done, done + len(queue))
+    if weights is not None:
+        output /= weights.clamp_min(1e-12)
+    return output[..., : (ph - pad_bottom) * scale, : (pw - pad_right) * scale]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    tiles: list[Tile]
+    pad: int
+    tile: int  # window length in use (-1: whole image)
+    align: int
+
+
+def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings: TileSettings, device: torch.device) -> RunPlan:
+    """The tiles `run_tiled` will use for an image of (height, width), before padding to requirements."""
+    pad_w, pad_h = descriptor.size_requirements.get_padding(width, height)
+    ph, pw = height + pad_h, width + pad_w
+    align = _alignment(descriptor)
+    tile = settings.tile if settings.tile != 0 else auto_tile(device)
+    if descriptor.tiling == ModelTiling.INTERNAL:
+        tile = -1
+    elif descriptor.tiling == ModelTiling.DISCOURAGED and 0 < tile < max(ph, pw):
+        name = descriptor.architecture.name
+        if name not in _warned_discouraged:
+            _warned_discouraged.add(name)
+            log.warning("Tilewise: %s does not tile well (it uses global context); use tile size -1 if memory allows.", name)
+    tiled = 0 < tile < max(ph, pw)
+    if not tiled:
+        return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align)
+    pad = settings.pad
+    if pad is None:
+        forward32 = forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+        pad = model_context(descriptor, forward32, device, align).pad
+    return RunPlan(plan_tiles(ph, pw, tile, pad, align, descriptor.size_requirements.square), pad, tile, align)
+
+
+def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:
+    """Up to `limit` queued items whose windows share one shape (so they stack)."""
+    first = queue.popleft()
+    group = [first]
+    shape = (first[0].window.height, first[0].window.width)
+    while queue and len(group) < limit and (queue[0][0].window.height, queue[0][0].window.width) == shape:
+        group.append(queue.popleft())
+    return group
+
+
+def _forward_checked(forward, forward32, x: torch.Tensor) -> torch.Tensor:
+    """Runs the model; a result with NaN/Inf (fp16/bf16 overflow) is recomputed in fp32.
+
+    `no_grad` rather than `inference_mode`: results are written into caller-owned tensors,
+    which inference tensors may not be."""
+    with torch.no_grad():
+        out = forward(x)
+        if x.dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+            log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", x.dtype)
+            out = forward32(x.float())
+        return out
+
+
+def _shrink_after_oom(tile: int, group: list, device: torch.device) -> int:
+    current = tile if tile > 0 else max(max(t.window.height, t.window.width) for t, _ in group)
+    smaller = current // 2
+    if smaller < MIN_TILE:
+        raise TilewiseError(
+            f"out of memory even with {current}-pixel tiles on {device}; free memory (close other programs), "
+            "use a smaller model or image, or run on the CPU."
+        )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", current, smaller)
+    return smaller
+
+
+def _resplit_queue(queue: deque, height: int, width: int, tile: int, pad: int, align: int) -> None:
+    """Splits every queued tile larger than `tile`; the finished tiles' output stays as it is."""
+    items = list(queue)
+    queue.clear()
+    for t, b in items:
+        if max(t.window.height, t.window.width) > tile:
+            queue.extend((piece, b) for piece in split_tile(t, height, width, tile, pad, align))
+        else:
+            queue.append((t, b))
+
+
+def _paste_core(output: torch.Tensor, result: torch.Tensor, tile: Tile, scale: int) -> None:
+    core = tile.core.scaled(scale)
+    inner = tile.core.relative_to(tile.window).scaled(scale)
+    output[:, core.y0:core.y1, core.x0:core.x1] = result[:, inner.y0:inner.y1, inner.x0:inner.x1]
+
+
+def _ramp(length: int, start_inside: bool, end_inside: bool, fade: int) -> torch.Tensor:
+    """1-D weights: a raised-cosine fade of `fade` pixels at each end that borders another tile."""
+    position = torch.arange(length, dtype=torch.float32) + 0.5
+    weight = torch.ones(length)
+    if fade > 0:
+        if start_inside:
+            weight = weight * torch.sin(0.5 * math.pi * (position / fade).clamp(0, 1)) ** 2
+        if end_inside:
+            weight = weight * torch.sin(0.5 * math.pi * ((length - position) / fade).clamp(0, 1)) ** 2
+    return weight
+
+
+def _accumulate(output, weights, result, tile: Tile, scale: int, pad: int, height: int, width: int) -> None:
+    window = tile.window.scaled(scale)
+    fade = 2 * pad * scale
+    wy = _ramp(window.height, tile.window.y0 > 0, tile.window.y1 < height, fade)
+    wx = _ramp(window.width, tile.window.x0 > 0, tile.window.x1 < width, fade)
+    weight = (wy[:, None] * wx[None, :]).to(output.device)
+    output[:, window.y0:window.y1, window.x0:window.x1] += result * weight
+    weights[:, window.y0:window.y1, window.x0:window.x1] += weight
+
+
+def _alignment(descriptor: ImageModelDescriptor) -> int:
+    """Tile origins must keep the model's internal grid: its `multiple_of`, or a declared window."""
+    declared = getattr(descriptor.model, "tile_alignment", None)
+    return max(descriptor.size_requirements.multiple_of, declared if isinstance(declared, int) else 1)
+
+
+def _pad_to_requirements(descriptor: ImageModelDescriptor, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pads right/bottom (reflect, then replicate) to the model's size requirements, as spandrel does
+    for a whole image, so that tiled and untiled runs see the same padded image."""
+    height, width = image.shape[-2:]
+    pad_w, pad_h = descriptor.size_requirements.get_padding(width, height)
+    if pad_w == 0 and pad_h == 0:
+        return image, (0, 0)
+    reflect_w, reflect_h = min(pad_w, width - 1), min(pad_h, height - 1)
+    padded = image
+    if reflect_w or reflect_h:
+        padded = F.pad(padded, (0, reflect_w, 0, reflect_h), mode="reflect")
+    if pad_w > reflect_w or pad_h > reflect_h:
+        padded = F.pad(padded, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    return padded, (pad_h, pad_w)

@@ -68,9 +68,11 @@ def receptive_radius(steps: Sequence[Step]) -> int:
     """Input pixels each side of an output pixel's own input pixel that can change it.
 
     Walks the steps backwards from every output phase (output positions 0..scale-1, whose own
-    input pixel is 0) and takes the widest reach. Bicubic counts the pixels torch's kernel reads
-    (floor(x)-1 .. floor(x)+2), widened to x-2 .. x+2 where the source position x is a whole
-    number, since rounding of the source position can move the window there.
+    input pixel is 0) and takes the widest reach. Bicubic (a = -0.75) at source position x weighs
+    floor(x)-1 .. floor(x)+2, except that a whole-number x (odd scales) weighs x alone: the
+    other three taps are exactly zero. torch computes x in floating point, so far from the
+    origin it can miss a whole number by an ulp and give the next pixel a weight near 1e-8,
+    far below any output precision; the radius ignores that.
     """
     total = 1
     for step in steps:
@@ -87,16 +89,23 @@ def receptive_radius(steps: Sequence[Step]) -> int:
                 lo, hi = lo // step[1], hi // step[1]
             elif kind == "bicubic":
                 s = step[1]
-                lo = math.ceil(Fraction(2 * lo + 1 - s, 2 * s)) - 2
-                hi = math.floor(Fraction(2 * hi + 1 - s, 2 * s)) + 2
+                lo, hi = _bicubic_taps(lo, s)[0], _bicubic_taps(hi, s)[1]
             elif kind == "tconv":
                 _, stride, k, pad = step
                 lo = -((-(lo + pad - k + 1)) // stride)  # ceil division
-                hi = (hi + pad) // stride
+                hi = (hi + pad) // stride + 1
             else:  # pragma: no cover - programming error
                 raise ValueError(f"unknown step {kind!r}")
         worst = max(worst, -lo, hi)
     return worst
+
+
+def _bicubic_taps(p: int, s: int) -> tuple[int, int]:
+    """First and last input pixel with a non-zero weight in output pixel p of a bicubic x s."""
+    x = Fraction(2 * p + 1 - s, 2 * s)  # (p + 0.5) / s - 0.5
+    if x.denominator == 1:
+        return int(x), int(x)
+    return math.floor(x) - 1, math.floor(x) + 2
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:

@@ -825,6 +825,11 @@ UNSUPPORTED_MESSAGES = {
         "/ final_norm); two incompatible versions of it exist and none is supported here; use a "
         "realtime, stream, photo or pro ParagonSR2 release instead"
     ),
+    "atd-pro": (
+        "this is the ParagonSR2 'pro' layout of commit 91de511 (2025-12-26: ATD transformer blocks, "
+        "body.G.layers.*), which no release used and which is not supported; use the released pro "
+        "layout (body.G.blocks.B.token_ca.*) or another ParagonSR2 variant"
+    ),
     "v6-v8": (
         "this is a ParagonSR2 checkpoint from the 2025-12-15..17 code (v6-v8 layout: "
         "global_detail_gain, base_upsampler, detail_upsampler); those blocks compute differently "
@@ -870,13 +875,15 @@ def _has_prefix(state_dict: StateDict, prefix: str) -> bool:
 def classify(state_dict: StateDict) -> str | None:
     """Names the ParagonSR-family layout of a state dict, or None if it is not one.
 
-    "dual-path" and "v5" are supported; "munet", "ultimate", "v6-v8", "fork" and
-    "paragonsr-v1" are recognised but refused.
+    "dual-path" and "v5" are supported; "munet", "ultimate", "atd-pro", "v6-v8", "fork"
+    and "paragonsr-v1" are recognised but refused.
     """
     keys = state_dict.keys()
     if all(k in keys for k in DUAL_PATH_KEYS):
         if "final_norm.weight" in keys or any(".gated_conv." in k for k in keys if k.startswith("body.")):
             return "ultimate"
+        if any(re.match(r"body\.\d+\.layers\.", k) for k in keys):
+            return "atd-pro"
         return "dual-path"
     if all(k in keys for k in V5_KEYS):
         return "v5"
@@ -1021,7 +1028,7 @@ def read_v5_config(state_dict: StateDict) -> dict:
 # spandrel architectures
 # ---------------------------------------------------------------------------------------------
 
-_REFUSED = ("munet", "ultimate", "v6-v8", "fork", "paragonsr-v1")
+_REFUSED = ("munet", "ultimate", "atd-pro", "v6-v8", "fork", "paragonsr-v1")
 
 
 class ParagonSR2Arch(NativeArchitecture[ParagonSR2]):

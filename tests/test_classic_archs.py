@@ -453,6 +453,7 @@ def changed_columns(model: torch.nn.Module, channels: int, radius: int) -> dict[
 RADIUS_CASES = {
     "espcn": lambda: ESPCNArch().load(espcn_sd(3)),
     "srcnn_x2": lambda: SRCNNArch().load(srcnn_sd(), LoadHints(scale=2)),
+    "srcnn_x3": lambda: SRCNNArch().load(srcnn_sd(), LoadHints(scale=3)),  # whole-pixel bicubic positions
     "srcnn_x4": lambda: SRCNNArch().load(srcnn_sd(), LoadHints(scale=4)),
     "fsrcnn_x2": lambda: FSRCNNArch().load(fsrcnn_sd(m=1), LoadHints(scale=2)),
     "fsrcnn_x3": lambda: FSRCNNArch().load(fsrcnn_sd(m=1), LoadHints(scale=3)),
@@ -475,18 +476,12 @@ def test_receptive_radius_is_exact(case: str) -> None:
     assert max(changes[-radius], changes[radius]) > 1e-5, changes
 
 
-def test_srcnn_x3_radius_is_a_bound() -> None:
-    # x3 bicubic puts source positions on whole pixels, where the radius is deliberately one wider
-    model = SRCNNArch().load(srcnn_sd(), LoadHints(scale=3)).model.eval()
-    changes = changed_columns(model, 1, model.receptive_radius)
-    assert changes[-model.receptive_radius - 1] < 1e-6 and changes[model.receptive_radius + 1] < 1e-6
-
-
 def test_receptive_radius_steps() -> None:
     assert receptive_radius([("conv", 2), ("conv", 1)]) == 3
     assert receptive_radius([("conv", 1), ("shuffle", 2), ("conv", 1)]) == 2
     assert receptive_radius([("tconv", 1, 9, 4)]) == 4
     assert receptive_radius([("bicubic", 2)]) == 2
+    assert receptive_radius([("bicubic", 3)]) == 2  # x3 source positions -1/3, 0, 1/3: taps -2..1, 0..0, -1..2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from spandrel import ArchSupport
 
 from .base import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError
+from . import classic
 from .magic_kernel import MagicKernelSharp2021Upsample, MagicKernelSharpArch
 
 
@@ -12,6 +13,7 @@ def native_arch_supports() -> list[ArchSupport]:
     """Our architectures in detection order, with the spandrel ids each must precede."""
     return [
         ArchSupport.from_architecture(MagicKernelSharpArch()),
+        *classic.ARCH_SUPPORTS,
     ]
 
 

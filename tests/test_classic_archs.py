@@ -527,6 +527,26 @@ def test_every_file_is_detected_by_exactly_one_of_ours_and_by_no_spandrel_arch()
         assert spandrel_detections(sd) == [], name
 
 
+def test_full_size_public_configurations_on_the_meta_device() -> None:
+    """The released sizes (keys and shapes only; meta tensors cost nothing) reach only our detector."""
+    from tilewise.archs.classic import EDSR, ESPCN, FSRCNN, RDN, SRCNN
+
+    with torch.device("meta"):
+        models = {
+            "ESPCN": ESPCN(scale=3),
+            "SRCNN": SRCNN(scale=2),
+            "FSRCNN": FSRCNN(scale=4),
+            "EDSR": EDSR(n_resblocks=32, n_feats=256, scale=4),
+            "EDSR_baseline": EDSR(n_resblocks=16, n_feats=64, scale=3),
+            "RDN": RDN(G0=64, G=64, C=8, D=16, scale=4, layout="yjn870"),
+            "RDN_edsr_A": RDN(G0=64, G=32, C=6, D=20, scale=2, layout="edsr"),
+        }
+        sds = {name: model.state_dict() for name, model in models.items()}
+    for name, sd in sds.items():
+        assert our_detections(sd) == [name.split("_")[0]], name
+        assert spandrel_detections(sd) == [], name
+
+
 def test_ours_do_not_detect_spandrel_models() -> None:
     for name, sd in spandrel_state_dicts().items():
         assert our_detections(sd) == [], name

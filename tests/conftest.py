@@ -1,0 +1,29 @@
+"""Shared test helpers: real photographs from scikit-image's bundled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def photo(name: str = "astronaut", top: int = 0, left: int = 0, height: int = 64, width: int = 64) -> torch.Tensor:
+    """(1, 3, H, W) float32 crop of a scikit-image bundled photograph (or 1 channel for gray ones)."""
+    from skimage import data
+
+    array = getattr(data, name)()[top:top + height, left:left + width]
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div(255)[None]
+
+
+@pytest.fixture
+def photo_png(tmp_path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()[100:160, 150:230]).save(path)
+    return path

@@ -1,0 +1,232 @@
+"""The tiled runner: seamless tiles, size requirements, precision fallback, OOM resume, cancel."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
+
+from conftest import photo
+from tilewise.engine import CancelledError, TileSettings, TilewiseError, run_tiled
+from tilewise.engine.runner import plan_run
+
+
+class ConvNet(torch.nn.Module):
+    """A small seeded conv net: 3 convs (radius 3) and a pixel-shuffle tail."""
+
+    def __init__(self, scale: int = 2, channels: int = 3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 8, 3, padding=1), torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(8, channels * scale * scale, 3, padding=1),
+        )
+        self.shuffle = torch.nn.PixelShuffle(scale)
+        self.scale = scale
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        base = torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return base + 0.1 * self.shuffle(self.body(x))
+
+
+class FakeArch(Architecture):
+    def __init__(self, name: str = "TestNet"):
+        super().__init__(id=name, detect=lambda state_dict: False)
+
+    def load(self, state_dict):
+        raise NotImplementedError
+
+
+def describe(model: torch.nn.Module, scale: int = 2, channels: int = 3, name: str = "TestNet", **kwargs) -> ImageModelDescriptor:
+    arch = FakeArch(name)
+    options = {"supports_half": True, "supports_bfloat16": True, **kwargs}
+    return ImageModelDescriptor(model, model.state_dict(), architecture=arch, purpose="SR", tags=[], scale=scale, input_channels=channels, output_channels=channels, **options).eval()
+
+
+@pytest.fixture
+def convnet():
+    return describe(ConvNet())
+
+
+def test_default_pad_is_the_exact_receptive_radius(convnet):
+    plan = plan_run(convnet, 100, 100, TileSettings(tile=40), torch.device("cpu"))
+    assert plan.pad == 3
+
+
+@pytest.mark.parametrize("tile,batch", [(16, 1), (24, 3), (33, 4)])
+def test_tiled_equals_untiled_at_odd_sizes(convnet, tile, batch):
+    image = torch.cat([photo("astronaut", 10, 20, 53, 71), photo("coffee", 0, 0, 53, 71)])
+    whole = run_tiled(convnet, image, settings=TileSettings(tile=-1))
+    tiled = run_tiled(convnet, image, settings=TileSettings(tile=tile, batch=batch))
+    assert tiled.shape == (2, 3, 106, 142)
+    assert (tiled - whole).abs().max().item() <= 1e-5
+
+
+def test_too_small_pad_shows_seams(convnet):
+    """The comparison above can fail: without context, tile borders differ from the untiled run."""
+    image = photo("astronaut", 10, 20, 53, 71)
+    whole = run_tiled(convnet, image, settings=TileSettings(tile=-1))
+    tiled = run_tiled(convnet, image, settings=TileSettings(tile=16, pad=0))
+    assert (tiled - whole).abs().max().item() > 1e-3
+
+
+def test_tiles_are_batched(convnet):
+    image = photo("astronaut", 0, 0, 64, 64)
+    convnet.model.calls.clear()
+    run_tiled(convnet, image, settings=TileSettings(tile=24, pad=3, batch=4))
+    assert max(shape[0] for shape in convnet.model.calls) == 4
+
+
+def test_one_pixel_image(convnet):
+    out = run_tiled(convnet, torch.full((1, 3, 1, 1), 0.5), settings=TileSettings(tile=16))
+    assert out.shape == (1, 3, 2, 2)
+
+
+def test_blend_merge_is_close_and_seamless(convnet):
+    image = photo("astronaut", 100, 100, 60, 60)
+    whole = run_tiled(convnet, image, settings=TileSettings(tile=-1))
+    blended = run_tiled(convnet, image, settings=TileSettings(tile=32, pad=8, merge="blend"))
+    # weights vanish over the outer pad/2 = 4 > radius 3 pixels, and sum to one elsewhere: exact
+    assert (blended - whole).abs().max().item() < 1e-5
+    rough = run_tiled(convnet, image, settings=TileSettings(tile=32, pad=4, merge="blend"))
+    assert 1e-5 < (rough - whole).abs().max().item() < 0.02  # inexact margins now get some weight
+
+
+class NeedsMultiple(torch.nn.Module):
+    """Output depends on absolute position modulo 8 (like window attention): pads must align."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        assert x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0 and min(x.shape[-2:]) >= 16
+        ramp = (torch.arange(x.shape[-1], dtype=x.dtype) % 8 / 8).view(1, 1, 1, -1)
+        return self.conv(x) * 0.5 + ramp * 0.1
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_size_requirements_are_respected(square):
+    model = NeedsMultiple()
+    descriptor = describe(model, scale=1, size_requirements=SizeRequirements(minimum=16, multiple_of=8, square=square))
+    image = photo("astronaut", 0, 0, 45, 61)
+    whole = run_tiled(descriptor, image, settings=TileSettings(tile=-1))
+    tiled = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=2))
+    assert whole.shape == tiled.shape == (1, 3, 45, 61)
+    assert (tiled - whole).abs().max().item() <= 1e-5
+    assert all(h % 8 == 0 and w % 8 == 0 and (h == w or not square) for h, w in model.seen)
+
+
+def test_image_smaller_than_minimum():
+    descriptor = describe(NeedsMultiple(), scale=1, size_requirements=SizeRequirements(minimum=16, multiple_of=8))
+    assert run_tiled(descriptor, photo("astronaut", 0, 0, 3, 5), settings=TileSettings(tile=8)).shape == (1, 3, 3, 5)
+
+
+def test_internal_tiling_runs_whole_image(convnet):
+    descriptor = describe(ConvNet(), tiling=ModelTiling.INTERNAL)
+    run_tiled(descriptor, photo("astronaut", 0, 0, 50, 40), settings=TileSettings(tile=16))
+    assert descriptor.model.calls == [(1, 3, 50, 40)]
+
+
+def test_discouraged_tiling_warns_once(caplog):
+    descriptor = describe(ConvNet(), tiling=ModelTiling.DISCOURAGED, name="DiscouragedNet")
+    with caplog.at_level(logging.WARNING, logger="tilewise"):
+        for _ in range(2):
+            run_tiled(descriptor, photo("astronaut", 0, 0, 50, 40), settings=TileSettings(tile=16))
+    assert sum("does not tile well" in r.message for r in caplog.records) == 1
+
+
+class Overflows(torch.nn.Module):
+    """Fine in fp32, but its intermediate (1e5 x input) overflows fp16's 65504 range."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Conv2d(3, 3, 1, bias=False)
+        self.down = torch.nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.up.weight.copy_(torch.eye(3).view(3, 3, 1, 1) * 1e5)
+            self.down.weight.copy_(torch.eye(3).view(3, 3, 1, 1) * 1e-5)
+
+    def forward(self, x):
+        return self.down(self.up(x))
+
+
+def test_non_finite_tile_is_rerun_in_fp32():
+    descriptor = describe(Overflows(), scale=1)
+    image = photo("astronaut", 0, 0, 16, 16)
+    with torch.no_grad():
+        assert not torch.isfinite(copy.deepcopy(descriptor.model).half()(image.half())).all()  # the premise
+    out = run_tiled(descriptor, image, settings=TileSettings(tile=-1), dtype=torch.float16)
+    assert torch.isfinite(out).all()
+    assert (out - image).abs().max().item() < 1e-4
+
+
+class FailsOnCalls(ConvNet):
+    def __init__(self, failing: set[int], error: type[BaseException] = torch.OutOfMemoryError):
+        super().__init__()
+        self.failing, self.error, self.count = failing, error, 0
+
+    def forward(self, x):
+        self.count += 1
+        if self.count in self.failing:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+def test_out_of_memory_halves_tile_and_resumes_at_current_tile():
+    image = photo("chelsea", 0, 0, 96, 96)
+    clean = describe(ConvNet())
+    want = run_tiled(clean, image, settings=TileSettings(tile=48, pad=3, batch=1))
+    clean_calls = len(clean.model.calls)
+    flaky = describe(FailsOnCalls({3}))
+    got = run_tiled(flaky, image, settings=TileSettings(tile=48, pad=3, batch=1))
+    assert (got - want).abs().max().item() <= 1e-6
+    windows = flaky.model.calls
+    assert windows[0][-1] > windows[-1][-1], "tiles after the failure are smaller"
+    assert windows[:2] == clean.model.calls[:2], "finished tiles are not redone"
+    assert len(windows) > clean_calls
+
+
+def test_out_of_memory_at_minimum_tile_is_a_clear_error():
+    flaky = describe(FailsOnCalls(set(range(1, 100))))
+    with pytest.raises(TilewiseError, match="out of memory even with"):
+        run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=64, pad=3, batch=1))
+
+
+def test_other_errors_propagate():
+    flaky = describe(FailsOnCalls({1}, error=ValueError))
+    with pytest.raises(ValueError):
+        run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=32, pad=3))
+
+
+def test_progress_counts_every_tile(convnet):
+    reports = []
+    run_tiled(convnet, photo("chelsea", 0, 0, 2, 2).expand(2, -1, -1, -1).contiguous(), settings=TileSettings(tile=-1), progress=lambda d, t: reports.append((d, t)))
+    assert reports == [(1, 2), (2, 2)]
+    reports.clear()
+    run_tiled(convnet, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=24, pad=3, batch=2), progress=lambda d, t: reports.append((d, t)))
+    total = reports[-1][1]
+    assert [d for d, _ in reports] == list(range(1, total + 1)) and total > 4
+
+
+def test_cancel_stops_within_one_tile(convnet):
+    done = []
+    convnet.model.calls.clear()
+    with pytest.raises(CancelledError):
+        run_tiled(convnet, photo("chelsea", 0, 0, 96, 96), settings=TileSettings(tile=24, pad=3, batch=1), progress=lambda d, t: done.append(d), cancel=lambda: len(done) >= 3)
+    assert len(convnet.model.calls) == 3
+
+
+def test_wrong_channel_count_is_a_clear_error(convnet):
+    from tilewise.engine import ImageError
+
+    with pytest.raises(ImageError, match=r"expects \(B, 3, H, W\)"):
+        run_tiled(convnet, torch.rand(1, 2, 8, 8))

@@ -1,0 +1,161 @@
+"""`upscale`: channels (gray, RGBA, Y models, 4-channel models), target sizes and repeated passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import photo
+from test_runner import ConvNet, describe
+from tilewise.engine import ImageError, ScaleTarget, TileSettings, UpscaleOptions, passes_needed, resize, run_tiled, upscale
+from tilewise.engine.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+
+WHOLE = TileSettings(tile=-1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return describe(ConvNet(scale=2))
+
+
+def _options(**kwargs) -> UpscaleOptions:
+    return UpscaleOptions(device="cpu", **kwargs)
+
+
+def test_native_scale_equals_one_model_run(model):
+    image = photo("astronaut", 0, 0, 30, 40)
+    assert torch.equal(upscale(model, image, _options(tiles=WHOLE)), run_tiled(model, image, settings=WHOLE))
+
+
+def test_gray_goes_through_rgb_model_and_back(model):
+    gray = photo("camera", 100, 100, 20, 24)
+    out = upscale(model, gray, _options(tiles=WHOLE))
+    assert out.shape == (1, 1, 40, 48)
+    want = luma(run_tiled(model, gray.expand(-1, 3, -1, -1), settings=WHOLE))
+    assert torch.allclose(out, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["resize", "model", "discard"])
+def test_rgba_alpha_modes(model, mode):
+    rgb = photo("astronaut", 50, 50, 20, 24)
+    alpha = torch.linspace(0, 1, 24).view(1, 1, 1, 24).expand(1, 1, 20, 24)
+    out = upscale(model, torch.cat([rgb, alpha], dim=1), _options(tiles=WHOLE, alpha=mode))
+    colour = run_tiled(model, rgb, settings=WHOLE)
+    assert torch.allclose(out[:, :3], colour, atol=1e-6), "alpha never changes the colour result"
+    if mode == "discard":
+        assert out.shape[1] == 3
+    elif mode == "resize":
+        assert torch.allclose(out[:, 3:], resize(alpha, 40, 48, "lanczos"), atol=1e-6)
+    else:
+        assert torch.allclose(out[:, 3:], luma(run_tiled(model, alpha.expand(-1, 3, -1, -1), settings=WHOLE)), atol=1e-6)
+
+
+def test_gray_alpha_keeps_two_channels(model):
+    out = upscale(model, torch.rand(1, 2, 9, 7), _options(tiles=WHOLE))
+    assert out.shape == (1, 2, 18, 14)
+
+
+def test_y_model_runs_on_luma_with_bicubic_chroma():
+    ymodel = describe(ConvNet(scale=3, channels=1), scale=3, channels=1)
+    image = photo("coffee", 100, 100, 16, 20)
+    out = upscale(ymodel, image, _options(tiles=WHOLE))
+    assert out.shape == (1, 3, 48, 60)
+    ycc = rgb_to_ycbcr(image)
+    y = run_tiled(ymodel, ycc[:, :1], settings=WHOLE)
+    assert torch.allclose(rgb_to_ycbcr(out)[:, :1], y, atol=2e-3)  # equal up to the [0, 1] clip of RGB
+    chroma = torch.nn.functional.interpolate(ycc[:, 1:], scale_factor=3, mode="bicubic", align_corners=False)
+    want = ycbcr_to_rgb(torch.cat([y, chroma], 1)).clamp(0, 1)
+    assert torch.allclose(out, want, atol=1e-6)
+    # and a gray image goes straight in
+    assert upscale(ymodel, image[:, :1], _options(tiles=WHOLE)).shape == (1, 1, 48, 60)
+
+
+def test_ycbcr_round_trip():
+    image = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(ycbcr_to_rgb(rgb_to_ycbcr(image)), image, atol=1e-5)
+
+
+def test_four_channel_model_takes_rgba_whole():
+    rgba_model = describe(ConvNet(scale=2, channels=4), scale=2, channels=4)
+    image = torch.rand(1, 4, 10, 12, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(upscale(rgba_model, image, _options(tiles=WHOLE)), run_tiled(rgba_model, image, settings=WHOLE))
+    assert upscale(rgba_model, image[:, :3], _options(tiles=WHOLE)).shape == (1, 3, 20, 24)
+
+
+@pytest.mark.parametrize(
+    "target,size",
+    [
+        (ScaleTarget("factor", factor=1.5), (30, 45)),
+        (ScaleTarget("size", width=101, height=33), (33, 101)),
+        (ScaleTarget("size", width=60), (40, 60)),
+        (ScaleTarget("longest", longest=90), (60, 90)),
+        (ScaleTarget("megapixels", megapixels=0.0054), (60, 90)),
+        (ScaleTarget("factor", factor=0.5), (10, 15)),
+    ],
+)
+def test_exact_target_sizes(model, target, size):
+    out = upscale(model, photo("astronaut", 0, 0, 20, 30), _options(target=target))
+    assert tuple(out.shape[-2:]) == size
+
+
+def test_repeated_passes_reach_large_targets(model):
+    image = photo("astronaut", 200, 200, 12, 10)
+    out = upscale(model, image, _options(tiles=WHOLE, target=ScaleTarget("factor", factor=8)))
+    want = image
+    for _ in range(3):
+        want = run_tiled(model, want, settings=WHOLE)
+    assert torch.equal(out, want)
+    assert passes_needed(2, (10, 10), (80, 80)) == 3
+    assert passes_needed(4, (10, 10), (50, 50)) == 2
+    assert passes_needed(4, (10, 10), (5, 5)) == 1
+    assert passes_needed(1, (10, 10), (50, 50)) == 1
+
+
+def test_downscale_after_model_is_antialiased_lanczos(model):
+    image = photo("astronaut", 0, 0, 20, 30)
+    out = upscale(model, image, _options(tiles=WHOLE, target=ScaleTarget("size", width=45, height=30)))
+    assert torch.allclose(out, resize(run_tiled(model, image, settings=WHOLE), 30, 45, "lanczos"), atol=1e-6)
+
+
+def test_tiled_pipeline_equals_untiled(model):
+    image = photo("chelsea", 0, 0, 70, 90)
+    target = ScaleTarget("size", width=250, height=190)
+    whole = upscale(model, image, _options(tiles=WHOLE, target=target))
+    tiled = upscale(model, image, _options(tiles=TileSettings(tile=32, batch=2), target=target))
+    assert (whole - tiled).abs().max().item() <= 1e-5
+
+
+def test_progress_spans_every_pass(model):
+    reports = []
+    upscale(model, photo("astronaut", 0, 0, 40, 40), _options(tiles=TileSettings(tile=24, pad=3), target=ScaleTarget("factor", factor=4)), progress=lambda d, t: reports.append((d, t)))
+    totals = {t for _, t in reports}
+    assert len(totals) == 1 and reports[-1][0] == reports[-1][1]
+    assert [d for d, _ in reports] == list(range(1, reports[-1][1] + 1))
+
+
+def test_nan_and_out_of_range_pixels_are_sanitised(model):
+    image = photo("astronaut", 0, 0, 8, 8).clone()
+    image[0, 0, 0, 0] = float("nan")
+    image[0, 1, 1, 1] = 7.0
+    image[0, 2, 2, 2] = -float("inf")
+    out = upscale(model, image, _options(tiles=WHOLE))
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.rand(0, 3, 8, 8), "empty"),
+    (torch.rand(1, 3, 0, 8), "empty"),
+    (torch.rand(1, 5, 8, 8), "1 to 4 channels"),
+    (torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8), "float image"),
+    (torch.rand(8, 8), r"shape \(B, C, H, W\)"),
+])
+def test_bad_images_are_clear_errors(model, bad, message):
+    with pytest.raises(ImageError, match=message):
+        upscale(model, bad, _options())
+
+
+def test_bad_options_are_clear_errors(model):
+    with pytest.raises(ValueError, match="resampling filter"):
+        upscale(model, torch.rand(1, 3, 4, 4), _options(resample="sinc"))
+    with pytest.raises(ValueError, match="positive number"):
+        upscale(model, torch.rand(1, 3, 4, 4), _options(target=ScaleTarget("factor", factor=0)))

@@ -19,7 +19,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -226,8 +226,29 @@ def canonicalize(raw: Any, path: str | Path = "<state dict>") -> StateDict:
                 changed = True
     if not tensors:
         keys = ", ".join(list(map(str, state.keys()))[:10])
-        raise ModelFileError(path, f"contains no weight tensors (top-level keys: {keys or 'none'}).", "It is not a model checkpoint; use the model's weights file.")
+        kind = recognise_non_upscaler(map(str, state.keys()))
+        problem = f"is {kind}" if kind else "contains no weight tensors"
+        raise ModelFileError(path, f"{problem} (top-level keys: {keys or 'none'}).", "It is not an upscaler checkpoint; use the model's weights file.")
     return tensors
+
+
+#: (key prefixes, how many must occur, what the file is) for checkpoints that are not upscalers.
+_NOT_UPSCALERS = (
+    (("state", "param_groups"), 2, "an optimizer state, not model weights"),
+    (("encoder.", "decoder.", "quant_conv."), 2, "an image VAE (autoencoder), not an upscaler"),
+    (("text_model.", "transformer.text_model."), 1, "a text encoder, not an upscaler"),
+    (("model.diffusion_model.", "diffusion_model.", "input_blocks."), 1, "a diffusion model (UNet), not an upscaler"),
+    (("lora_unet_", "lora_te_"), 1, "a LoRA, not an upscaler"),
+)
+
+
+def recognise_non_upscaler(keys: Iterable[str]) -> str | None:
+    """Names well-known checkpoint kinds that are not upscalers (for error messages)."""
+    keys = list(keys)
+    for prefixes, needed, what in _NOT_UPSCALERS:
+        if sum(1 for p in prefixes if any(k == p or k.startswith(p) for k in keys)) >= needed:
+            return what
+    return None
 
 
 def top_level_keys(state_dict: Mapping[str, Any], limit: int = 10) -> list[str]:

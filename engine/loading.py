@@ -21,7 +21,7 @@ from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDes
 from ..archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
 from ..archs import magic_kernel
 from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError
-from .files import read_state_dict, top_level_keys
+from .files import read_state_dict, recognise_non_upscaler, top_level_keys
 
 log = logging.getLogger("tilewise")
 
@@ -108,22 +108,12 @@ def _detects(support: Any, state_dict: StateDict) -> bool:
         return False
 
 
-_NOT_UPSCALERS = (
-    (("state", "param_groups"), "an optimizer state, not model weights"),
-    (("encoder", "decoder", "quant_conv"), "an image VAE (autoencoder), not an upscaler"),
-    (("text_model",), "a text encoder, not an upscaler"),
-    (("model.diffusion_model", "diffusion_model", "input_blocks"), "a diffusion model (UNet), not an upscaler"),
-    (("lora_unet", "lora_te"), "a LoRA, not an upscaler"),
-)
-
-
 def _unknown_reason(state_dict: StateDict) -> str:
-    heads = top_level_keys(state_dict)
-    joined = ".".join(heads)
-    for markers, what in _NOT_UPSCALERS:
-        if sum(1 for m in markers if m in heads or joined.startswith(m)) >= min(2, len(markers)):
-            return f"looks like {what} (top-level keys: {', '.join(heads)})."
-    return f"has an unknown architecture (top-level keys: {', '.join(heads)})."
+    heads = ", ".join(top_level_keys(state_dict))
+    kind = recognise_non_upscaler(state_dict.keys())
+    if kind:
+        return f"looks like {kind} (top-level keys: {heads})."
+    return f"has an unknown architecture (top-level keys: {heads})."
 
 
 def _first_line(error: BaseException) -> str:

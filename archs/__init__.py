@@ -5,7 +5,7 @@ from __future__ import annotations
 from spandrel import ArchSupport
 
 from .base import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError
-from . import classic
+from . import classic, paragonsr2
 from .magic_kernel import MagicKernelSharp2021Upsample, MagicKernelSharpArch
 
 
@@ -14,6 +14,7 @@ def native_arch_supports() -> list[ArchSupport]:
     return [
         ArchSupport.from_architecture(MagicKernelSharpArch()),
         *classic.ARCH_SUPPORTS,
+        *paragonsr2.ARCH_SUPPORTS,
     ]
 
 

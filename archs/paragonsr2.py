@@ -19,7 +19,10 @@ Two families are supported, both detected from state-dict keys alone:
 
 Recognised but refused (`RecognisedButUnsupportedError`): the MUNet discriminator, the
 2025-12-15..17 "v6-v8" layout, the pre-dual-path traiNNer-redux fork era (history v0-v4, the
-Nov 2025 nano pretrain), ParagonSR v1, and the dev-branch "ultimate" variant.
+Nov 2025 nano pretrain), ParagonSR v1, the dev-branch "ultimate" variant and the ATD-based
+"pro" of commit 91de511. Not stored and not detectable: the attention window (16; "pro"
+files from the 2025-12-27 code used 8 and will not reproduce) and `upsampler_alpha`. The
+scale always comes from the weights; a scale hint is ignored.
 
 Video ("feature tap") interface of the dual-path model:
 `forward(x, feature_tap=False, prev_feat=None, alpha=0.2)`. The carried feature is the LR
@@ -35,6 +38,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -397,8 +401,10 @@ class ParagonSR2(nn.Module):
 
     @property
     def receptive_radius(self) -> int | None:
-        """Exact LR receptive radius, or None when attention/global pooling make it unbounded."""
-        return None if self.variant in ("photo", "pro") else self.conv_radius
+        """Exact LR receptive radius, or None when attention (wrapping shifted windows) or pro's
+        global channel attention make every output depend on the whole input."""
+        unbounded = self.variant == "pro" or (self.variant == "photo" and self.has_attention)
+        return None if unbounded else self.conv_radius
 
     @property
     def min_tile_margin(self) -> int:
@@ -661,6 +667,23 @@ class V5RMSNorm(nn.Module):
         return self.scale * (x / (rms + self.eps)) + self.offset
 
 
+@dataclass(frozen=True)
+class V5BlockConfig:
+    """Per-block shape facts read from a v5 state dict (the same for every block).
+
+    `branch`: channels of each depthwise context slice; `square`/`band`: their kernel sizes;
+    `hidden`: transformer width; `channel_mod`/`attention`: reduced widths, None when absent.
+    """
+
+    branch: int
+    square: int
+    band: int
+    hidden: int
+    channel_mod: int | None
+    attention: int | None
+    norm: bool
+
+
 class V5Block(nn.Module):
     """`x + ls1(context(x))`, then `+ ls2(transformer(.))`, then the optional norm."""
 
@@ -687,19 +710,6 @@ class V5Group(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x) + x
-
-
-class V5BlockConfig:
-    """Per-block shape facts read from a v5 state dict (identical for every block)."""
-
-    def __init__(self, branch: int, square: int, band: int, hidden: int, channel_mod: int | None, attention: int | None, norm: bool):
-        self.branch = branch
-        self.square = square
-        self.band = band
-        self.hidden = hidden
-        self.channel_mod = channel_mod
-        self.attention = attention
-        self.norm = norm
 
 
 class V5PixelShufflePack(nn.Module):
@@ -995,13 +1005,17 @@ def read_v5_config(state_dict: StateDict) -> dict:
         raise RecognisedButUnsupportedError("ParagonSR2 v5: the state dict has no body blocks (body.G.blocks.B.*)")
     p = "body.0.blocks.0."
     hw = state_dict[p + "context.dwconv_hw.weight"]
+
+    def width(name: str) -> int | None:
+        return int(state_dict[p + name].shape[0]) if name in first else None
+
     block = V5BlockConfig(
         branch=int(hw.shape[0]),
         square=int(hw.shape[-1]),
         band=int(state_dict[p + "context.dwconv_w.weight"].shape[-1]),
         hidden=int(state_dict[p + "transformer.project_in.weight"].shape[0]),
-        channel_mod=int(state_dict[p + "transformer.channel_mod.net.1.weight"].shape[0]) if "transformer.channel_mod.net.1.weight" in first else None,
-        attention=int(state_dict[p + "transformer.attention.query.weight"].shape[0]) if "transformer.attention.query.weight" in first else None,
+        channel_mod=width("transformer.channel_mod.net.1.weight"),
+        attention=width("transformer.attention.query.weight"),
         norm="norm.scale" in first,
     )
     content = None

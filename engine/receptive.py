@@ -11,8 +11,9 @@ Two probes, both run once per model (fp32) and cached:
   `PROBE_TOLERANCE` from the uncropped run: exactly the error a tile with margin r makes. The
   result gets `SAFETY` on top, since the probe is one image and one position.
 
-A model may also declare its radius (`model.receptive_radius`, exact) or a minimum margin
-(`model.min_tile_margin`, e.g. one attention window); declared values skip the probes.
+A model may also declare its radius (`model.receptive_radius`, exact), an effective reach
+(`model.receptive_hint`), or a minimum margin (`model.min_tile_margin`, e.g. one attention
+window); declared values skip the probes.
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
     if known is not None:
         return known
     declared = getattr(model, "receptive_radius", None)
+    hint = getattr(model, "receptive_hint", None)
     if isinstance(declared, int):
         context = Context(declared, exact=True)
+    elif isinstance(hint, int):  # the architecture knows its effective reach (e.g. shifted-window attention)
+        context = Context(hint, exact=False)
     else:
         context = _probe(descriptor, forward, device, align)
         minimum = getattr(model, "min_tile_margin", None)

@@ -230,9 +230,18 @@ def _accumulate(output, weights, result, tile: Tile, scale: int, pad: int, heigh
 
 
 def _alignment(descriptor: ImageModelDescriptor) -> int:
-    """Tile origins must keep the model's internal grid: its `multiple_of`, or a declared window."""
-    declared = getattr(descriptor.model, "tile_alignment", None)
-    return max(descriptor.size_requirements.multiple_of, declared if isinstance(declared, int) else 1)
+    """Tile origins must keep the model's internal grid: its `multiple_of`, a declared
+    `tile_alignment`, or the attention `window_size` of window transformers (SwinIR, HAT, ...),
+    whose windows are laid out from the image origin."""
+    model = descriptor.model
+    candidates = [descriptor.size_requirements.multiple_of]
+    for name in ("tile_alignment", "window_size"):
+        value = getattr(model, name, None)
+        if isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value):
+            value = max(value)
+        if isinstance(value, int) and value > 0:
+            candidates.append(value)
+    return math.lcm(*candidates)
 
 
 def _pad_to_requirements(descriptor: ImageModelDescriptor, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -60,13 +60,17 @@ def split_evenly(length: int, pieces: int, align: int = 1) -> list[tuple[int, in
 
 
 def _window_span(core: tuple[int, int], pad: int, size: int, length: int, align: int) -> tuple[int, int]:
-    """A window of `size` around `core` grown by `pad`, slid inside [0, length), start aligned."""
+    """A window of `size` around `core` grown by `pad`, slid inside [0, length), start aligned.
+
+    Aligning the start of a window pushed against the far edge can uncover the end of its core;
+    such a window runs to the edge instead (its shape differs by less than `align`).
+    """
     if size >= length:
         return 0, length
-    start = core[0] - pad
-    start = max(0, min(start, length - size))
+    start = max(0, min(core[0] - pad, length - size))
     start -= start % align  # keeps window-attention grids aligned with the untiled run
-    start = max(0, min(start, length - size))
+    if start + size < min(length, core[1] + pad):
+        return start, length
     return start, start + size
 
 

@@ -9,8 +9,8 @@ on a CPU.
 
 Every model is kept as small as spandrel's hyper-parameter inference allows.
 Random networks do not naturally produce images, so after construction each
-model's final layer is *calibrated* (a deterministic, seeded rescale of its
-weight plus a bias shift, computed on a fixed photo crop) so that its output
+model's final layer is *calibrated* (a deterministic rescale of its weight
+plus a bias shift, computed on a fixed photo crop) so that its output
 has a sane mean and contrast: the output is not clamped away by spandrel's
 ``clamp(0, 1)`` and varies enough across the image for tiled-vs-untiled
 comparisons to be meaningful.
@@ -56,10 +56,14 @@ __all__ = [
     "WRAPPERS",
     "NESTED_WRAPPERS",
     "PREFIX_WRAPPERS",
+    "SPANDREL_UNWRAPS",
+    "TORCH_EXTENSIONS",
+    "PHOTOS",
     "wrap",
     "save_checkpoint",
     "make_photo_crop",
     "output_in_range_fraction",
+    "entries",
 ]
 
 # --------------------------------------------------------------------------
@@ -86,15 +90,17 @@ def _photo(name: str) -> torch.Tensor:
 def make_photo_crop(
     size: int | tuple[int, int] = (32, 32),
     seed: int = 0,
-    photo: str = "astronaut",
+    photo: str = "chelsea",
 ) -> torch.Tensor:
     """A ``(1, 3, h, w)`` float32 crop in [0, 1] of a real photograph.
 
     The crop position is drawn from ``numpy.random.default_rng(seed)``, so the
     same ``(size, seed, photo)`` always gives the same pixels.  Photos come
-    with the scikit-image wheel (``astronaut`` 512x512, ``chelsea`` 300x451,
-    ``coffee`` 400x600).  Crops larger than the photo are taken from a
-    bilinearly enlarged copy.
+    with the scikit-image wheel: ``chelsea`` (300x451, the default; virtually
+    no pixel at exactly 0 or 1), ``coffee`` (400x600) and ``astronaut``
+    (512x512; note ~11% of its pixels are saturated, e.g. the black
+    background, so small astronaut crops can be flat and mostly 0).  Crops
+    larger than the photo are taken from a bilinearly enlarged copy.
     """
     if isinstance(size, int):
         size = (size, size)
@@ -139,7 +145,7 @@ def _perturb(model: nn.Module, gen: torch.Generator, rel: float, floor: float) -
                 continue
             s = float(p.std()) if p.numel() > 1 else 0.0
             s = rel * s if s > 0 else floor
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * max(s, floor))
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * s)
 
 
 def _round_sig(x: float, sig: int = 3) -> float:
@@ -239,11 +245,16 @@ class ZooEntry:
     in_channels: int
     out_channels: int
     hparams: Mapping[str, Any]  # constructor kwargs (documentation; scale-dependent ones omitted)
-    min_size: int  # spandrel's SizeRequirements.minimum for this arch (1 = none)
-    # receptive field: approximate diameter in input pixels of the region that
-    # influences one output pixel; None = global (channel attention / global
-    # pooling / whole-image padding make every output depend on every input).
+    min_size: int  # spandrel's SizeRequirements.minimum for this arch (0 = none)
+    # Receptive field: diameter in input pixels of the region that can influence
+    # one output pixel (measured exactly with float64 single-pixel probes);
+    # None = global (channel attention / global pooling / image-level padding
+    # make every output pixel depend on every input pixel).
     receptive_field: int | None
+    # For local models: tile origins must be multiples of this for a tile's
+    # interior output to equal the full-image output (window-attention grid).
+    # None for global models (no tiling is exact for them).
+    alignment: int | None
     notes: str
     _factory: Callable[[int], nn.Module] = field(repr=False)
     _finish: Callable[[nn.Module, torch.Generator, int], None] | None = field(
@@ -271,12 +282,20 @@ class ZooEntry:
                 gen = torch.Generator().manual_seed(seed * 7919 + 17)
                 self._finish(model, gen, scale)
         model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         return model
 
     def state_dict(self, seed: int, scale: int | None = None) -> dict[str, torch.Tensor]:
         return _clean_state_dict(self.build(seed, scale).state_dict())
+
+    def save(
+        self,
+        path: str | Path,
+        seed: int = 0,
+        scale: int | None = None,
+        wrapper: str = "plain",
+    ) -> Path:
+        """Build with ``seed``/``scale`` and :func:`save_checkpoint` it to ``path``."""
+        return save_checkpoint(self.build(seed, scale), path, wrapper=wrapper)
 
 
 def _compact(scale: int) -> nn.Module:
@@ -381,6 +400,7 @@ def _scunet_finish(model: nn.Module, gen: torch.Generator, scale: int) -> None:
 
     def shift(d: float) -> None:  # a constant on the 3 identity channels
         up_block.conv1_2.bias[:3] = d
+
     fixed = _identity_kernel(*tail.weight.shape[:2], 3, 3)
     with torch.no_grad():
         tail.weight.add_(fixed)
@@ -418,10 +438,6 @@ def _omnisr_finish(model: nn.Module, gen: torch.Generator, scale: int) -> None:
     _calibrate(model, model.up[0], target_std=0.15)
 
 
-def _esrgan_2x(scale: int) -> nn.Module:
-    return _esrgan(scale)
-
-
 ZOO: dict[str, ZooEntry] = {}
 
 
@@ -433,41 +449,48 @@ _add(ZooEntry(
     name="Compact", arch_id="Compact", scale=4, scales=(1, 2, 3, 4),
     in_channels=3, out_channels=3,
     hparams=dict(num_feat=16, num_conv=2, act_type="prelu"),
-    min_size=0, receptive_field=9,
-    notes="4 3x3 convs + nearest-upsampled input skip; default init already image-like",
+    min_size=0, receptive_field=9, alignment=1,
+    notes="SRVGGNetCompact: 4 3x3 convs + nearest-upsampled input skip; default init "
+    "is already image-like (no calibration)",
     _factory=_compact,
 ))
 _add(ZooEntry(
     name="ESRGAN", arch_id="ESRGAN", scale=4, scales=(1, 2, 4),
     in_channels=3, out_channels=3,
-    hparams=dict(num_filters=16, num_blocks=1, gc=32, keys="old-arch (model.N...)"),
-    min_size=2, receptive_field=39,
-    notes="old-arch keys (model.0 / model.1.sub.0.RDB1...); no input skip -> calibrated",
+    hparams=dict(num_filters=16, num_blocks=1, gc=32, plus=False, shuffle_factor=None),
+    min_size=2, receptive_field=38, alignment=1,
+    notes="RRDBNet with old-arch keys (model.0..., model.1.sub.0.RDB1.conv1.0...); "
+    "17 LR 3x3 convs; no input skip -> last conv calibrated; influence beyond "
+    "~11 px radius is < 1e-9",
     _factory=_esrgan, _finish=_esrgan_finish,
 ))
 _add(ZooEntry(
     name="ESRGAN-2x", arch_id="ESRGAN", scale=2, scales=(1, 2, 4),
     in_channels=3, out_channels=3,
-    hparams=dict(num_filters=16, num_blocks=1, gc=32, keys="old-arch (model.N...)"),
-    min_size=2, receptive_field=37,
-    notes="same as ESRGAN with scale 2 (one upconv stage)",
-    _factory=_esrgan_2x, _finish=_esrgan_finish,
+    hparams=dict(num_filters=16, num_blocks=1, gc=32, plus=False, shuffle_factor=None),
+    min_size=2, receptive_field=38, alignment=1,
+    notes="ESRGAN entry with default scale 2 (one upconv stage)",
+    _factory=_esrgan, _finish=_esrgan_finish,
 ))
 _add(ZooEntry(
     name="SPAN", arch_id="SPAN", scale=4, scales=(1, 2, 3, 4),
     in_channels=3, out_channels=3,
-    hparams=dict(feature_channels=16, norm=True, img_range=255.0),
-    min_size=0, receptive_field=43,
-    notes="21 effective 3x3 convs (Conv3XC re-parameterised each eval forward)",
+    hparams=dict(feature_channels=16, norm=True, img_range=255.0, bias=True),
+    min_size=0, receptive_field=41, alignment=1,
+    notes="20 3x3 convs on the longest path (Conv3XC re-parameterised to eval_conv at "
+    "every eval forward); conv_1 output scaled by SPAN_INPUT_GAIN; saturated "
+    "sigmoid gates make the measured support smaller (~36 px)",
     _factory=_span, _finish=_span_finish,
 ))
 _add(ZooEntry(
     name="SwinIR", arch_id="SwinIR", scale=4, scales=(1, 2, 3, 4),
     in_channels=3, out_channels=3,
     hparams=dict(embed_dim=12, depths=[2], num_heads=[2], window_size=4, mlp_ratio=2.0,
-                 img_size=16, upsampler="pixelshuffledirect (scale 1: '')"),
-    min_size=16, receptive_field=19,
-    notes="window attention: output depends on the window grid (origin + pad to x4)",
+                 img_size=16, resi_connection="1conv",
+                 upsampler="pixelshuffledirect (scale 1: '' = residual denoiser)"),
+    min_size=16, receptive_field=19, alignment=4,
+    notes="(shifted) window attention anchored at the image origin, input reflect-padded "
+    "to a multiple of 4: translation-equivariant only in steps of 4 px",
     _factory=_swinir, _finish=_swinir_finish,
 ))
 _add(ZooEntry(
@@ -475,17 +498,20 @@ _add(ZooEntry(
     in_channels=3, out_channels=3,
     hparams=dict(embed_dim=32, depth=[2], num_heads=[2], split_size=[2, 4],
                  expansion_factor=2.0, upsampler="pixelshuffle", num_feat=64),
-    min_size=16, receptive_field=None,
-    notes="channel attention over all pixels + global avg-pool interaction: global",
+    min_size=16, receptive_field=None, alignment=None,
+    notes="channel self-attention over all pixels + global avg-pool interaction: "
+    "global; embed_dim >= 32 avoids zero-sized DynamicPosBias layers",
     _factory=_dat, _finish=_conv_last_finish,
 ))
 _add(ZooEntry(
     name="HAT", arch_id="HAT", scale=4, scales=(2, 3, 4),
     in_channels=3, out_channels=3,
     hparams=dict(embed_dim=16, depths=[2], num_heads=[2], window_size=4, compress_ratio=4,
-                 squeeze_factor=8, overlap_ratio=0.5, mlp_ratio=2.0, num_feat=16),
-    min_size=16, receptive_field=None,
-    notes="CAB channel attention (global avg-pool): global",
+                 squeeze_factor=8, overlap_ratio=0.5, mlp_ratio=2.0, num_feat=16,
+                 conv_scale=0.01),
+    min_size=16, receptive_field=None, alignment=None,
+    notes="CAB channel attention (global avg-pool): global, but damped by "
+    "conv_scale=0.01 (a 0.5 change of one pixel moves outputs > 12 px away by ~1e-8)",
     _factory=_hat, _finish=_conv_last_finish,
 ))
 _add(ZooEntry(
@@ -493,33 +519,37 @@ _add(ZooEntry(
     in_channels=3, out_channels=3,
     hparams=dict(dim=64, config=[1, 1, 1, 1, 1, 1, 1], input_resolution=64,
                  head_dim=32, window_size=8),
-    min_size=40, receptive_field=None,
-    notes="pads input to a multiple of 64 (reflect; needs > 32 px), 3 downsamplings, "
-    "window 8 at 1/8 res: effectively global; identity path injected via head/tail",
+    min_size=40, receptive_field=None, alignment=None,
+    notes="dim=64 is the minimum (head_dim 32 is fixed); pads the input to a multiple "
+    "of 64 with reflect (so raw inputs must be > 32 px); 3 downsamplings + window 8 "
+    "at 1/8 res: global; an identity path is injected via m_head/m_tail",
     _factory=_scunet, _finish=_scunet_finish,
 ))
 _add(ZooEntry(
     name="NAFNet", arch_id="NAFNet", scale=1, scales=(1,),
     in_channels=3, out_channels=3,
     hparams=dict(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]),
-    min_size=0, receptive_field=None,
-    notes="simplified channel attention (global avg-pool): global; beta/gamma perturbed",
+    min_size=0, receptive_field=None, alignment=None,
+    notes="simplified channel attention (global avg-pool): global; zero-initialised "
+    "beta/gamma (identity net) perturbed with seeded noise",
     _factory=_nafnet, _finish=_nafnet_finish,
 ))
 _add(ZooEntry(
     name="RealCUGAN", arch_id="RealCUGAN", scale=2, scales=(2, 3, 4),
     in_channels=3, out_channels=3,
-    hparams=dict(variant="UpCunet2x (3x: UpCunet3x, 4x: UpCunet4x)", pro=False),
-    min_size=32, receptive_field=None,
-    notes="fixed-size architecture (no hyper-parameters to shrink); SE blocks: global",
+    hparams=dict(variant="UpCunet2x (scale 3: UpCunet3x, 4: UpCunet4x)", pro=False),
+    min_size=32, receptive_field=None, alignment=None,
+    notes="fixed-size architecture (nothing to shrink; ~1.3M params); SE blocks: global",
     _factory=_realcugan, _finish=_realcugan_finish,
 ))
 _add(ZooEntry(
     name="OmniSR", arch_id="OmniSR", scale=4, scales=(1, 2, 3, 4),
     in_channels=3, out_channels=3,
     hparams=dict(num_feat=16, block_num=1, res_num=1, window_size=4, pe=True, bias=True),
-    min_size=16, receptive_field=None,
-    notes="squeeze-excitation + ESA (7x7/3 max-pool on half res): global",
+    min_size=16, receptive_field=None, alignment=None,
+    notes="squeeze-excitation + ESA (max-pool 7/3 on half res) + window/grid attention "
+    "over a constant-padded input: global, with a strong far field (a 0.5 change of "
+    "one pixel moves outputs > 32 px away by ~1e-3)",
     _factory=_omnisr, _finish=_omnisr_finish,
 ))
 
@@ -558,9 +588,14 @@ def _clean_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
             t = v.detach().to("cpu")
             if not t.is_contiguous():
                 t = t.contiguous()
-            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            if t.numel() > 0 and key in seen:
-                t = t.clone()  # shared storage: safetensors refuses aliases
+            storage = t.untyped_storage()
+            key = (storage.data_ptr(), storage.nbytes())
+            if t.numel() > 0 and (
+                key in seen  # shares memory with an earlier entry: safetensors refuses
+                or t.storage_offset() != 0
+                or storage.nbytes() != t.numel() * t.element_size()  # view of a bigger buffer
+            ):
+                t = t.clone()
                 key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
             if t.numel() > 0:
                 seen.add(key)

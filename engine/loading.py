@@ -27,6 +27,12 @@ log = logging.getLogger("tilewise")
 
 BUILTIN_SCHEME = "builtin:"
 _MKS_NAME = re.compile(r"^magic-kernel-sharp-([1-9][0-9]?)x$")
+#: Weights shipped inside the package (`models/`), by built-in name; see tools/train_default.py.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+BUNDLED = {
+    "paragonsr2-realtime-2x": "tilewise_paragonsr2_realtime_x2.safetensors",
+    "paragonsr2-realtime-4x": "tilewise_paragonsr2_realtime_x4.safetensors",
+}
 
 #: Loaded models kept for reuse; a few, since each may hold hundreds of MB.
 CACHE_SIZE = 4
@@ -53,8 +59,9 @@ def registry() -> ArchRegistry:
 
 
 def builtin_names() -> list[str]:
-    """Model names that need no file (`builtin:...`)."""
-    return [f"{BUILTIN_SCHEME}magic-kernel-sharp-{s}x" for s in (2, 3, 4)]
+    """Model names that need no model file from the user (`builtin:...`)."""
+    bundled = [f"{BUILTIN_SCHEME}{name}" for name, file in BUNDLED.items() if (BUNDLED_DIR / file).is_file()]
+    return bundled + [f"{BUILTIN_SCHEME}magic-kernel-sharp-{s}x" for s in (2, 3, 4)]
 
 
 def is_builtin(source: str | Path) -> bool:
@@ -66,6 +73,9 @@ def _load_builtin(name: str, hints: LoadHints) -> ImageModelDescriptor:
     match = _MKS_NAME.match(key)
     if match:
         return magic_kernel.builtin(int(match.group(1)), alpha=hints.upsampler_alpha or 0.0)
+    if key in BUNDLED and (BUNDLED_DIR / BUNDLED[key]).is_file():
+        path = BUNDLED_DIR / BUNDLED[key]
+        return describe_state_dict(read_state_dict(path), path, hints)
     raise ModelFileError(name, "is not a built-in model.", f"Built-in models: {', '.join(builtin_names())}.")
 
 

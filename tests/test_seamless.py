@@ -1,0 +1,88 @@
+"""Tiled output equals untiled output with the default margin, on real architectures and photos.
+
+Shallow convolutional models get their exact receptive radius (<= 1e-5); deep ones (RRDB) their
+measured effective radius (<= 1e-4); window transformers keep their window grid.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spandrel.architectures.ESRGAN import ESRGAN
+
+from conftest import photo
+from model_zoo import ZOO, _esrgan_finish
+from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
+from tilewise.engine.precision import forward_fn
+from tilewise.engine.receptive import EXACT_PROBE_RADIUS, model_context
+
+FIXTURES = "/work/shared/fixtures/paragonsr2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images() -> torch.Tensor:
+    return torch.cat([photo("chelsea", 20, 40, 61, 83), photo("coffee", 150, 200, 61, 83)])
+
+
+def _compare(descriptor, tile: int, batch: int, images: torch.Tensor | None = None) -> float:
+    images = _images() if images is None else images
+    whole = run_tiled(descriptor, images, settings=TileSettings(tile=-1))
+    tiled = run_tiled(descriptor, images, settings=TileSettings(tile=tile, batch=batch))
+    assert tiled.shape == whole.shape
+    return (tiled - whole).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["Compact", "SPAN"])
+@pytest.mark.parametrize("tile,batch", [(24, 1), (40, 3), (64, 2)])
+def test_shallow_models_are_exact(name, tile, batch):
+    descriptor = describe_state_dict(ZOO[name].state_dict(seed=4))
+    assert _compare(descriptor, tile, batch) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["Compact", "SPAN"])
+def test_shallow_models_use_their_exact_radius(name):
+    descriptor = describe_state_dict(ZOO[name].state_dict(seed=4))
+    context = model_context(descriptor, forward_fn(descriptor, descriptor.model), torch.device("cpu"))
+    assert context.exact and 0 < context.pad < EXACT_PROBE_RADIUS
+
+
+@pytest.fixture(scope="module")
+def deep_rrdb():
+    """An RRDB deeper than the exact probe reaches (5 blocks x 15 convs), with image-like outputs."""
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=5, scale=2).eval()
+        _esrgan_finish(model, torch.Generator().manual_seed(7), 2)
+    return describe_state_dict(model.state_dict())
+
+
+def test_deep_model_uses_effective_radius(deep_rrdb):
+    context = model_context(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"))
+    assert not context.exact and context.bounded
+    assert context.pad < 60  # far below the structural radius of ~80 input pixels
+
+
+@pytest.mark.parametrize("tile,batch", [(48, 1), (72, 2)])
+def test_deep_model_within_1e4(deep_rrdb, tile, batch):
+    images = _images()
+    whole = run_tiled(deep_rrdb, images, settings=TileSettings(tile=-1))
+    assert ((whole > 0) & (whole < 1)).float().mean() > 0.8, "outputs are not saturated, so the check means something"
+    assert _compare(deep_rrdb, tile, batch, images) <= 1e-4
+
+
+def test_window_transformer_keeps_its_grid():
+    descriptor = describe_state_dict(ZOO["SwinIR"].state_dict(seed=4))
+    assert _compare(descriptor, 40, 2) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["realtime_x3", "stream_x2"])
+def test_paragonsr2_conv_variants_are_exact(name):
+    descriptor = load_model(f"{FIXTURES}/paragonsr2_{name}.safetensors", cache=None)
+    assert _compare(descriptor, 48, 2) <= 1e-5

@@ -1,0 +1,123 @@
+"""Tiling cost and exactness: Tilewise's crop-merge tiler vs an untiled forward vs naive tiling.
+
+For a Compact and an RRDB (ESRGAN) model with seeded weights, on a real photograph bundled with
+scikit-image, prints (same process, same precision, best of `--repeats` runs each):
+  (a) time of Tilewise's default run, and of a forced 512-px tiling, over one untiled forward;
+  (b) the same ratio for the naive scheme many hosts use: 512-px tiles, 32-px linear feathering
+      on every tile edge, one tile at a time;
+  (c) each scheme's max abs difference from the untiled output;
+  (d) the context margin (`pad`) Tilewise chose, and whether it is the exact receptive radius.
+Target for (a): <= 1.05.
+
+    python benchmarks/tiling.py [--repeats 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from skimage import data
+from spandrel import ImageModelDescriptor
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.ESRGAN import ESRGAN
+
+from tilewise.engine import TileSettings, describe_state_dict, run_tiled
+from tilewise.engine.precision import forward_fn
+from tilewise.engine.receptive import model_context
+
+
+def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:
+    """Seeded weights, rescaled so that outputs look like images (mean ~0.45, not saturated)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02 * parameter.std().clamp_min(1e-3))
+        descriptor = describe_state_dict(model.state_dict())
+        probe = torch.rand(1, 3, 32, 32, generator=generator)
+        out = descriptor.model(probe)
+        last = [m for m in descriptor.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        gain = 0.15 / out.std().clamp_min(1e-6)
+        last.weight.mul_(gain)
+        if last.bias is not None:
+            last.bias.mul_(gain).add_(0.45 - (out.mean() * gain).item())
+    return descriptor
+
+
+def naive_tiled(descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+    """One tile at a time, tiles stepping by tile - overlap, linear feather on every edge."""
+    scale = descriptor.scale
+    _, channels, height, width = image.shape
+    out = torch.zeros(1, descriptor.output_channels, height * scale, width * scale)
+    weight = torch.zeros(1, 1, height * scale, width * scale)
+    step = tile - overlap
+    ys = sorted({min(y, max(height - tile, 0)) for y in range(0, height, step)})
+    xs = sorted({min(x, max(width - tile, 0)) for x in range(0, width, step)})
+    feather = overlap * scale
+    for y in ys:
+        for x in xs:
+            patch = image[..., y:y + tile, x:x + tile]
+            with torch.no_grad():
+                result = descriptor.model(patch).clamp(0, 1)
+            h, w = result.shape[-2:]
+            mask = torch.ones(1, 1, h, w)
+            for t in range(min(feather, h // 2, w // 2)):
+                ramp = (t + 1) / feather
+                mask[..., t, :] *= ramp
+                mask[..., h - 1 - t, :] *= ramp
+                mask[..., :, t] *= ramp
+                mask[..., :, w - 1 - t] *= ramp
+            out[..., y * scale:y * scale + h, x * scale:x * scale + w] += result * mask
+            weight[..., y * scale:y * scale + h, x * scale:x * scale + w] += mask
+    return out / weight
+
+
+def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench(name: str, descriptor: ImageModelDescriptor, image: torch.Tensor, repeats: int) -> None:
+    start = time.perf_counter()
+    context = model_context(descriptor, forward_fn(descriptor, descriptor.model), torch.device("cpu"))
+    probe_time = time.perf_counter() - start
+    untiled_time, untiled = best_time(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=-1)), repeats)
+    schemes = {
+        "tilewise default (auto tile)": lambda: run_tiled(descriptor, image, settings=TileSettings()),
+        "tilewise 512-px tiles": lambda: run_tiled(descriptor, image, settings=TileSettings(tile=512)),
+        "naive 512 px, 32 px feather": lambda: naive_tiled(descriptor, image),
+    }
+    print(f"\n{name}: {sum(p.numel() for p in descriptor.model.parameters()):,} params, x{descriptor.scale}, "
+          f"input {image.shape[-1]}x{image.shape[-2]}")
+    print(f"  (d) pad = {context.pad} px ({'exact receptive radius' if context.exact else 'effective radius'}; probe took {probe_time:.2f} s, once per model)")
+    print(f"  untiled forward: {untiled_time:.2f} s")
+    print(f"  {'scheme':<32} {'time / untiled':>15} {'max abs diff':>14}")
+    for label, fn in schemes.items():
+        seconds, result = best_time(fn, repeats)
+        print(f"  {label:<32} {seconds / untiled_time:>15.3f} {(result - untiled).abs().max().item():>14.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    photo = data.hubble_deep_field()  # 872 x 1000 RGB photograph
+    image = torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1))).float().div(255)[None]
+    print(f"photo: skimage.data.hubble_deep_field, {image.shape[-1]}x{image.shape[-2]}, fp32, CPU, {args.threads} threads")
+    torch.manual_seed(0)
+    compact = seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=48, num_conv=12, upscale=2, act_type="prelu"), 0)
+    bench("Compact", compact, image, args.repeats)
+    rrdb = seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=32, num_blocks=4, scale=2), 1)
+    bench("ESRGAN (RRDB)", rrdb, image[..., :400, :500].contiguous(), args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ ComfyUI entry point `comfy_entrypoint` exists only when ComfyUI's V3 API is impo
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ def _comfy_v3_available() -> bool:
         return False
 
 
-if _comfy_v3_available():
+if _comfy_v3_available() and (Path(__file__).parent / "nodes" / "__init__.py").is_file():
 
     async def comfy_entrypoint():
         """ComfyUI V3 entry point: the node pack's extension object."""

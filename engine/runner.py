@@ -81,6 +81,7 @@ def run_tiled(
     ph, pw = padded.shape[-2:]
     plan = plan_run(descriptor, height, width, settings, device)
     tiles, pad, tile, align = plan.tiles, plan.pad, plan.tile, plan.align
+    tile_context = pad if plan.tile > 0 else None
 
     out_channels = descriptor.output_channels
     output = torch.zeros(batch, out_channels, ph * scale, pw * scale, dtype=torch.float32, device=output_device)
@@ -98,7 +99,11 @@ def run_tiled(
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
+            if descriptor.tiling == ModelTiling.INTERNAL:
+                raise TilewiseError(f"out of memory running {descriptor.architecture.name}, which cannot be tiled; use a smaller image or a device with more memory.") from None
             tile = _shrink_after_oom(tile, group, device)
+            if tile_context is None:  # the run was untiled: tiles from now on need their margin
+                pad = tile_context = context_pad(descriptor, settings, device, align)
             for item in reversed(group):
                 queue.appendleft(item)
             _resplit_queue(queue, ph, pw, tile, pad, align)
@@ -144,11 +149,16 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
     tiled = 0 < tile < max(ph, pw)
     if not tiled:
         return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align)
-    pad = settings.pad
-    if pad is None:
-        forward32 = forward_fn(descriptor, model_on(descriptor, device, torch.float32))
-        pad = model_context(descriptor, forward32, device, align).pad
+    pad = context_pad(descriptor, settings, device, align)
     return RunPlan(plan_tiles(ph, pw, tile, pad, align, descriptor.size_requirements.square), pad, tile, align)
+
+
+def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:
+    """The tile margin: the caller's, else the model's receptive radius (probed once, fp32)."""
+    if settings.pad is not None:
+        return settings.pad
+    forward32 = forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+    return model_context(descriptor, forward32, device, align).pad
 
 
 def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:

@@ -230,3 +230,18 @@ def test_wrong_channel_count_is_a_clear_error(convnet):
 
     with pytest.raises(ImageError, match=r"expects \(B, 3, H, W\)"):
         run_tiled(convnet, torch.rand(1, 2, 8, 8))
+
+
+def test_out_of_memory_in_an_untiled_run_tiles_with_a_margin():
+    image = photo("chelsea", 0, 0, 64, 64)
+    want = run_tiled(describe(ConvNet()), image, settings=TileSettings(tile=-1))
+    flaky = describe(FailsOnCalls({1}))
+    got = run_tiled(flaky, image, settings=TileSettings(tile=-1, batch=1))
+    assert len(flaky.model.calls) > 1
+    assert (got - want).abs().max().item() <= 1e-6
+
+
+def test_out_of_memory_with_an_untileable_model_is_a_clear_error():
+    flaky = describe(FailsOnCalls({1}), tiling=ModelTiling.INTERNAL)
+    with pytest.raises(TilewiseError, match="cannot be tiled"):
+        run_tiled(flaky, photo("chelsea", 0, 0, 32, 32))

@@ -587,3 +587,36 @@ def test_registry_order_and_loading() -> None:
         registry.load(fsrcnn_sd())
     for name, sd in spandrel_state_dicts().items():
         assert registry.load(sd).architecture.id == name.split("_")[0], name
+
+
+# --- through the engine: files in public layouts load by detection and upscale RGB photos ------
+
+ENGINE_CASES = {
+    "espcn_x3.pth": (lambda: espcn_sd(3), "ESPCN", 3),
+    "srcnn_x2.pth": (lambda: srcnn_sd(), "SRCNN", 2),
+    "fsrcnn_x4.pth": (lambda: fsrcnn_sd(), "FSRCNN", 4),
+    "edsr_baseline_x2.pth": (lambda: edsr_sd(2, 16, 2), "EDSR", 2),
+    "rdn_x2.pth": (lambda: rdn_yjn_sd(16, 2, 2, 2), "RDN", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_CASES))
+def test_engine_loads_and_upscales_rgb(tmp_path: Path, name: str) -> None:
+    from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
+    from tilewise.engine.colour import rgb_to_ycbcr, ycbcr_to_rgb
+
+    make, arch_id, scale = ENGINE_CASES[name]
+    path = tmp_path / name
+    torch.save(make(), path)
+    descriptor = load_model(path, cache=None)
+    assert descriptor.architecture.id == arch_id and descriptor.scale == scale
+    rgb = image(3, 20, 23, seed=5)
+    whole = upscale(descriptor, rgb, UpscaleOptions(device="cpu", tiles=TileSettings(tile=-1)))
+    assert whole.shape == (1, 3, 20 * scale, 23 * scale)
+    if descriptor.input_channels == 1:  # Y models: Y through the model, chroma bicubic, back to RGB
+        ycc = rgb_to_ycbcr(rgb)
+        y = run(descriptor, ycc[:, :1]).clamp(0, 1)
+        chroma = torch.nn.functional.interpolate(ycc[:, 1:], scale_factor=scale, mode="bicubic", align_corners=False)
+        assert (whole - ycbcr_to_rgb(torch.cat([y, chroma], 1)).clamp(0, 1)).abs().max().item() < 1e-5
+    tiled = upscale(descriptor, rgb, UpscaleOptions(device="cpu", tiles=TileSettings(tile=12, batch=2)))
+    assert (tiled - whole).abs().max().item() <= 1e-5

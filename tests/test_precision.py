@@ -1,0 +1,89 @@
+"""Precision choice, per-(device, dtype) model copies, autocast immunity, OOM recognition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import photo
+from test_runner import ConvNet, describe
+from tilewise.engine import TileSettings, UpscaleOptions, resolve_dtype, run_tiled, upscale
+from tilewise.engine.precision import is_out_of_memory, model_on, release_variants, resolve_device, same_device
+
+
+def test_auto_is_fp32_on_cpu():
+    assert resolve_dtype("auto", describe(ConvNet()), torch.device("cpu")) == torch.float32
+
+
+def test_auto_prefers_fp16_then_bf16_on_cuda(monkeypatch):
+    cuda = torch.device("cuda")
+    assert resolve_dtype("auto", describe(ConvNet()), cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype("auto", describe(ConvNet(), supports_half=False), cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", describe(ConvNet(), supports_half=False), cuda) == torch.float32
+
+
+def test_unsupported_precision_falls_back_to_fp32(caplog):
+    transformer_like = describe(ConvNet(), supports_half=False, supports_bfloat16=False)
+    assert resolve_dtype("fp16", transformer_like, torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", transformer_like, torch.device("cpu")) == torch.float32
+    assert "does not support fp16" in caplog.text
+    assert resolve_dtype("bf16", describe(ConvNet()), torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_dtype("fp8", transformer_like, torch.device("cpu"))
+
+
+def test_model_copies_leave_the_original_alone():
+    descriptor = describe(ConvNet())
+    original = descriptor.model
+    copy16 = model_on(descriptor, torch.device("cpu"), torch.bfloat16)
+    assert copy16 is not original and next(copy16.parameters()).dtype == torch.bfloat16
+    assert next(original.parameters()).dtype == torch.float32
+    assert model_on(descriptor, torch.device("cpu"), torch.bfloat16) is copy16  # cached
+    assert model_on(descriptor, torch.device("cpu"), torch.float32) is original
+    release_variants(descriptor)
+    assert model_on(descriptor, torch.device("cpu"), torch.bfloat16) is not copy16
+
+
+def test_bf16_run_is_close_to_fp32():
+    descriptor = describe(ConvNet())
+    image = photo("astronaut", 100, 100, 32, 32)
+    fp32 = run_tiled(descriptor, image)
+    bf16 = run_tiled(descriptor, image, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32
+    assert 0 < (fp32 - bf16).abs().max().item() < 0.05
+
+
+def test_ambient_autocast_is_ignored():
+    descriptor = describe(ConvNet())
+    image = photo("astronaut", 100, 100, 32, 32)
+    want = upscale(descriptor, image, UpscaleOptions(device="cpu", tiles=TileSettings(tile=-1)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = upscale(descriptor, image, UpscaleOptions(device="cpu", tiles=TileSettings(tile=-1)))
+    assert torch.equal(got, want)
+
+
+def test_out_of_memory_recognition():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("size mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert same_device(torch.device("cpu"), torch.device("cpu"))
+    assert not same_device(torch.device("cpu"), torch.device("cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: checks fp16 on the GPU against fp32")
+@pytest.mark.cuda
+def test_cuda_fp16_matches_fp32():
+    descriptor = describe(ConvNet())
+    image = photo("astronaut", 100, 100, 64, 64)
+    fp32 = upscale(descriptor, image, UpscaleOptions(device="cuda", precision="fp32"))
+    fp16 = upscale(descriptor, image, UpscaleOptions(device="cuda", precision="fp16"))
+    assert (fp32 - fp16).abs().max().item() < 5e-3

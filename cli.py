@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Sequence
 from .engine import (
     ALPHA_MODES,
     FILTERS,
+    ImageError,
+    ModelFileError,
     PRECISIONS,
     LoadHints,
     ScaleTarget,
@@ -30,6 +33,7 @@ from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_readable, r
 
 DEFAULT_MODEL = "builtin:magic-kernel-sharp-2x"
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 class UsageError(Exception):
@@ -82,12 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "info":
             return _info(args)
         return _upscale(args)
-    except (UsageError, TilewiseError, ValueError) as error:
+    except (UsageError, ModelFileError, ImageError, ValueError) as error:
         print(f"tilewise: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TilewiseError as error:  # the input was fine but the run failed (a model error, out of memory)
+        print(f"tilewise: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("tilewise: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    except Exception as error:  # a failure inside a model or library: one line unless debugging
+        if os.environ.get("TILEWISE_DEBUG"):
+            raise
+        print(f"tilewise: error: unexpected {type(error).__name__}: {error} (set TILEWISE_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _hints(args) -> LoadHints:

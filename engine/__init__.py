@@ -4,7 +4,8 @@ Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module expo
 """
 
 from ..archs import LoadHints
-from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, TilewiseError, UnknownArchitectureError, UnsafeModelError
+from .catalog import CatalogEntry, find_model_files, scan_folder
+from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, ModelRunError, TilewiseError, UnknownArchitectureError, UnsafeModelError
 from .files import MODEL_EXTENSIONS, canonicalize, read_state_dict
 from .loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
 from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, passes_needed, upscale
@@ -13,8 +14,8 @@ from .resize import FILTERS, resize
 from .runner import TileSettings, plan_run, run_tiled
 
 __all__ = [
-    "ALPHA_MODES", "CancelledError", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
-    "MODEL_EXTENSIONS", "ModelFileError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TilewiseError",
+    "ALPHA_MODES", "CancelledError", "CatalogEntry", "find_model_files", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
+    "MODEL_EXTENSIONS", "ModelFileError", "ModelRunError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TilewiseError",
     "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
     "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",
     "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale",

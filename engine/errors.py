@@ -38,6 +38,10 @@ class HintRequiredError(ModelFileError):
     """The architecture is known but the file lacks a hyper-parameter the user must give."""
 
 
+class ModelRunError(TilewiseError):
+    """The model itself failed on a tile (a bug or an unsupported input in the architecture)."""
+
+
 class ImageError(TilewiseError):
     """An image cannot be processed (wrong shape, empty, too large, unreadable)."""
 

@@ -8,6 +8,7 @@ exact target  ->  the image's own channel layout again.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -127,6 +128,7 @@ def upscale(
     batch, channels, height, width = image.shape
     target = options.target.output_size(height, width, descriptor.scale)
     passes = passes_needed(descriptor.scale, (height, width), target, options.max_passes)
+    check_memory(batch, channels, (height, width), target, descriptor.scale, passes, output_device)
 
     colour, alpha = _split_alpha(image, descriptor.input_channels)
     alpha_through_model = alpha is not None and options.alpha == "model"
@@ -147,6 +149,40 @@ def upscale(
     return torch.cat([colour, alpha], dim=1)
 
 
+def output_bytes(batch: int, channels: int, size: tuple[int, int], target: tuple[int, int], scale: int, passes: int) -> int:
+    """Peak bytes of the float32 results one `upscale` call holds: the last model output and the
+    resized result (the model's own working memory is bounded by the tile size)."""
+    model_out = (size[0] * scale**passes) * (size[1] * scale**passes) if scale > 1 else size[0] * size[1]
+    return 4 * batch * channels * (model_out + target[0] * target[1])
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` now, or None when unknown."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def check_memory(batch, channels, size, target, scale, passes, device: torch.device) -> None:
+    """Refuses, before allocating, a result that cannot fit in the output device's free memory."""
+    need = output_bytes(batch, channels, size, target, scale, passes)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ImageError(
+            f"the result ({target[1]}x{target[0]}, {batch} image(s)) needs about {need / 2**30:.1f} GiB "
+            f"but only {free / 2**30:.1f} GiB is free on {device}; choose a smaller size or fewer images at once"
+        )
+
+
 def _validated(image: torch.Tensor) -> torch.Tensor:
     if not isinstance(image, torch.Tensor):
         raise ImageError(f"expected an image tensor, got {type(image).__name__}")
@@ -159,8 +195,11 @@ def _validated(image: torch.Tensor) -> torch.Tensor:
         raise ImageError(f"the image is empty (shape {tuple(image.shape)}); give at least one 1x1 image")
     if not 1 <= channels <= 4:
         raise ImageError(f"images need 1 to 4 channels (gray, gray+alpha, RGB, RGBA), got {channels}")
-    if not image.is_floating_point():
-        raise ImageError(f"expected a float image in [0, 1], got {image.dtype}; divide integer images by their maximum")
+    if image.dtype == torch.bool or image.is_complex():
+        raise ImageError(f"expected an image of numbers, got {image.dtype}")
+    if not image.is_floating_point():  # 8-bit and 16-bit images: scale by the type's full range
+        peak = 255.0 if image.dtype == torch.uint8 else 65535.0
+        return image.float().div_(peak).clamp_(0, 1)
     return torch.nan_to_num(image.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
 
 

@@ -93,12 +93,29 @@ def release_variants(descriptor: ImageModelDescriptor) -> None:
         _variants.pop(descriptor.model, None)
 
 
+_forward_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _forward_lock(module: torch.nn.Module) -> threading.Lock:
+    with _variants_lock:
+        lock = _forward_locks.get(module)
+        if lock is None:
+            lock = _forward_locks[module] = threading.Lock()
+        return lock
+
+
 def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp."""
+    """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp.
+
+    Forwards of one module are serialised: some architectures write to their own weights during
+    an eval forward (SPAN re-derives its 3x3 kernels on every call), so two threads sharing a
+    cached model (ComfyUI can do this) would otherwise corrupt each other's results.
+    """
     call = getattr(descriptor, "_call_fn", None) or (lambda m, x: m(x))
+    lock = _forward_lock(module)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with no_autocast(x.device):
+        with lock, no_autocast(x.device):
             return call(module, x)
 
     return forward

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
-from .errors import CancelledError, ImageError, TilewiseError
+from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, model_on
 from .receptive import model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile
@@ -98,7 +98,11 @@ def run_tiled(
             result = _forward_checked(forward, forward32, windows, device, dtype)
         except Exception as error:
             if not is_out_of_memory(error):
-                raise
+                window = group[0][0].window
+                raise ModelRunError(
+                    f"{descriptor.architecture.name} failed on the tile at x={window.x0}, y={window.y0} "
+                    f"({window.width}x{window.height}): {type(error).__name__}: {error}"
+                ) from error
             if descriptor.tiling == ModelTiling.INTERNAL:
                 raise TilewiseError(f"out of memory running {descriptor.architecture.name}, which cannot be tiled; use a smaller image or a device with more memory.") from None
             tile = _shrink_after_oom(tile, group, device)

@@ -146,7 +146,7 @@ def test_nan_and_out_of_range_pixels_are_sanitised(model):
     (torch.rand(0, 3, 8, 8), "empty"),
     (torch.rand(1, 3, 0, 8), "empty"),
     (torch.rand(1, 5, 8, 8), "1 to 4 channels"),
-    (torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8), "float image"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.bool), "image of numbers"),
     (torch.rand(8, 8), r"shape \(B, C, H, W\)"),
 ])
 def test_bad_images_are_clear_errors(model, bad, message):
@@ -159,3 +159,24 @@ def test_bad_options_are_clear_errors(model):
         upscale(model, torch.rand(1, 3, 4, 4), _options(resample="sinc"))
     with pytest.raises(ValueError, match="positive number"):
         upscale(model, torch.rand(1, 3, 4, 4), _options(target=ScaleTarget("factor", factor=0)))
+
+
+@pytest.mark.parametrize("dtype,peak", [(torch.uint8, 255), (torch.int32, 65535)])
+def test_integer_images_are_scaled_by_their_range(model, dtype, peak):
+    values = torch.randint(0, peak + 1, (1, 3, 6, 5), generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = upscale(model, values, _options(tiles=WHOLE))
+    assert torch.equal(got, upscale(model, values.float() / peak, _options(tiles=WHOLE)))
+
+
+def test_one_by_n_images(model):
+    assert upscale(model, torch.rand(1, 3, 1, 37), _options(tiles=TileSettings(tile=16))).shape == (1, 3, 2, 74)
+    assert upscale(model, torch.rand(1, 3, 41, 1), _options(tiles=TileSettings(tile=16))).shape == (1, 3, 82, 2)
+
+
+def test_a_result_that_cannot_fit_is_refused_before_allocating(model):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"needs about .* GiB but only .* GiB is free"):
+        upscale(model, torch.rand(1, 3, 64, 64), _options(target=ScaleTarget("size", width=2_000_000, height=2_000_000)))
+    assert time.perf_counter() - start < 5

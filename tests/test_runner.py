@@ -201,10 +201,13 @@ def test_out_of_memory_at_minimum_tile_is_a_clear_error():
         run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=64, pad=3, batch=1))
 
 
-def test_other_errors_propagate():
-    flaky = describe(FailsOnCalls({1}, error=ValueError))
-    with pytest.raises(ValueError):
-        run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=32, pad=3))
+def test_a_failing_tile_is_reported_with_its_place():
+    from tilewise.engine import ModelRunError
+
+    flaky = describe(FailsOnCalls({2}, error=ValueError))
+    with pytest.raises(ModelRunError, match=r"TestNet failed on the tile at x=\d+, y=\d+ \(\d+x\d+\): ValueError") as error:
+        run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=32, pad=3, batch=1))
+    assert isinstance(error.value.__cause__, ValueError)
 
 
 def test_progress_counts_every_tile(convnet):

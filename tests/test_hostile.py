@@ -1,0 +1,121 @@
+"""Hostile checkpoints: nothing in them ever runs, each gets a refusal naming the file, and a
+folder with bad files still lists and loads the good ones."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_zoo import ZOO
+from tilewise.engine import ModelFileError, UnsafeModelError, load_model, scan_folder
+
+
+class Payload:
+    """Unpickling this calls `func(*args)`; every variant tries to create `marker`."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def payloads(marker: Path) -> dict[str, object]:
+    return {
+        "os.system": Payload(os.system, f"touch {marker}"),
+        "exec": Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        "eval": Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess": Payload(subprocess.Popen, ["touch", str(marker)]),
+        "nested": {"params_ema": {"conv.weight": torch.zeros(1), "meta": [{"deep": Payload(os.system, f"touch {marker}")}]}},
+    }
+
+
+def _write(kind: str, obj, path: Path) -> Path:
+    if kind == "zip":  # a normal torch .pth/.ckpt archive with the payload inside
+        torch.save(obj, path)
+    elif kind == "legacy":  # torch's pre-1.6 pickle format
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:  # a bare pickle
+        path.write_bytes(pickle.dumps(obj, protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("name", ["os.system", "exec", "eval", "subprocess", "nested"])
+@pytest.mark.parametrize("kind,suffix", [("zip", ".pth"), ("zip", ".ckpt"), ("legacy", ".pt"), ("raw", ".bin"), ("raw", ".safetensors"), ("zip", ".safetensors")])
+def test_pickled_code_never_runs(tmp_path, name, kind, suffix):
+    marker = tmp_path / "pwned"
+    path = _write(kind, payloads(marker)[name], tmp_path / f"evil{suffix}")
+    with pytest.raises(ModelFileError) as error:
+        load_model(path, cache=None)
+    assert not marker.exists(), "the payload ran"
+    message = str(error.value)
+    assert message.startswith(f"evil{suffix}:")
+    assert isinstance(error.value, UnsafeModelError) or "not a checkpoint" in message
+
+
+def test_the_payloads_are_live(tmp_path):
+    """The tests above can fail: an unrestricted unpickler runs every payload."""
+    for name, obj in payloads(tmp_path / "pwned").items():
+        marker = tmp_path / "pwned"
+        marker.unlink(missing_ok=True)
+        pickle.loads(pickle.dumps(obj))
+        for _ in range(50):  # Popen runs asynchronously
+            if marker.exists():
+                break
+            __import__("time").sleep(0.02)
+        assert marker.exists(), name
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_with_code_is_refused(tmp_path):
+    class Scripted(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(Scripted()), str(path))
+    with pytest.raises(UnsafeModelError, match="model.pt: is a TorchScript archive"):
+        load_model(path, cache=None)
+
+
+def test_zip_bomb_inside_a_pth(tmp_path):
+    path = tmp_path / "bomb.pth"
+    torch.save({"w": torch.zeros(2)}, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data/99", b"\0" * (16 << 20))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UnsafeModelError, match="bomb.pth: .*zip bomb"):
+        load_model(path, cache=None)
+
+
+def test_folder_with_bad_files_lists_and_loads_the_good_ones(tmp_path):
+    marker = tmp_path / "pwned"
+    good = ZOO["Compact"].save(tmp_path / "models" / "4x_good.safetensors", seed=0)
+    ZOO["ESRGAN-2x"].save(tmp_path / "models" / "sub" / "2x_rrdb.pth", seed=0)
+    _write("zip", payloads(marker)["os.system"], tmp_path / "models" / "evil.pth")
+    (tmp_path / "models" / "page.pth").write_text("<html><body>404</body></html>")
+    (tmp_path / "models" / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "models" / "notes.txt").write_text("not a model")
+    (tmp_path / "models" / ".hidden.pth").write_bytes(b"junk")
+    entries = {e.name: e for e in scan_folder(tmp_path / "models")}
+    assert sorted(entries) == ["4x_good.safetensors", "empty.safetensors", "evil.pth", "page.pth", "sub/2x_rrdb.pth"]
+    assert entries["4x_good.safetensors"].model.architecture.id == "Compact"
+    assert entries["sub/2x_rrdb.pth"].model.scale == 2
+    for name in ("evil.pth", "page.pth", "empty.safetensors"):
+        assert entries[name].model is None and entries[name].error.startswith(name)
+    assert not marker.exists()
+    assert load_model(good) is entries["4x_good.safetensors"].model  # the cache serves the good ones
+
+
+def test_symlink_loops_do_not_hang(tmp_path):
+    folder = tmp_path / "models"
+    ZOO["Compact"].save(folder / "a.safetensors", seed=0)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    assert [e.name for e in scan_folder(folder)] == ["a.safetensors"]

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--upsampler-alpha", type=float, metavar="A", help="ParagonSR2 base-path alpha (not stored in its files; default 0)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    onnx = commands.add_parser("export-onnx", help="export a model to ONNX (validated with onnxruntime)")
+    onnx.add_argument("model", help="model file or built-in name")
+    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--video", action="store_true", help="ParagonSR2 video mode: inputs input, prev_feat; outputs output, feature_map")
+    onnx.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
+    onnx.add_argument("--size", metavar="HxW", help="fix height and width (for models whose graph depends on the size, e.g. SwinIR)")
+    onnx.add_argument("--model-scale", type=int, metavar="N")
+    onnx.add_argument("--upsampler-alpha", type=float, metavar="A")
+
     info = commands.add_parser("info", help="show what a model file is")
     info.add_argument("model", help="model file or built-in name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
@@ -85,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "info":
             return _info(args)
+        if args.command == "export-onnx":
+            return _export_onnx(args)
         return _upscale(args)
     except (UsageError, ModelFileError, ImageError, ValueError) as error:
         print(f"tilewise: error: {error}", file=sys.stderr)
@@ -131,6 +143,25 @@ def _info(args) -> int:
         return 0
     for key, value in summary.items():
         print(f"{key:>18}: {value}")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from .engine.export import export_onnx
+
+    if not str(args.output).lower().endswith(".onnx"):
+        raise UsageError("the output file must end in .onnx")
+    size = None
+    if args.size:
+        try:
+            height, width = (int(v) for v in args.size.lower().split("x"))
+            size = (height, width)
+        except ValueError:
+            raise UsageError(f"--size must look like 512x768 (height x width), got '{args.size}'") from None
+    model = load_model(args.model, hints=_hints(args), cache=None)
+    report = export_onnx(model, args.output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size)
+    checked = ", ".join(f"{size}: {error:.1e}" for size, error in report.max_error.items()) or "not validated"
+    print(f"wrote {report.path} (opset {report.opset}{', video' if report.video else ''}; onnxruntime vs PyTorch max error {checked})", file=sys.stderr)
     return 0
 
 

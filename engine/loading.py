@@ -47,15 +47,21 @@ def registry() -> ArchRegistry:
     with _registry_lock:
         if _registry is None:
             reg = MAIN_REGISTRY.copy()
-            reg.add(*native_arch_supports(), ignore_duplicates=True)
+            _add_new(reg, native_arch_supports())
             try:
                 from spandrel_extra_arches import EXTRA_REGISTRY  # type: ignore[import-not-found]
 
-                reg.add(*EXTRA_REGISTRY, ignore_duplicates=True)
+                _add_new(reg, list(EXTRA_REGISTRY))
             except ImportError:
                 pass
             _registry = reg
         return _registry
+
+
+def _add_new(reg: ArchRegistry, supports) -> None:
+    """Adds the architectures `reg` lacks. (Not `add(ignore_duplicates=True)`: spandrel 0.3.4,
+    which A1111 1.10 and Forge pin, has no such argument.)"""
+    reg.add(*[s for s in supports if s.architecture.id not in reg])
 
 
 def builtin_names() -> list[str]:

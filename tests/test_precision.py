@@ -87,3 +87,30 @@ def test_cuda_fp16_matches_fp32():
     fp32 = upscale(descriptor, image, UpscaleOptions(device="cuda", precision="fp32"))
     fp16 = upscale(descriptor, image, UpscaleOptions(device="cuda", precision="fp16"))
     assert (fp32 - fp16).abs().max().item() < 5e-3
+
+
+def test_channels_last_for_conv_nets_only():
+    from model_zoo import ZOO
+    from tilewise.engine import describe_state_dict
+    from tilewise.engine.precision import prefers_channels_last
+
+    assert prefers_channels_last(describe_state_dict(ZOO["Compact"].state_dict(seed=0)).model)
+    assert prefers_channels_last(describe_state_dict(ZOO["ESRGAN"].state_dict(seed=0)).model)
+    assert not prefers_channels_last(describe_state_dict(ZOO["SwinIR"].state_dict(seed=0)).model)
+
+
+def test_channels_last_changes_nothing_but_speed():
+    class Spy(ConvNet):
+        def forward(self, x):
+            self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return super().forward(x)
+
+    spy = Spy()
+    spy.layouts = []
+    descriptor = describe(spy)
+    image = photo("astronaut", 100, 100, 40, 48)
+    nhwc = run_tiled(descriptor, image, settings=TileSettings(tile=24, channels_last=True))
+    nchw = run_tiled(descriptor, image, settings=TileSettings(tile=24, channels_last=False))
+    assert (nhwc - nchw).abs().max().item() <= 1e-5
+    assert any(spy.layouts) and not all(spy.layouts)  # NHWC input in the first run only
+    assert all(p.is_contiguous() for p in descriptor.model.parameters())  # the shared model is untouched

@@ -1,0 +1,1 @@
+"""Fake WebUI `modules` package (see ../README.md)."""

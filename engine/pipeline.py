@@ -133,7 +133,7 @@ def upscale(
     colour, alpha = _split_alpha(image, descriptor.input_channels)
     alpha_through_model = alpha is not None and options.alpha == "model"
     stages = _stage_sizes(descriptor.scale, height, width, passes)
-    counter = _ProgressCounter(progress, sum(len(plan_run(descriptor, h, w, options.tiles, device).tiles) * batch for h, w in stages) * (2 if alpha_through_model else 1))
+    counter = _ProgressCounter(progress, sum(len(plan_run(descriptor, h, w, options.tiles, device, dtype).tiles) * batch for h, w in stages) * (2 if alpha_through_model else 1))
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return _run_channels(descriptor, x, options, device, dtype, output_device, counter, cancel)

@@ -19,6 +19,7 @@ from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, model_on, prefers_channels_last
+from .autotile import auto_tile_size
 from .receptive import model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile
 
@@ -28,9 +29,6 @@ Merge = Literal["crop", "blend"]
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
-#: Window length used when the caller asks for automatic tiling (0) on a CPU; see `auto_tile`.
-AUTO_TILE_CPU = 1024
-AUTO_TILE_CUDA = 512
 #: Below this window length an out-of-memory error is final.
 MIN_TILE = 16
 
@@ -47,11 +45,6 @@ class TileSettings:
     merge: Merge = "crop"
     batch: int = 4
     channels_last: bool = True  # NHWC for convolution-dominated models (see precision.prefers_channels_last)
-
-
-def auto_tile(device: torch.device) -> int:
-    # Issue #7 replaces this with a memory probe; until then a size that fits every model we ship tests for.
-    return AUTO_TILE_CUDA if device.type == "cuda" else AUTO_TILE_CPU
 
 
 _warned_discouraged: set[str] = set()
@@ -82,7 +75,7 @@ def run_tiled(
 
     padded, (pad_bottom, pad_right) = _pad_to_requirements(descriptor, image)
     ph, pw = padded.shape[-2:]
-    plan = plan_run(descriptor, height, width, settings, device)
+    plan = plan_run(descriptor, height, width, settings, device, dtype)
     tiles, pad, tile, align = plan.tiles, plan.pad, plan.tile, plan.align
     tile_context = pad if plan.tile > 0 else None
 
@@ -140,12 +133,19 @@ class RunPlan:
     align: int
 
 
-def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings: TileSettings, device: torch.device) -> RunPlan:
+def model_dtype(descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
+    first = next(iter(descriptor.model.parameters()), None)
+    return first.dtype if first is not None else torch.float32
+
+
+def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings: TileSettings, device: torch.device, dtype: torch.dtype | None = None) -> RunPlan:
     """The tiles `run_tiled` will use for an image of (height, width), before padding to requirements."""
     pad_w, pad_h = descriptor.size_requirements.get_padding(width, height)
     ph, pw = height + pad_h, width + pad_w
     align = _alignment(descriptor)
-    tile = settings.tile if settings.tile != 0 else auto_tile(device)
+    tile = settings.tile
+    if tile == 0:
+        tile = auto_tile_size(descriptor, device, dtype or model_dtype(descriptor, device), settings.batch)
     if descriptor.tiling == ModelTiling.INTERNAL:
         tile = -1
     elif descriptor.tiling == ModelTiling.DISCOURAGED and 0 < tile < max(ph, pw):

@@ -1,0 +1,136 @@
+"""Automatic tile size: the largest window whose forward fits the device's free memory.
+
+A model's working memory grows linearly with the window's pixel count, so one small probe
+forward per (model, device, dtype) gives bytes per input pixel:
+- CUDA: the allocator's peak during a 64 x 64 forward, over its pixel count (exact);
+- CPU: the allocator keeps no statistics, so the probe takes the larger of two estimates:
+  forward hooks' output sizes (the two largest layers live at once plus the final output,
+  times `CPU_OVERHEAD` for temporaries) and the resident-memory growth sampled during a
+  128 x 128 forward (large buffers are mmap-ed, so RSS sees them). Either alone missed by up
+  to 4x on some architecture (hooks on SPAN, whose re-parameterised kernels are not outputs;
+  RSS on models whose buffers the allocator reuses); their maximum over-estimates Compact,
+  RRDB and SPAN, the safe side.
+The window is then sqrt(free * SAFETY / (bytes per pixel * tiles per batch)), aligned to 8 and
+clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE]. An out-of-memory error still halves the tile.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+
+import torch
+from spandrel import ImageModelDescriptor
+
+from .precision import forward_fn, model_on
+
+PROBE = 64
+SAFETY = 0.5  # use at most half of what is free
+CPU_OVERHEAD = 3.0
+MIN_AUTO_TILE = 128
+#: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.
+MAX_AUTO_TILE = 2048
+
+_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+    """Working memory of one forward per input pixel (probed once, cached)."""
+    key = (str(device), dtype)
+    with _lock:
+        known = _cache.get(descriptor.model, {}).get(key)
+    if known is not None:
+        return known
+    model = model_on(descriptor, device, dtype)
+    forward = forward_fn(descriptor, model)
+    size = max(PROBE, descriptor.size_requirements.minimum)
+    size = -(-size // max(1, descriptor.size_requirements.multiple_of)) * max(1, descriptor.size_requirements.multiple_of)
+    x = torch.rand(1, descriptor.input_channels, size, size, device=device).to(dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.no_grad():
+            forward(x)
+        torch.cuda.synchronize(device)
+        measured = (torch.cuda.max_memory_allocated(device) - before) / (size * size)
+    else:
+        measured = max(_hooked_estimate(model, forward, x) / (size * size), _rss_growth(forward, descriptor, dtype))
+    with _lock:
+        _cache.setdefault(descriptor.model, {})[key] = measured
+    return measured
+
+
+def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
+    sizes: list[int] = []
+
+    def record(_module, _inputs, output):
+        tensors = output if isinstance(output, (tuple, list)) else (output,)
+        sizes.append(sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            out = forward(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    largest = sorted(sizes, reverse=True)[:2]
+    return CPU_OVERHEAD * (sum(largest) + out.numel() * out.element_size())
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _rss_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -> float:
+    """Peak resident-memory growth per input pixel during one 128 x 128 forward (0 if unknown)."""
+    import gc
+
+    size = 128
+    x = torch.rand(1, descriptor.input_channels, size, size).to(dtype)
+    try:
+        gc.collect()
+        base = _rss()
+    except OSError:
+        return 0.0
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(_rss())
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with torch.no_grad():
+            forward(x)
+    finally:
+        done.set()
+        sampler.join()
+    return max(0, max(peak) - base) / (size * size)
+
+
+def free_memory(device: torch.device) -> int | None:
+    from .pipeline import available_memory
+
+    return available_memory(device)
+
+
+def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1) -> int:
+    """The window length for `tile=0` (auto)."""
+    free = free_memory(device)
+    if free is None:
+        return 512
+    per_pixel = max(bytes_per_pixel(descriptor, device, dtype), 1.0)
+    side = math.sqrt(free * SAFETY / (per_pixel * max(1, batch)))
+    side = int(side) // 8 * 8
+    return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side))

@@ -1,0 +1,60 @@
+"""Automatic tile size from a per-model memory probe and the device's free memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import photo
+from model_zoo import ZOO
+from test_runner import ConvNet, describe
+from tilewise.engine import TileSettings, describe_state_dict, run_tiled
+from tilewise.engine import autotile
+from tilewise.engine.runner import plan_run
+
+CPU = torch.device("cpu")
+
+
+def test_bytes_per_pixel_grows_with_model_width():
+    narrow = describe_state_dict(ZOO["Compact"].state_dict(seed=0))
+    from spandrel.architectures.Compact import Compact
+
+    wide = describe_state_dict(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=4, upscale=4).state_dict())
+    assert 0 < autotile.bytes_per_pixel(narrow, CPU, torch.float32) < autotile.bytes_per_pixel(wide, CPU, torch.float32)
+
+
+def test_tile_follows_free_memory(monkeypatch):
+    model = describe(ConvNet())
+    per_pixel = autotile.bytes_per_pixel(model, CPU, torch.float32)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(per_pixel * 300 * 300 / autotile.SAFETY))
+    assert autotile.auto_tile_size(model, CPU, torch.float32) == 296  # 300 rounded down to a multiple of 8
+    assert autotile.auto_tile_size(model, CPU, torch.float32, batch=4) == 144  # 150 rounded down
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 10)
+    assert autotile.auto_tile_size(model, CPU, torch.float32) == autotile.MIN_AUTO_TILE
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 50)
+    assert autotile.auto_tile_size(model, CPU, torch.float32) == autotile.MAX_AUTO_TILE
+
+
+def test_auto_tiling_is_seamless_when_memory_is_short(monkeypatch):
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 1)  # forces the smallest auto tile
+    image = photo("coffee", 0, 0, 300, 280)
+    plan = plan_run(model, 300, 280, TileSettings(tile=0), CPU)
+    assert len(plan.tiles) > 1 and plan.tile == autotile.MIN_AUTO_TILE
+    whole = run_tiled(model, image, settings=TileSettings(tile=-1))
+    assert (run_tiled(model, image, settings=TileSettings(tile=0)) - whole).abs().max().item() <= 1e-5
+
+
+def test_probe_is_cached():
+    model = describe(ConvNet())
+    autotile.bytes_per_pixel(model, CPU, torch.float32)
+    calls = len(model.model.calls)
+    autotile.bytes_per_pixel(model, CPU, torch.float32)
+    assert len(model.model.calls) == calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: probes the CUDA allocator's peak")
+@pytest.mark.cuda
+def test_cuda_probe_uses_allocator_peak():
+    model = describe(ConvNet())
+    assert autotile.bytes_per_pixel(model, torch.device("cuda"), torch.float16) > 0

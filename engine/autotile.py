@@ -127,10 +127,17 @@ def free_memory(device: torch.device) -> int | None:
 
 def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1) -> int:
     """The window length for `tile=0` (auto)."""
+    from .precision import is_out_of_memory
+
     free = free_memory(device)
     if free is None:
         return 512
-    per_pixel = max(bytes_per_pixel(descriptor, device, dtype), 1.0)
+    try:
+        per_pixel = max(bytes_per_pixel(descriptor, device, dtype), 1.0)
+    except Exception as error:  # even the probe does not fit: start small, OOM handling does the rest
+        if not is_out_of_memory(error):
+            raise
+        return MIN_AUTO_TILE
     side = math.sqrt(free * SAFETY / (per_pixel * max(1, batch)))
     side = int(side) // 8 * 8
     return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side))

@@ -19,7 +19,7 @@ from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, model_on, prefers_channels_last
-from .autotile import auto_tile_size
+from .autotile import MIN_AUTO_TILE, auto_tile_size
 from .receptive import model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile
 
@@ -144,11 +144,12 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
     ph, pw = height + pad_h, width + pad_w
     align = _alignment(descriptor)
     tile = settings.tile
-    if tile == 0:
-        tile = auto_tile_size(descriptor, device, dtype or model_dtype(descriptor, device), settings.batch)
     if descriptor.tiling == ModelTiling.INTERNAL:
         tile = -1
-    elif descriptor.tiling == ModelTiling.DISCOURAGED and 0 < tile < max(ph, pw):
+    elif tile == 0:  # auto; images no larger than the smallest auto tile need no memory probe
+        small = max(ph, pw) <= MIN_AUTO_TILE
+        tile = -1 if small else auto_tile_size(descriptor, device, dtype or model_dtype(descriptor, device), settings.batch)
+    if descriptor.tiling == ModelTiling.DISCOURAGED and 0 < tile < max(ph, pw):
         name = descriptor.architecture.name
         if name not in _warned_discouraged:
             _warned_discouraged.add(name)

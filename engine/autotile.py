@@ -134,10 +134,13 @@ def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype
         return 512
     try:
         per_pixel = max(bytes_per_pixel(descriptor, device, dtype), 1.0)
-    except Exception as error:  # even the probe does not fit: start small, OOM handling does the rest
-        if not is_out_of_memory(error):
+    except Exception as error:
+        if is_out_of_memory(error):  # even the probe does not fit: start small, OOM handling does the rest
+            return MIN_AUTO_TILE
+        if dtype == torch.float32:
             raise
-        return MIN_AUTO_TILE
+        # the model fails in this precision (the runner then falls back to fp32): size for fp32
+        per_pixel = max(bytes_per_pixel(descriptor, device, torch.float32), 1.0)
     side = math.sqrt(free * SAFETY / (per_pixel * max(1, batch)))
     side = int(side) // 8 * 8
     return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side))

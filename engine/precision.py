@@ -116,6 +116,21 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
+_failing: "weakref.WeakKeyDictionary[torch.nn.Module, set[torch.dtype]]" = weakref.WeakKeyDictionary()
+
+
+def mark_failing(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> None:
+    """Remembers that this model cannot run in `dtype` (despite its flags), so later runs skip it."""
+    with _variants_lock:
+        _failing.setdefault(descriptor.model, set()).add(dtype)
+
+
+def usable_dtype(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
+    """`dtype`, or fp32 if this model already failed in it."""
+    with _variants_lock:
+        return torch.float32 if dtype in _failing.get(descriptor.model, ()) else dtype
+
+
 def release_variants(descriptor: ImageModelDescriptor) -> None:
     """Drops the cached device/dtype copies of a model (frees GPU memory after a run)."""
     with _variants_lock:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
-from .precision import forward_fn, is_out_of_memory, model_on, prefers_channels_last
+from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, usable_dtype
 from .autotile import MIN_AUTO_TILE, auto_tile_size
 from .receptive import model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile
@@ -68,6 +68,7 @@ def run_tiled(
     if batch == 0 or height == 0 or width == 0:
         raise ImageError(f"the image is empty (shape {tuple(image.shape)}); give at least one 1x1 image")
     scale = descriptor.scale
+    dtype = usable_dtype(descriptor, dtype)
     layout = torch.channels_last if settings.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format
     model = model_on(descriptor, device, dtype)
     forward = forward_fn(descriptor, model)
@@ -93,6 +94,14 @@ def run_tiled(
         try:
             result = _forward_checked(forward, forward32, windows.contiguous(memory_format=layout), device, dtype)
         except Exception as error:
+            if not is_out_of_memory(error) and dtype != torch.float32:
+                # some architectures flagged bf16/fp16-capable still mix dtypes inside (SwinIR's
+                # attention in bf16): finish the run in fp32 rather than fail it
+                log.warning("Tilewise: %s failed in %s (%s); continuing in fp32.", descriptor.architecture.name, dtype, error)
+                mark_failing(descriptor, dtype)
+                forward, dtype = forward32, torch.float32
+                queue.extendleft(reversed(group))
+                continue
             if not is_out_of_memory(error):
                 window = group[0][0].window
                 raise ModelRunError(

@@ -114,3 +114,20 @@ def test_channels_last_changes_nothing_but_speed():
     assert (nhwc - nchw).abs().max().item() <= 1e-5
     assert any(spy.layouts) and not all(spy.layouts)  # NHWC input in the first run only
     assert all(p.is_contiguous() for p in descriptor.model.parameters())  # the shared model is untouched
+
+
+def test_a_model_that_fails_in_low_precision_finishes_in_fp32(caplog):
+    class NoBf16(ConvNet):
+        def forward(self, x):
+            if x.dtype != torch.float32:
+                raise RuntimeError("expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16")
+            return super().forward(x)
+
+    descriptor = describe(NoBf16())
+    image = photo("astronaut", 100, 100, 40, 40)
+    got = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
+    assert torch.equal(got, run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3)))
+    assert "continuing in fp32" in caplog.text
+    caplog.clear()
+    run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
+    assert "continuing in fp32" not in caplog.text  # remembered: the next run goes straight to fp32

@@ -1,0 +1,147 @@
+"""Speed: Tilewise's paths against the naive one-tile-at-a-time fp32 scheme, in the same process.
+
+For Compact, ESRGAN (RRDB), SPAN, ParagonSR2 photo and SwinIR with seeded weights, on a real
+photograph (scikit-image's hubble_deep_field; `--megapixels` crops it), prints per model:
+  naive      ComfyUI core's scheme: 512-px tiles, 32-px feathered overlap, one tile at a time,
+             fp32, default memory layout (the baseline, ratio 1.00)
+  default    `upscale` with default options (auto tile, channels-last for conv nets, fp32 on CPU)
+  fp32 fast  the fastest exact fp32 path (same as default on CPU; fp16 where the GPU allows)
+  bf16       precision bf16
+as speed ratios over naive, peak resident-memory growth, and each path's max abs difference
+from an untiled fp32 run. Also a channels-last table (fp32, NHWC over NCHW input) per model.
+Targets on CPU: default >= 1.6x naive, bf16 >= 3x; tiled-vs-untiled max error <= 1e-4 (fp32).
+
+    python benchmarks/speed.py [--megapixels 0.25] [--repeats 1] [--threads 2] [--models compact,esrgan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage import data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiling import naive_tiled, seeded  # noqa: E402
+
+from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, run_tiled, upscale  # noqa: E402
+from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"
+
+
+def models() -> dict:
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.SPAN import SPAN
+    from spandrel.architectures.SwinIR import SwinIR
+
+    return {
+        "compact": lambda: seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0),
+        "esrgan": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=4, scale=4), 1),
+        "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
+        "paragonsr2-photo": lambda: load_model(FIXTURES / "paragonsr2_photo_x2.safetensors", cache=None),
+        "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
+    }
+
+
+class PeakRSS:
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        self.base = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss() - self.base)
+            self._stop.wait(0.01)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn, repeats: int):
+    best, result, memory = float("inf"), None, 0
+    for _ in range(repeats):
+        with PeakRSS() as peak:
+            start = time.perf_counter()
+            result = fn()
+            best = min(best, time.perf_counter() - start)
+        memory = max(memory, peak.peak)
+    return best, result, memory
+
+
+def bench(name: str, descriptor, image: torch.Tensor, repeats: int) -> None:
+    cpu = "cpu"
+    untiled = run_tiled(descriptor, image, settings=TileSettings(tile=-1, channels_last=False))
+    schemes = {
+        "naive": lambda: naive_tiled(descriptor, image),
+        "default": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu)),
+        "fp32 fast": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, precision="fp32", tiles=TileSettings(tile=0, channels_last=True))),
+        "bf16": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, precision="bf16")),
+    }
+    params = sum(p.numel() for p in descriptor.model.parameters())
+    print(f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: {prefers_channels_last(descriptor.model)})")
+    print(f"  {'path':<10} {'seconds':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}")
+    baseline = None
+    for label, fn in schemes.items():
+        seconds, result, memory = timed(fn, repeats)
+        baseline = baseline or seconds
+        print(f"  {label:<10} {seconds:>8.2f} {baseline / seconds:>15.2f} {memory / 2**20:>13.0f} {(result - untiled).abs().max().item():>13.2e}")
+    nchw, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)), repeats)
+    nhwc, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True, batch=4)) if prefers_channels_last(descriptor.model) else _forced_nhwc(descriptor, image), repeats)
+    CHANNELS_LAST[name] = nchw / nhwc
+
+
+def _forced_nhwc(descriptor, image):
+    """NHWC input for a model the policy keeps in NCHW, to measure what the policy avoids."""
+    with torch.no_grad():
+        return descriptor.model(image.contiguous(memory_format=torch.channels_last))
+
+
+CHANNELS_LAST: dict[str, float] = {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megapixels", type=float, default=0.25, help="crop of the photo to use (about 0.87 for all of it)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default=",".join(models()))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    photo = data.hubble_deep_field()
+    side = int((args.megapixels * 1e6) ** 0.5)
+    crop = photo[: min(side, photo.shape[0]), : min(side, photo.shape[1])]
+    image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div(255)[None]
+    print(f"photo: skimage hubble_deep_field crop {image.shape[-1]}x{image.shape[-2]} ({image.shape[-1] * image.shape[-2] / 1e6:.2f} MP), "
+          f"CPU, {args.threads} threads, native bf16: {cpu_has_native_bf16()}")
+    table = models()
+    for name in args.models.split(","):
+        bench(name, table[name](), image, args.repeats)
+    print("\nchannels-last input, speed over NCHW (fp32, auto tile):")
+    for name, gain in CHANNELS_LAST.items():
+        print(f"  {name:<18} {gain:.2f}")
+
+
+if __name__ == "__main__":
+    main()

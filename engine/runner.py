@@ -22,6 +22,7 @@ from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, pre
 from .autotile import MIN_AUTO_TILE, auto_tile_size
 from .receptive import model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile
+from .transfer import Pending, Transfers
 
 log = logging.getLogger("tilewise")
 
@@ -85,15 +86,41 @@ def run_tiled(
     weights = torch.zeros(batch, 1, ph * scale, pw * scale, dtype=torch.float32, device=output_device) if settings.merge == "blend" and len(tiles) > 1 else None
 
     queue: deque[tuple[Tile, int]] = deque((t, b) for t in tiles for b in range(batch))
+    transfers = Transfers(device, output_device)
+    pending: Pending | None = None
     done, per_forward = 0, max(1, settings.batch)
+
+    def finish(item: Pending) -> None:
+        """Pastes a finished batch (re-running it in fp32 if low precision overflowed)."""
+        nonlocal done
+        item.wait()
+        result = item.result
+        if item.overflowed():
+            log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", dtype)
+            with torch.no_grad():
+                result = forward32(item.windows.to(device).contiguous(memory_format=layout))
+            result = result.to(device=output_device, dtype=torch.float32).clamp_(0, 1)
+        for index, ((t, b), out) in enumerate(zip(item.group, result)):
+            if weights is None:
+                _paste_core(output[b], out, t, scale)
+            else:
+                _accumulate(output[b], weights[b], out, t, scale, pad, ph, pw)
+            done += 1
+            if progress is not None:
+                progress(done, done + len(item.group) - index - 1 + len(queue) + (len(pending.group) if pending is not None and pending is not item else 0))
+
     while queue:
         if cancel is not None and cancel():
             raise CancelledError()
         group = _take_group(queue, per_forward)
         windows = torch.stack([padded[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group])
         try:
-            result = _forward_checked(forward, forward32, windows.contiguous(memory_format=layout), device, dtype)
+            with torch.no_grad():
+                result = forward(transfers.upload(windows, dtype, layout))
         except Exception as error:
+            if pending is not None:  # what is already computed stays valid
+                previous, pending = pending, None
+                finish(previous)
             if not is_out_of_memory(error) and dtype != torch.float32:
                 # some architectures flagged bf16/fp16-capable still mix dtypes inside (SwinIR's
                 # attention in bf16): finish the run in fp32 rather than fail it
@@ -120,15 +147,15 @@ def run_tiled(
         expected = (len(group), out_channels, windows.shape[-2] * scale, windows.shape[-1] * scale)
         if tuple(result.shape) != expected:
             raise TilewiseError(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
-        result = result.to(device=output_device, dtype=torch.float32, non_blocking=False).clamp_(0, 1)
-        for index, ((t, b), out) in enumerate(zip(group, result)):
-            if weights is None:
-                _paste_core(output[b], out, t, scale)
-            else:
-                _accumulate(output[b], weights[b], out, t, scale, pad, ph, pw)
-            done += 1
-            if progress is not None:
-                progress(done, done + len(group) - index - 1 + len(queue))
+        current = transfers.download(group, windows, result, check_finite=dtype != torch.float32)
+        if transfers.deferred:  # paste the previous batch while this one computes and copies
+            previous, pending = pending, current
+            if previous is not None:
+                finish(previous)
+        else:
+            finish(current)
+    if pending is not None:
+        finish(pending)
     if weights is not None:
         output /= weights.clamp_min(1e-12)
     return output[..., : (ph - pad_bottom) * scale, : (pw - pad_right) * scale]
@@ -186,19 +213,6 @@ def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:
     while queue and len(group) < limit and (queue[0][0].window.height, queue[0][0].window.width) == shape:
         group.append(queue.popleft())
     return group
-
-
-def _forward_checked(forward, forward32, windows: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Runs the model; a result with NaN/Inf (fp16/bf16 overflow) is recomputed in fp32.
-
-    `no_grad` rather than `inference_mode`: results are written into caller-owned tensors,
-    which inference tensors may not be."""
-    with torch.no_grad():
-        out = forward(windows.to(device=device, dtype=dtype, non_blocking=True))
-        if dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", dtype)
-            out = forward32(windows.to(device=device, dtype=torch.float32))
-        return out
 
 
 def _shrink_after_oom(tile: int, group: list, device: torch.device) -> int:

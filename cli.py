@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--merge", choices=("crop", "blend"), default="crop", help="tile merge: crop margins (exact, default) or blend them")
     up.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
     up.add_argument("--precision", choices=PRECISIONS, default="auto")
+    up.add_argument("--compile", action="store_true", help="torch.compile the model (slow first run; pays off on many images)")
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     up.add_argument("--alpha", choices=ALPHA_MODES, default="resize", help="alpha channel: resize it (default), run it through the model, or drop it")
     up.add_argument("--resample", choices=tuple(FILTERS), default="lanczos", help="filter for the final resize to the exact size")
@@ -182,7 +183,7 @@ def _tile_settings(args) -> TileSettings:
         raise UsageError("--tile-pad must be 0 or more")
     if args.batch < 1:
         raise UsageError("--batch must be 1 or more")
-    return TileSettings(tile=tile, pad=args.tile_pad, merge=args.merge, batch=args.batch)
+    return TileSettings(tile=tile, pad=args.tile_pad, merge=args.merge, batch=args.batch, compile=args.compile)
 
 
 def _target(args) -> ScaleTarget:

@@ -79,16 +79,30 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-_variants: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], torch.nn.Module]]" = weakref.WeakKeyDictionary()
+_variants: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
 _variants_lock = threading.Lock()
 
 
-def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, compiled: bool = False) -> torch.nn.Module:
     """The descriptor's module on `device` in `dtype`; a cached copy when that differs from the original.
 
     The original is never moved or cast, so a model shared by several hosts or threads keeps
-    its placement.
+    its placement. `compiled` gives a `torch.compile`d copy (static shapes), cached like the others:
+    compiling costs seconds to minutes, so it pays off for long runs of equal tiles (video).
     """
+    if compiled:
+        key = (str(device), dtype, "compiled")
+        with _variants_lock:
+            variants = _variants.setdefault(descriptor.model, {})
+            if key not in variants:
+                base = model_on_unlocked(descriptor, device, dtype)
+                variants[key] = torch.compile(base, dynamic=False)
+            return variants[key]
+    with _variants_lock:
+        return model_on_unlocked(descriptor, device, dtype)
+
+
+def model_on_unlocked(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     model = descriptor.model
     first = next(iter(model.parameters()), None)
     if first is None:
@@ -96,14 +110,13 @@ def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torc
     if first is None or (same_device(first.device, device) and first.dtype == dtype):
         return model
     key = (str(device), dtype)
-    with _variants_lock:
-        variants = _variants.setdefault(model, {})
-        if key not in variants:
-            variant = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-            for parameter in variant.parameters():
-                parameter.requires_grad_(False)
-            variants[key] = variant
-        return variants[key]
+    variants = _variants.setdefault(model, {})
+    if key not in variants:
+        variant = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        for parameter in variant.parameters():
+            parameter.requires_grad_(False)
+        variants[key] = variant
+    return variants[key]
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

@@ -46,6 +46,7 @@ class TileSettings:
     merge: Merge = "crop"
     batch: int = 4
     channels_last: bool = True  # NHWC for convolution-dominated models (see precision.prefers_channels_last)
+    compile: bool = False  # torch.compile the model (opt-in: slow first run); batches are padded to one shape
 
 
 _warned_discouraged: set[str] = set()
@@ -71,7 +72,7 @@ def run_tiled(
     scale = descriptor.scale
     dtype = usable_dtype(descriptor, dtype)
     layout = torch.channels_last if settings.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format
-    model = model_on(descriptor, device, dtype)
+    model = model_on(descriptor, device, dtype, compiled=settings.compile)
     forward = forward_fn(descriptor, model)
     forward32 = forward if dtype == torch.float32 else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
 
@@ -116,7 +117,11 @@ def run_tiled(
         windows = torch.stack([padded[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group])
         try:
             with torch.no_grad():
-                result = forward(transfers.upload(windows, dtype, layout))
+                if settings.compile and len(group) < per_forward:  # one batch shape: compile once
+                    filler = windows[-1:].expand(per_forward - len(group), -1, -1, -1)
+                    result = forward(transfers.upload(torch.cat([windows, filler]), dtype, layout))[: len(group)]
+                else:
+                    result = forward(transfers.upload(windows, dtype, layout))
         except Exception as error:
             if pending is not None:  # what is already computed stays valid
                 previous, pending = pending, None

@@ -131,3 +131,24 @@ def test_a_model_that_fails_in_low_precision_finishes_in_fp32(caplog):
     caplog.clear()
     run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
     assert "continuing in fp32" not in caplog.text  # remembered: the next run goes straight to fp32
+
+
+def test_compile_is_opt_in_cached_and_sees_one_batch_shape(monkeypatch):
+    compiled = []
+
+    def fake_compile(module, dynamic=None):
+        compiled.append((module, dynamic))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = ConvNet()
+    descriptor = describe(model)
+    image = photo("chelsea", 0, 0, 70, 70)
+    plain = run_tiled(descriptor, image, settings=TileSettings(tile=32, pad=3, batch=3))
+    assert compiled == []
+    model.calls.clear()
+    for _ in range(2):
+        got = run_tiled(descriptor, image, settings=TileSettings(tile=32, pad=3, batch=3, compile=True))
+        assert torch.equal(got, plain)
+    assert len(compiled) == 1 and compiled[0][1] is False  # compiled once, static shapes
+    assert {shape[0] for shape in model.calls} == {3}  # the last, smaller group was padded

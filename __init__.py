@@ -8,6 +8,8 @@ ComfyUI entry point `comfy_entrypoint` exists only when ComfyUI's V3 API is impo
 from __future__ import annotations
 
 import importlib.util
+import logging
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -20,6 +22,11 @@ def _comfy_v3_available() -> bool:
         return False
 
 
+def _inside_comfyui() -> bool:
+    """ComfyUI imports its own `folder_paths` and `comfy` before it loads custom nodes."""
+    return "folder_paths" in sys.modules and "comfy" in sys.modules
+
+
 if _comfy_v3_available() and (Path(__file__).parent / "nodes" / "__init__.py").is_file():
 
     async def comfy_entrypoint():
@@ -27,3 +34,9 @@ if _comfy_v3_available() and (Path(__file__).parent / "nodes" / "__init__.py").i
         from .nodes import comfy_entrypoint as entry
 
         return await entry()
+
+elif _inside_comfyui():
+    logging.getLogger("tilewise").warning(
+        "Tilewise: this ComfyUI has no V3 node API (comfy_api.latest, ComfyUI 0.3.48 or newer); "
+        "the Tilewise nodes are not loaded. Update ComfyUI to use them."
+    )

@@ -1,0 +1,48 @@
+"""Device memory one `upscale` call needs, for hosts that must make room before a run.
+
+ComfyUI unloads other models until a requested number of bytes is free before a node runs;
+this gives that number: the weights in the working dtype plus the working memory of the largest
+forward (the measured bytes per input pixel of `autotile`, times the window's pixels, times the
+windows stacked per forward). The engine still recovers from an out-of-memory error by halving
+the tile, so this errs on the generous side rather than being exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from spandrel import ImageModelDescriptor
+
+from .autotile import bytes_per_pixel
+from .pipeline import UpscaleOptions
+from .precision import resolve_device, resolve_dtype
+from .runner import plan_run
+
+#: For automatic tiling, room is made for a window of this length (ComfyUI's core upscale node
+#: uses 512); the engine's automatic tile then grows into whatever memory is free.
+ROOM_FOR_AUTO_TILE = 512
+#: Fallback working memory per input pixel, per unit of scale and per byte of the working dtype,
+#: when the model cannot be probed: ComfyUI's core node budgets 3 * 384 ("an estimate").
+FALLBACK_ELEMENTS_PER_PIXEL = 3 * 384
+
+
+def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions = UpscaleOptions(), images: int = 1) -> int:
+    """Bytes of device memory `upscale(descriptor, images x C x height x width, options)` may use.
+
+    Counts the weights in the working dtype and the largest forward of the first model pass
+    (later passes of larger targets use the same windows).
+    """
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.precision, descriptor, device)
+    element = torch.empty((), dtype=dtype).element_size()
+    weights = sum(p.numel() for p in descriptor.model.parameters()) * element
+    settings = options.tiles if options.tiles.tile != 0 else replace(options.tiles, tile=ROOM_FOR_AUTO_TILE)
+    plan = plan_run(descriptor, height, width, settings, device, dtype)
+    window = max(t.window.height * t.window.width for t in plan.tiles)
+    per_forward = min(max(1, settings.batch), len(plan.tiles) * max(1, images))
+    try:
+        per_pixel = bytes_per_pixel(descriptor, device, dtype)
+    except Exception:  # the probe itself failed (out of memory, a dtype the model rejects)
+        per_pixel = max(descriptor.scale, 1) * FALLBACK_ELEMENTS_PER_PIXEL * element
+    return int(weights + window * per_forward * per_pixel)

@@ -1,0 +1,23 @@
+"""ComfyUI node pack (V3 API, `comfy_api.latest`). One module per node family; a new family
+(video, for instance) adds its module's `NODES` to `NODE_FAMILIES` below.
+
+Imported by ComfyUI only, through the package's `comfy_entrypoint` (never `NODE_CLASS_MAPPINGS`:
+ComfyUI would then ignore the V3 nodes).
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import info, loader, upscale
+
+NODE_FAMILIES = (loader.NODES, upscale.NODES, info.NODES)
+
+
+class TilewiseExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for family in NODE_FAMILIES for node in family]
+
+
+async def comfy_entrypoint() -> TilewiseExtension:
+    return TilewiseExtension()

@@ -1,0 +1,134 @@
+"""Tilewise Upscale Image: seamless tiled upscaling of an IMAGE batch with any UPSCALE_MODEL."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+from spandrel import ImageModelDescriptor
+
+from ..engine import ALPHA_MODES, FILTERS, PRECISIONS, CancelledError, ImageError, ScaleTarget, TileSettings, UpscaleOptions, upscale
+from ..engine.context import measure_context
+from ..engine.memory import estimate_device_bytes
+from ..engine.runner import MIN_TILE
+from . import host
+
+#: Scale-mode choices as the node shows them -> the engine's ScaleTarget modes.
+SCALE_MODES = {
+    "native": "native",
+    "factor": "factor",
+    "width x height": "size",
+    "longest side": "longest",
+    "megapixels": "megapixels",
+}
+MERGES = ("crop", "blend")
+DEVICES = ("auto", "cpu")
+OUTPUT_DEVICES = ("auto", "cpu", "processing")
+MAX_SIDE = 16384
+
+
+class TilewiseUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TilewiseUpscale",
+            display_name="Upscale Image (Tilewise)",
+            category="image/upscaling",
+            description=(
+                "Upscales an image batch tile by tile without seams: each tile reads enough context for the "
+                "model's receptive field and only its centre is kept, so the result equals an untiled run. "
+                "Reaches any target size by applying the model again and resizing."
+            ),
+            inputs=[
+                io.UpscaleModel.Input("upscale_model", tooltip="From 'Load Upscale Model (Tilewise)' or the core 'Load Upscale Model'."),
+                io.Image.Input("image"),
+                io.Int.Input("tile_size", default=0, min=-1, max=MAX_SIDE, step=1, optional=True,
+                             tooltip="Window fed to the model, in pixels. 0 = auto; -1 = no tiling (whole image at once)."),
+                io.Int.Input("tile_padding", default=-1, min=-1, max=1024, step=1, optional=True,
+                             tooltip="Context margin read around each tile. -1 = auto (the model's receptive radius, measured once)."),
+                io.Combo.Input("merge", options=list(MERGES), default="crop", optional=True,
+                               tooltip="crop: keep only tile centres (exact for convolutional models); blend: feather the margins (for models with global context)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
+                               tooltip="auto: fp16/bf16 on a GPU where the model supports it, else fp32."),
+                io.Combo.Input("scale_mode", options=list(SCALE_MODES), default="native", optional=True,
+                               tooltip="native: the model's scale; factor; exact width x height (0 keeps the aspect ratio); longest side; megapixels."),
+                io.Float.Input("scale_factor", default=2.0, min=0.01, max=64.0, step=0.01, optional=True, tooltip="For scale_mode factor."),
+                io.Int.Input("width", default=1024, min=0, max=MAX_SIDE, step=1, optional=True, tooltip="For scale_mode width x height; 0 = from the height and the aspect ratio."),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIDE, step=1, optional=True, tooltip="For scale_mode width x height; 0 = from the width and the aspect ratio."),
+                io.Int.Input("longest_side", default=2048, min=1, max=MAX_SIDE, step=1, optional=True, tooltip="For scale_mode longest side."),
+                io.Float.Input("megapixels", default=4.0, min=0.01, max=256.0, step=0.01, optional=True, tooltip="For scale_mode megapixels."),
+                io.Combo.Input("resample", options=list(FILTERS), default="lanczos", optional=True,
+                               tooltip="Filter for the final resize to the exact target size (unused when the model's scale is the target)."),
+                io.Combo.Input("alpha", options=list(ALPHA_MODES), default="resize", optional=True,
+                               tooltip="Alpha channel of RGBA images: resize it with the filter, run it through the model, or drop it."),
+                io.Int.Input("tile_batch", default=4, min=1, max=64, step=1, optional=True, tooltip="Tiles per forward pass."),
+                io.Combo.Input("device", options=list(DEVICES), default="auto", optional=True, tooltip="auto: ComfyUI's device (honours --cpu); cpu: force the CPU."),
+                io.Combo.Input("output_device", options=list(OUTPUT_DEVICES), default="auto", optional=True,
+                               tooltip="auto: ComfyUI's intermediate device (the CPU unless --gpu-only); processing: keep the result on the model's device."),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        upscale_model,
+        image,
+        tile_size: int = 0,
+        tile_padding: int = -1,
+        merge: str = "crop",
+        precision: str = "auto",
+        scale_mode: str = "native",
+        scale_factor: float = 2.0,
+        width: int = 1024,
+        height: int = 0,
+        longest_side: int = 2048,
+        megapixels: float = 4.0,
+        resample: str = "lanczos",
+        alpha: str = "resize",
+        tile_batch: int = 4,
+        device: str = "auto",
+        output_device: str = "auto",
+    ) -> io.NodeOutput:
+        if not isinstance(upscale_model, ImageModelDescriptor):
+            raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
+        if 0 < tile_size < MIN_TILE:
+            raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
+        run_device = host.processing_device(device)
+        options = UpscaleOptions(
+            tiles=TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch),
+            precision=precision,
+            device=str(run_device),
+            output_device=str(host.result_device(output_device, run_device)),
+            target=scale_target(scale_mode, scale_factor, width, height, longest_side, megapixels),
+            resample=resample,
+            alpha=alpha,
+        )
+        pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
+        progress, cancel = host.callbacks()
+        with host.run_on(upscale_model, run_device):
+            measure_context(upscale_model, options.tiles, run_device)  # ComfyUI runs nodes in inference mode
+            host.make_room(estimate_device_bytes(upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0]), run_device)
+            try:
+                result = upscale(upscale_model, pixels, options, progress=progress, cancel=cancel)
+            except CancelledError:
+                host.raise_interrupt()
+                raise
+        return io.NodeOutput(result.movedim(1, -1))
+
+
+def scale_target(mode: str, factor: float, width: int, height: int, longest_side: int, megapixels: float) -> ScaleTarget:
+    """The node's scale widgets as the engine's target (only the chosen mode's values count)."""
+    if mode not in SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {', '.join(SCALE_MODES)}, got '{mode}'")
+    engine_mode = SCALE_MODES[mode]
+    if engine_mode == "factor":
+        return ScaleTarget("factor", factor=factor)
+    if engine_mode == "size":
+        return ScaleTarget("size", width=width or None, height=height or None)
+    if engine_mode == "longest":
+        return ScaleTarget("longest", longest=longest_side)
+    if engine_mode == "megapixels":
+        return ScaleTarget("megapixels", megapixels=megapixels)
+    return ScaleTarget("native")
+
+
+NODES = [TilewiseUpscale]

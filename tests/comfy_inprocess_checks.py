@@ -1,0 +1,296 @@
+"""In-process checks of each Tilewise node's `execute`, with ComfyUI 0.3.75 imported as a library.
+
+Not collected by the main test run (its name does not start with `test_`): it needs ComfyUI's
+own environment, so `test_comfyui.py::test_nodes_in_process` runs it with that environment's
+Python (`TILEWISE_COMFYUI_DIR` names the ComfyUI folder). ComfyUI is initialised once, as its
+main.py would, with only this pack among the custom nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from model_zoo import ZOO
+
+COMFY_DIR = Path(os.environ.get("TILEWISE_COMFYUI_DIR", ""))
+ROOT = Path(__file__).resolve().parents[1]
+HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>\n"
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    if not (COMFY_DIR / "main.py").is_file():
+        pytest.fail("TILEWISE_COMFYUI_DIR must name a ComfyUI folder; run this through tests/test_comfyui.py", pytrace=False)
+    base = tmp_path_factory.mktemp("comfy-inprocess")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "tilewise").symlink_to(ROOT, target_is_directory=True)
+    models = base / "models" / "upscale_models"
+    models.mkdir(parents=True)
+    ZOO["Compact"].save(models / "compact_x2.safetensors", seed=0, scale=2)
+    (models / "broken.pth").write_text(HTML_PAGE)
+
+    sys.path.insert(0, str(COMFY_DIR))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "tilewise"]
+    import comfy.cli_args  # noqa: F401
+    import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    entry = str(base / "custom_nodes" / "tilewise" / "__init__.py")
+    pack_name = next(name for name, module in list(sys.modules.items()) if getattr(module, "__file__", None) == entry)
+    import comfy.model_management as mm
+    import comfy.utils
+
+    return SimpleNamespace(
+        base=base,
+        models=models,
+        nodes=nodes.NODE_CLASS_MAPPINGS,
+        mm=mm,
+        utils=comfy.utils,
+        engine=importlib.import_module(pack_name + ".engine"),
+        precision=importlib.import_module(pack_name + ".engine.precision"),
+        host=importlib.import_module(pack_name + ".nodes.host"),
+        upscale_module=importlib.import_module(pack_name + ".nodes.upscale"),
+        loader_module=importlib.import_module(pack_name + ".nodes.loader"),
+    )
+
+
+@pytest.fixture(autouse=True)
+def like_comfyui_execution():
+    """ComfyUI runs every node inside torch.inference_mode(): so do these checks."""
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture
+def compact(comfy):
+    return comfy.nodes["TilewiseModelLoader"].execute("compact_x2.safetensors")[0]
+
+
+def image(batch=1, height=40, width=56, channels=3, seed=0) -> torch.Tensor:
+    """A ComfyUI IMAGE: (B, H, W, C) float32 in [0, 1] with some structure."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand(batch, channels, height // 4, width // 4, generator=generator), size=(height, width), mode="bilinear")
+    return (0.8 * smooth + 0.2 * torch.rand(batch, channels, height, width, generator=generator)).permute(0, 2, 3, 1).contiguous()
+
+
+def engine_result(comfy, model, pixels, **options) -> torch.Tensor:
+    result = comfy.engine.upscale(model, pixels.movedim(-1, 1), comfy.engine.UpscaleOptions(device="cpu", **options))
+    return result.movedim(1, -1)
+
+
+@pytest.fixture
+def progress_calls(comfy):
+    calls = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: calls.append((value, total)))
+    yield calls
+    comfy.utils.set_progress_bar_global_hook(None)
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+def test_nodes_registered_through_the_v3_entry(comfy):
+    from comfy_api.latest import io
+
+    for node_id in ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo"):
+        assert issubclass(comfy.nodes[node_id], io.ComfyNode)
+        assert comfy.nodes[node_id].define_schema().node_id == node_id
+
+
+# -- loader ---------------------------------------------------------------------------------------
+
+
+def test_loader_reads_files_and_builtins(comfy, compact):
+    from spandrel import ImageModelDescriptor
+
+    assert isinstance(compact, ImageModelDescriptor) and compact.scale == 2
+    builtin = comfy.nodes["TilewiseModelLoader"].execute("builtin:magic-kernel-sharp-3x")[0]
+    assert builtin.scale == 3
+    options = comfy.nodes["TilewiseModelLoader"].define_schema().inputs[0].options
+    assert "compact_x2.safetensors" in options and "builtin:magic-kernel-sharp-2x" in options
+
+
+def test_loader_passes_hints(comfy, monkeypatch):
+    seen = []
+    monkeypatch.setattr(comfy.loader_module, "load_model", lambda source, hints: seen.append((source, hints)) or object())
+    monkeypatch.setattr(comfy.host, "attach_patcher", lambda descriptor: None)
+    loader = comfy.nodes["TilewiseModelLoader"]
+    loader.execute("compact_x2.safetensors")
+    loader.execute("compact_x2.safetensors", scale_hint=3, upsampler_alpha=0.5)
+    assert seen[0][0] == str(comfy.models / "compact_x2.safetensors")
+    assert (seen[0][1].scale, seen[0][1].upsampler_alpha) == (None, None)
+    assert (seen[1][1].scale, seen[1][1].upsampler_alpha) == (3, 0.5)
+
+
+def test_loader_errors_carry_the_engine_message(comfy):
+    loader = comfy.nodes["TilewiseModelLoader"]
+    with pytest.raises(comfy.engine.ModelFileError, match=r"broken.pth: is a web page"):
+        loader.execute("broken.pth")
+    with pytest.raises(FileNotFoundError):
+        loader.execute("missing.safetensors")
+
+
+def test_loader_fingerprint_follows_the_file(comfy):
+    loader = comfy.nodes["TilewiseModelLoader"]
+    before = loader.fingerprint_inputs(model_name="compact_x2.safetensors")
+    path = comfy.models / "compact_x2.safetensors"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert loader.fingerprint_inputs(model_name="compact_x2.safetensors") != before
+    assert loader.fingerprint_inputs(model_name="builtin:magic-kernel-sharp-2x") == loader.fingerprint_inputs(model_name="builtin:magic-kernel-sharp-2x")
+
+
+# -- upscale --------------------------------------------------------------------------------------
+
+
+def test_upscale_equals_the_engine(comfy, compact):
+    pixels = image(batch=2)
+    out = comfy.nodes["TilewiseUpscale"].execute(compact, pixels, tile_size=24, tile_padding=-1)[0]
+    assert out.shape == (2, 80, 112, 3) and out.dtype == torch.float32 and out.device.type == "cpu"
+    expected = engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=24))
+    assert torch.equal(out, expected)
+    untiled = engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=-1))
+    assert torch.allclose(out, untiled, atol=1e-5)
+
+
+def test_widgets_map_onto_engine_options(comfy, compact, monkeypatch):
+    seen = []
+    real = comfy.upscale_module.upscale
+    monkeypatch.setattr(comfy.upscale_module, "upscale", lambda model, x, options, **kw: seen.append(options) or real(model, x, options, **kw))
+    node = comfy.nodes["TilewiseUpscale"]
+    node.execute(compact, image())
+    node.execute(compact, image(), tile_size=-1, tile_padding=6, merge="blend", precision="bf16", tile_batch=2, resample="bicubic", alpha="discard", device="cpu", output_device="processing")
+    default, custom = seen
+    assert default.tiles == comfy.engine.TileSettings(tile=0, pad=None, merge="crop", batch=4)
+    assert (default.precision, default.device, default.output_device, default.target.mode, default.resample, default.alpha) == ("auto", "cpu", "cpu", "native", "lanczos", "resize")
+    assert custom.tiles == comfy.engine.TileSettings(tile=-1, pad=6, merge="blend", batch=2)
+    assert (custom.precision, custom.device, custom.output_device, custom.resample, custom.alpha) == ("bf16", "cpu", "cpu", "bicubic", "discard")
+
+
+@pytest.mark.parametrize(
+    "widgets, size",
+    [
+        ({"scale_mode": "native"}, (80, 112)),
+        ({"scale_mode": "factor", "scale_factor": 1.5}, (60, 84)),
+        ({"scale_mode": "width x height", "width": 100, "height": 50}, (50, 100)),
+        ({"scale_mode": "width x height", "width": 112, "height": 0}, (80, 112)),
+        ({"scale_mode": "width x height", "width": 0, "height": 120}, (120, 168)),
+        ({"scale_mode": "longest side", "longest_side": 280}, (200, 280)),
+        ({"scale_mode": "megapixels", "megapixels": 0.00896}, (80, 112)),
+        ({"scale_mode": "factor", "scale_factor": 5.0}, (200, 280)),
+    ],
+)
+def test_scale_modes(comfy, compact, widgets, size):
+    out = comfy.nodes["TilewiseUpscale"].execute(compact, image(), **widgets)[0]
+    assert tuple(out.shape[1:3]) == size
+
+
+def test_rgba_and_gray_images_keep_their_channels(comfy, compact):
+    node = comfy.nodes["TilewiseUpscale"]
+    assert node.execute(compact, image(channels=4))[0].shape == (1, 80, 112, 4)
+    assert node.execute(compact, image(channels=4), alpha="discard")[0].shape == (1, 80, 112, 3)
+    assert node.execute(compact, image(channels=1))[0].shape == (1, 80, 112, 1)
+
+
+def test_core_loader_model_works_in_tilewise_upscale(comfy, compact):
+    core_model = comfy.nodes["UpscaleModelLoader"].execute("compact_x2.safetensors")[0]
+    pixels = image()
+    out = comfy.nodes["TilewiseUpscale"].execute(core_model, pixels, tile_size=32)[0]
+    assert torch.equal(out, engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=32)))
+
+
+def test_tilewise_model_works_in_core_upscale(comfy, compact):
+    pixels = image()
+    out = comfy.nodes["ImageUpscaleWithModel"].execute(compact, pixels)[0]
+    assert out.shape == (1, 80, 112, 3)
+    assert torch.allclose(out, engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=-1)), atol=1e-5)
+
+
+def test_rejects_what_is_not_an_image_model(comfy):
+    with pytest.raises(comfy.engine.ImageError, match="upscale_model must be"):
+        comfy.nodes["TilewiseUpscale"].execute("not a model", image())
+
+
+def test_rejects_tiles_too_small_to_be_useful(comfy, compact):
+    with pytest.raises(ValueError, match="tile_size must be 0"):
+        comfy.nodes["TilewiseUpscale"].execute(compact, image(), tile_size=7)
+
+
+# -- progress, interrupt, memory --------------------------------------------------------------------
+
+
+def test_progress_counts_tiles_times_images(comfy, compact, progress_calls):
+    comfy.nodes["TilewiseUpscale"].execute(compact, image(batch=3, height=48, width=48), tile_size=24, tile_padding=4, tile_batch=1)
+    tiles = len(comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles)
+    assert tiles > 1
+    assert progress_calls[-1] == (tiles * 3, tiles * 3)
+    assert [value for value, _ in progress_calls] == list(range(1, tiles * 3 + 1))
+
+
+def test_interrupt_stops_within_one_tile(comfy, compact, progress_calls):
+    from comfy.model_management import InterruptProcessingException
+
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    with pytest.raises(InterruptProcessingException):
+        comfy.nodes["TilewiseUpscale"].execute(compact, image(batch=2, height=96, width=96), tile_size=24, tile_padding=4, tile_batch=1)
+    assert len(progress_calls) == 1
+    assert not comfy.mm.processing_interrupted(), "the interrupt flag is consumed, as ComfyUI's own nodes do"
+
+
+def test_makes_room_and_releases_device_copies(comfy, compact, monkeypatch):
+    requests = []
+    monkeypatch.setattr(comfy.mm, "free_memory", lambda needed, device, keep_loaded=[]: requests.append((needed, device)))
+    comfy.nodes["TilewiseUpscale"].execute(compact, image(), precision="bf16")
+    ((needed, device),) = requests
+    weights = sum(p.numel() for p in compact.model.parameters()) * 2
+    assert device == torch.device("cpu") and needed > weights
+    assert compact.model not in comfy.precision._variants, "the bf16 copy made for the run is released afterwards"
+
+
+def test_patcher_only_where_the_host_has_core_model_patcher(comfy, monkeypatch):
+    import comfy.model_patcher as model_patcher
+
+    fresh = lambda: comfy.engine.load_model(comfy.models / "compact_x2.safetensors", cache=None)  # noqa: E731
+    if not hasattr(model_patcher, "CoreModelPatcher"):  # ComfyUI 0.3.x: its core node needs no patcher
+        plain = fresh()
+        comfy.host.attach_patcher(plain)
+        assert getattr(plain, "patcher", None) is None
+
+    class FakeCorePatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    monkeypatch.setattr(model_patcher, "CoreModelPatcher", FakeCorePatcher, raising=False)
+    descriptor = fresh()
+    comfy.host.attach_patcher(descriptor)
+    assert isinstance(descriptor.patcher, FakeCorePatcher)
+    assert descriptor.patcher.model is descriptor.model and descriptor.patcher.load_device == comfy.mm.get_torch_device()
+    first = descriptor.patcher
+    comfy.host.attach_patcher(descriptor)
+    assert descriptor.patcher is first
+
+
+# -- info -----------------------------------------------------------------------------------------
+
+
+def test_info_describes_the_model(comfy, compact):
+    output = comfy.nodes["TilewiseModelInfo"].execute(compact)
+    text = output[0]
+    assert "architecture: " + compact.architecture.id in text
+    assert "scale: 2x" in text and "channels: 3 in, 3 out" in text
+    assert f"params: {sum(p.numel() for p in compact.model.parameters()):,}" in text
+    assert "precisions: fp32" in text
+    assert output.ui.as_dict() == {"text": (text,)}
+

@@ -1,0 +1,358 @@
+"""The ComfyUI node pack inside a real ComfyUI 0.3.75, headless on the CPU.
+
+The server runs once for this module (see `comfy_harness` for how ComfyUI is obtained); each
+test sends prompts over HTTP as any client would. `test_nodes_in_process` runs the fast
+in-process checks (`comfy_inprocess_checks.py`) with the same ComfyUI imported as a library.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import comfy_harness as harness
+from model_zoo import ZOO
+from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOptions, load_model, plan_run, upscale
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "example_workflows"
+API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
+NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo")
+BUILTINS = ("builtin:magic-kernel-sharp-2x", "builtin:magic-kernel-sharp-3x", "builtin:magic-kernel-sharp-4x")
+HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body>Download</body></html>\n"
+LARGE_SIDE = 1536  # the interrupted run: thousands of small tiles
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """A started ComfyUI with this pack, seeded model files and input images."""
+    if os.environ.get(harness.SKIP_ENV) == "1":
+        pytest.skip(f"{harness.SKIP_ENV}=1: the real-ComfyUI tests are switched off")
+    try:
+        python, comfy_dir = harness.comfy_python(), harness.comfyui_dir()
+    except harness.HarnessError as error:
+        pytest.fail(f"could not set up ComfyUI {harness.COMFY_VERSION} for the tests (set {harness.SKIP_ENV}=1 to skip them): {error}", pytrace=False)
+    base = tmp_path_factory.mktemp("comfyui")
+    harness.link_pack(base / "custom_nodes")
+    models = base / "models" / "upscale_models"
+    (models / "sub").mkdir(parents=True)
+    ZOO["Compact"].save(models / "compact_x2.safetensors", seed=0, scale=2)
+    ZOO["Compact"].save(models / "sub" / "compact_x2_seed1.pth", seed=1, scale=2)
+    (models / "broken.pth").write_text(HTML_PAGE)
+    inputs = base / "input"
+    inputs.mkdir()
+    shutil.copy(comfy_dir / "input" / "example.png", inputs / "example.png")
+    gradient = np.linspace(0, 255, LARGE_SIDE, dtype=np.float32)
+    large = np.stack([gradient[None, :].repeat(LARGE_SIDE, 0), gradient[:, None].repeat(LARGE_SIDE, 1), np.full((LARGE_SIDE, LARGE_SIDE), 128, np.float32)], -1)
+    Image.fromarray(large.astype(np.uint8)).save(inputs / "large.png")
+    server = harness.ComfyServer(python, comfy_dir, base)
+    try:
+        server.start()
+    except harness.HarnessError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    status, info = comfy.get("/object_info", timeout=60)
+    assert status == 200
+    return info
+
+
+def load_input(comfy, name: str) -> torch.Tensor:
+    """An input image as LoadImage makes it, as the engine's (1, 3, H, W)."""
+    array = np.asarray(Image.open(comfy.base / "input" / name).convert("RGB")).astype(np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def as_saved(image: torch.Tensor) -> np.ndarray:
+    """The engine's (B, C, H, W) result quantised exactly as ComfyUI's SaveImage does, as (B, H, W, C) uint8."""
+    values = 255.0 * image.permute(0, 2, 3, 1).cpu().numpy()
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def upscale_prompt(model: list | str, image: str, prefix: str, **options) -> dict:
+    """LoadImage -> [TilewiseModelLoader] -> TilewiseUpscale -> SaveImage; `model` is a file name or a link."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "3": {"class_type": "TilewiseUpscale", "inputs": {"upscale_model": ["2", 0] if isinstance(model, str) else model, "image": ["1", 0], **options}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
+    }
+    if isinstance(model, str):
+        prompt["2"] = {"class_type": "TilewiseModelLoader", "inputs": {"model_name": model}}
+    return prompt
+
+
+def assert_success(entry: dict) -> None:
+    errors = harness.messages(entry, "execution_error")
+    assert entry["status"]["status_str"] == "success", json.dumps(errors or entry["status"], indent=1)[:4000]
+
+
+# -- hosts without the V3 API (no ComfyUI needed) -------------------------------------------------
+
+#: Imports the pack by path as ComfyUI does, with the named modules stubbed in first.
+IMPORT_AS_HOST = """
+import importlib.util, logging, sys, types
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+for name in sys.argv[2:]:
+    sys.modules[name] = types.ModuleType(name)
+spec = importlib.util.spec_from_file_location("host_x_tilewise", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+print("exports", hasattr(module, "comfy_entrypoint"), hasattr(module, "NODE_CLASS_MAPPINGS"))
+"""
+
+
+@pytest.mark.parametrize("stubs", [("folder_paths", "comfy"), ("folder_paths", "comfy", "comfy_api")], ids=["no-comfy_api", "comfy_api-without-latest"])
+def test_comfyui_without_v3_api_gets_one_clear_log_line(stubs):
+    result = subprocess.run([sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py"), *stubs], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "exports False False" in result.stdout
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING tilewise")]
+    assert len(warnings) == 1 and "0.3.48" in warnings[0] and "not loaded" in warnings[0]
+
+
+def test_outside_comfyui_the_package_logs_nothing():
+    result = subprocess.run([sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "exports False False" in result.stdout
+    assert "tilewise" not in result.stdout.replace("host_x_tilewise", "")
+
+
+# -- import, registration, templates ------------------------------------------------------------
+
+
+def test_pack_imports_without_failure(comfy, object_info):
+    log = comfy.log_text()
+    table = [line for line in log.splitlines() if line.rstrip().endswith(f"custom_nodes/{harness.PACK_DIR_NAME}")]
+    assert table, f"the pack is missing from the custom-node import table:\n{comfy.log_tail()}"
+    assert not [line for line in table if "IMPORT FAILED" in line], "\n".join(table)
+    assert not [line for line in log.splitlines() if "IMPORT FAILED" in line and "tilewise" in line.lower()]
+    assert "Unable to parse pyproject.toml" not in log
+    startup = log.split("Starting server")[0]  # later prompts may log tracebacks on purpose
+    frames = [line for line in startup.splitlines() if line.strip().startswith('File "') and f"custom_nodes/{harness.PACK_DIR_NAME}/" in line]
+    assert not frames, "a traceback passed through the pack:\n" + "\n".join(frames)
+
+
+def test_object_info_lists_every_node(object_info):
+    for node_id in NODE_IDS:
+        assert node_id in object_info, f"{node_id} is not registered"
+    loader = object_info["TilewiseModelLoader"]
+    options = loader["input"]["required"]["model_name"][1]["options"]
+    assert {"compact_x2.safetensors", "broken.pth", "sub/compact_x2_seed1.pth", *BUILTINS} <= set(options)
+    assert loader["output"] == ["UPSCALE_MODEL"]
+    upscaler = object_info["TilewiseUpscale"]
+    names = set(upscaler["input"]["required"]) | set(upscaler["input"].get("optional", {}))
+    assert {"upscale_model", "image", "tile_size", "tile_padding", "merge", "precision", "scale_mode", "resample", "alpha", "output_device"} <= names
+    assert upscaler["input"]["required"]["upscale_model"][0] == "UPSCALE_MODEL"
+    assert upscaler["input"]["required"]["image"][0] == "IMAGE"
+    tile = upscaler["input"]["optional"]["tile_size"][1]
+    assert (tile["default"], tile["min"]) == (0, -1)
+    assert upscaler["input"]["optional"]["precision"][1]["options"] == ["auto", "fp32", "fp16", "bf16"]
+    assert upscaler["output"] == ["IMAGE"]
+    assert object_info["TilewiseModelInfo"]["output"] == ["STRING"]
+    assert object_info["TilewiseModelInfo"]["output_node"] is True
+
+
+def test_template_browser_lists_the_ui_workflows_only(comfy):
+    status, templates = comfy.get("/workflow_templates")
+    assert status == 200
+    expected = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert len(expected) >= 4
+    assert sorted(templates.get(harness.PACK_DIR_NAME, [])) == expected
+    served = json.loads(comfy.get_bytes(f"/api/workflow_templates/{harness.PACK_DIR_NAME}/{expected[0]}.json"))
+    assert served == json.loads((WORKFLOWS / f"{expected[0]}.json").read_text())
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_matches_its_api_twin(object_info, path):
+    ui = json.loads((WORKFLOWS / path.name).read_text())
+    twin = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in json.loads(path.read_text()).items()}
+    assert harness.ui_to_api(ui, object_info) == twin
+
+
+# -- running prompts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_runs(comfy, path):
+    prompt = json.loads(path.read_text())
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    saves = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
+    assert saves
+    for key in saves:
+        images = comfy.images(entry, key)
+        assert images and all(decode(png).size for png in images)
+    for key, node in prompt.items():
+        if node["class_type"] == "TilewiseModelInfo":
+            assert "architecture:" in entry["outputs"][key]["text"][0]
+
+
+def test_builtin_workflow_output_equals_the_engine(comfy):
+    prompt = api_workflow("upscale_with_builtin_model")
+    prompt["4"]["inputs"]["filename_prefix"] = "equal/builtin"
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    widgets = prompt["3"]["inputs"]
+    assert (widgets["tile_size"], widgets["scale_mode"]) == (0, "native")
+    model = load_model(prompt["2"]["inputs"]["model_name"])
+    expected = as_saved(upscale(model, load_input(comfy, "example.png"), UpscaleOptions(device="cpu")))
+    (saved,) = comfy.images(entry, "4")
+    np.testing.assert_array_equal(decode(saved), expected[0])
+    assert "magic" in entry["outputs"]["5"]["text"][0].lower()
+
+
+def test_exact_size_workflow_equals_the_engine(comfy):
+    prompt = api_workflow("upscale_to_exact_size")
+    prompt["4"]["inputs"]["filename_prefix"] = "equal/exact"
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    widgets = prompt["3"]["inputs"]
+    options = UpscaleOptions(device="cpu", target=ScaleTarget("size", width=widgets["width"], height=widgets["height"]), resample=widgets["resample"])
+    expected = as_saved(upscale(load_model(prompt["2"]["inputs"]["model_name"]), load_input(comfy, "example.png"), options))
+    (saved,) = comfy.images(entry, "4")
+    image = decode(saved)
+    assert image.shape[:2] == (widgets["height"], widgets["width"])
+    np.testing.assert_array_equal(image, expected[0])
+
+
+def test_batch_progress_counts_tiles_times_images(comfy):
+    prompt = api_workflow("upscale_image_batch")
+    prompt["5"]["inputs"]["tile_batch"] = 3  # a different node signature: not served from the cache
+    prompt["6"]["inputs"]["filename_prefix"] = "progress/batch"
+    client = uuid.uuid4().hex
+    events = harness.WebSocketEvents(comfy, client)
+    try:
+        prompt_id = comfy.queue(prompt, client_id=client)
+        entry = comfy.wait(prompt_id, timeout=180)
+        assert_success(entry)
+        deadline = time.monotonic() + 5
+        while not events.of_type("executing", prompt_id) or events.of_type("executing", prompt_id)[-1].get("node") is not None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        progress = [e for e in events.of_type("progress", prompt_id) if e["node"] == "5"]
+    finally:
+        events.close()
+    widgets = prompt["5"]["inputs"]
+    model = load_model(prompt["4"]["inputs"]["model_name"])
+    tiles = len(plan_run(model, 768, 768, TileSettings(tile=widgets["tile_size"]), torch.device("cpu")).tiles)
+    assert tiles > 1
+    assert progress, "no progress events from the Tilewise node"
+    assert progress[-1]["value"] == progress[-1]["max"] == tiles * 2
+    assert [e["value"] for e in progress] == sorted(e["value"] for e in progress)
+    saved = [decode(png) for png in comfy.images(entry, "6")]
+    assert len(saved) == 2 and saved[0].shape == saved[1].shape == (1536, 1536, 3)
+    assert not np.array_equal(saved[0], saved[1])
+
+
+def test_core_loader_into_tilewise_upscale_equals_the_engine(comfy):
+    options = {"tile_size": 96, "tile_padding": -1, "merge": "crop", "tile_batch": 2}
+    prompt = upscale_prompt(["2", 0], "example.png", "interop/core_loader", **options)
+    prompt["2"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "compact_x2.safetensors"}}
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    model = load_model(comfy.base / "models" / "upscale_models" / "compact_x2.safetensors")
+    settings = TileSettings(tile=96, pad=None, merge="crop", batch=2)
+    expected = as_saved(upscale(model, load_input(comfy, "example.png"), UpscaleOptions(tiles=settings, device="cpu")))
+    (saved,) = comfy.images(entry, "4")
+    np.testing.assert_array_equal(decode(saved), expected[0])
+
+
+def test_tilewise_loader_into_core_upscale(comfy):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "TilewiseModelLoader", "inputs": {"model_name": "sub/compact_x2_seed1.pth"}},
+        "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "interop/core_upscale"}},
+    }
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    (saved,) = comfy.images(entry, "4")
+    image = decode(saved).astype(np.float32)
+    model = load_model(comfy.base / "models" / "upscale_models" / "sub" / "compact_x2_seed1.pth")
+    untiled = as_saved(upscale(model, load_input(comfy, "example.png"), UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu")))[0].astype(np.float32)
+    assert image.shape == untiled.shape == (1536, 1536, 3)
+    # the core node feathers its own 512-pixel tiles: close to the untiled result, not equal
+    assert np.abs(image - untiled).mean() < 1.0
+
+
+def test_broken_model_file_is_a_comfyui_error_with_the_engine_message(comfy):
+    with pytest.raises(ModelFileError) as expected:
+        load_model(comfy.base / "models" / "upscale_models" / "broken.pth", cache=None)
+    entry = comfy.run(upscale_prompt("broken.pth", "example.png", "errors/broken"), timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = harness.messages(entry, "execution_error")
+    assert error["node_type"] == "TilewiseModelLoader"
+    assert str(expected.value) in error["exception_message"]
+    assert "web page" in error["exception_message"]
+    # the server keeps serving
+    assert comfy.get("/system_stats")[0] == 200
+    after = comfy.run(upscale_prompt(BUILTINS[0], "example.png", "errors/after", tile_size=-1), timeout=120)
+    assert_success(after)
+
+
+def test_interrupt_stops_a_run_within_a_tile(comfy):
+    prompt = upscale_prompt("compact_x2.safetensors", "large.png", "interrupt/large", tile_size=40, tile_padding=8, tile_batch=1)
+    client = uuid.uuid4().hex
+    events = harness.WebSocketEvents(comfy, client)
+    try:
+        prompt_id = comfy.queue(prompt, client_id=client)
+        deadline = time.monotonic() + 120
+        while not [e for e in events.of_type("progress", prompt_id) if e["node"] == "3" and e["value"] >= 5]:
+            assert time.monotonic() < deadline, f"the run never reported progress:\n{comfy.log_tail()}"
+            time.sleep(0.02)
+        assert comfy.post("/interrupt", {})[0] == 200
+        interrupted_at = time.monotonic()
+        entry = comfy.wait(prompt_id, timeout=60)
+        stopped_after = time.monotonic() - interrupted_at
+        progress = [e for e in events.of_type("progress", prompt_id) if e["node"] == "3"]
+    finally:
+        events.close()
+    assert entry["status"]["status_str"] == "error"
+    assert harness.messages(entry, "execution_interrupted"), entry["status"]
+    assert not harness.messages(entry, "execution_error"), "an interrupt must not be reported as an error"
+    assert progress[-1]["value"] < progress[-1]["max"] / 2, "the run was not stopped early"
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+    assert "4" not in entry.get("outputs", {})
+    after = comfy.run(upscale_prompt(BUILTINS[1], "example.png", "interrupt/after"), timeout=120)
+    assert_success(after)
+
+
+# -- in-process -----------------------------------------------------------------------------------
+
+
+def test_nodes_in_process(comfy):
+    """Each node's `execute` with ComfyUI imported as a library (comfy_inprocess_checks.py)."""
+    checks = Path(__file__).with_name("comfy_inprocess_checks.py")
+    env = dict(os.environ, TILEWISE_COMFYUI_DIR=str(comfy.comfy), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(comfy.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(checks)],
+        cwd=comfy.base, env=env, capture_output=True, text=True, timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
+    )
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]

@@ -1,0 +1,51 @@
+"""Tile margins measured for models whose weights are inference tensors (as in ComfyUI, which
+runs every node inside torch.inference_mode())."""
+
+from __future__ import annotations
+
+import torch
+
+from model_zoo import ZOO
+from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
+from tilewise.engine.context import has_inference_weights, measure_context
+from tilewise.engine.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
+
+CPU = torch.device("cpu")
+
+
+def test_inference_mode_models_tile_after_measure_context(tmp_path):
+    path = ZOO["Compact"].save(tmp_path / "compact_x2.safetensors", seed=3, scale=2)
+    image = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(0))
+    tiled = UpscaleOptions(tiles=TileSettings(tile=24), device="cpu")
+    normal = load_model(path, cache=None)
+    expected = upscale(normal, image, tiled)
+    expected_pad = measure_context(normal, tiled.tiles, CPU).pad
+    with torch.inference_mode():
+        model = load_model(path, cache=None)
+        assert has_inference_weights(model.model) and not has_inference_weights(normal.model)
+        context = measure_context(model, tiled.tiles, CPU)
+        result = upscale(model, image, tiled)
+    assert context.pad == expected_pad
+    assert torch.equal(result, expected)
+    assert has_inference_weights(model.model), "the model itself is left as it was"
+
+
+def test_no_measurement_when_the_margin_is_given_or_untileable(tmp_path):
+    model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
+    assert measure_context(model, TileSettings(tile=24, pad=5), CPU) is None
+
+
+def test_memory_estimate_grows_with_tiles_batch_and_images(tmp_path):
+    model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
+    weights = sum(p.numel() for p in model.model.parameters()) * 4
+
+    def estimate(tile, batch=1, images=1, height=256, width=256):
+        return estimate_device_bytes(model, height, width, UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=batch), device="cpu"), images=images)
+
+    assert weights < estimate(32) < estimate(64) < estimate(-1)
+    assert estimate(64, batch=4) > estimate(64, batch=1)
+    assert estimate(-1, batch=4, images=2) == 2 * estimate(-1, batch=4, images=1) - weights
+    assert estimate(-1, height=64, width=64) < estimate(-1)
+    # automatic tiling asks for room for a 512-pixel window (the core node's), never less than a smaller image
+    assert estimate(0) == estimate(-1)
+    assert estimate(0, height=2048, width=2048) == estimate(ROOM_FOR_AUTO_TILE, height=2048, width=2048) < estimate(-1, height=2048, width=2048)

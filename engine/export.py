@@ -13,6 +13,7 @@ Needs the optional extra `onnx` (`pip install tilewise[onnx]`).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,17 @@ MIN_OPSET = 17
 TRACE_SIZE = (37, 53)
 VALIDATION_SIZES = ((1, 29, 45), (2, 48, 64))
 TOLERANCE = 1e-4
+
+
+class _Shadow:
+    """The descriptor's call convention around another module."""
+
+    def __init__(self, descriptor: ImageModelDescriptor, model: torch.nn.Module):
+        self._call_fn = getattr(descriptor, "_call_fn", None)
+        self.model = model
+        self.architecture = descriptor.architecture
+        self.input_channels = descriptor.input_channels
+        self.size_requirements = descriptor.size_requirements
 
 
 class _Plain(torch.nn.Module):
@@ -77,10 +89,17 @@ def export_onnx(
     path = Path(path)
     if opset < MIN_OPSET:
         raise TilewiseError(f"ONNX opset {opset} is too old; use {MIN_OPSET} or newer")
-    model = descriptor.model
-    if video and not getattr(model, "supports_temporal", False):
+    if video and not getattr(descriptor.model, "supports_temporal", False):
         raise TilewiseError(f"{descriptor.architecture.name} has no video mode (previous-feature input); export it without video")
-    model.float().cpu().eval()
+    with torch.inference_mode(False):
+        return _export(descriptor, path, opset, video, temporal_alpha, validate, size)
+
+
+def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, validate: bool, size) -> ExportReport:
+    # a private fp32 CPU copy: the shared model keeps its device and dtype, and a model loaded
+    # under inference mode (ComfyUI) becomes traceable (clones made outside it are normal tensors)
+    model = copy.deepcopy(descriptor.model).float().cpu().eval()
+    descriptor = _Shadow(descriptor, model)
     channels = descriptor.input_channels
     height, width = size if size is not None else _trace_size(descriptor)
     example = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(0))

@@ -294,3 +294,25 @@ def test_info_describes_the_model(comfy, compact):
     assert "precisions: fp32" in text
     assert output.ui.as_dict() == {"text": (text,)}
 
+
+
+# -- ONNX export ----------------------------------------------------------------------------------
+
+
+def test_export_onnx_node_writes_a_validated_file_in_the_output_folder(comfy, compact):
+    import folder_paths
+    import onnxruntime
+
+    node = comfy.nodes["TilewiseExportONNX"]
+    first = Path(node.execute(compact, filename_prefix="exports/compact")[0])
+    second = Path(node.execute(compact, filename_prefix="exports/compact")[0])
+    output = Path(folder_paths.get_output_directory()).resolve()
+    assert first.parent == second.parent == output / "exports" and first != second and first.is_file()
+    session = onnxruntime.InferenceSession(str(first), providers=["CPUExecutionProvider"])
+    pixels = image(height=24, width=32).movedim(-1, 1).contiguous()
+    got = torch.from_numpy(session.run(None, {"input": pixels.numpy()})[0]).clamp(0, 1)
+    with torch.inference_mode(False):
+        want = comfy.engine.run_tiled(compact, pixels.clone(), settings=comfy.engine.TileSettings(tile=-1))
+    assert (got - want).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="outside ComfyUI's output folder"):
+        node.execute(compact, filename_prefix="../../escape")

@@ -29,7 +29,7 @@ from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOp
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "example_workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
-NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo")
+NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo", "TilewiseExportONNX")
 BUILTINS = ("builtin:magic-kernel-sharp-2x", "builtin:magic-kernel-sharp-3x", "builtin:magic-kernel-sharp-4x")
 HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body>Download</body></html>\n"
 LARGE_SIDE = 1536  # the interrupted run: thousands of small tiles
@@ -356,3 +356,4 @@ def test_nodes_in_process(comfy):
         cwd=comfy.base, env=env, capture_output=True, text=True, timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert "26 passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # every check ran

@@ -31,7 +31,7 @@ from .engine import (
 )
 from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_readable, read_image, write_image
 
-DEFAULT_MODEL = "builtin:magic-kernel-sharp-2x"
+DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 

@@ -26,7 +26,7 @@ def test_upscale_with_default_builtin_model(photo_png, tmp_path):
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (160, 120)
     # the CLI writes exactly what the engine computes
-    engine = upscale(load_model("builtin:magic-kernel-sharp-2x"), read_image(photo_png).tensor, UpscaleOptions(device="cpu"))
+    engine = upscale(load_model("builtin:paragonsr2-realtime-2x"), read_image(photo_png).tensor, UpscaleOptions(device="cpu"))
     want = engine[0].mul(255).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(out)), want)
 

@@ -1,11 +1,14 @@
 """Train Tilewise's bundled default upscaler: a small ParagonSR2 "realtime" model (x2 or x4).
 
-    python tools/train_default.py --scale 2 --out models/tilewise_paragonsr2_realtime_x2.safetensors
-    python tools/train_default.py --scale 4 --out models/tilewise_paragonsr2_realtime_x4.safetensors
+The shipped files (models/README.md) were made with:
+
+    python tools/train_default.py --scale 2 --seed 0 --threads 1
+    python tools/train_default.py --scale 4 --seed 0 --threads 1 --init models/tilewise_paragonsr2_realtime_x2.safetensors
 
 Model: `ParagonSR2(variant="realtime", num_feat=16, num_groups=1, num_blocks=3)`, the upstream
-`paragonsr2_realtime` layout (~16.8k parameters at x2, ~44.6k at x4), trained from scratch with
-the upstream initial values (detail_gain 0.05, LayerScale 1e-5) and **upsampler_alpha 0.0**: the
+`paragonsr2_realtime` layout (~16.8k parameters at x2, ~44.6k at x4). Training starts from the
+upstream initial values (detail_gain 0.05, LayerScale 1e-5), or with `--init`, from every tensor
+of an earlier file whose shape fits (x4 from x2: all but `up.0`). It uses **upsampler_alpha 0.0**: the
 alpha is not stored in checkpoints and Tilewise loads ParagonSR2 files with 0.0, so the shipped
 file computes exactly what was trained.
 
@@ -307,6 +310,7 @@ def save(state_dict: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state_dict, str(args.out), metadata=metadata)
+    args.out.chmod(0o644)  # safetensors writes 0600; this is package data
 
 
 def main(argv: list[str] | None = None) -> int:

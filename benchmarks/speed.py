@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import naive_tiled, seeded  # noqa: E402
 
 from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, run_tiled, upscale  # noqa: E402
+from tilewise.engine.autotile import resident_bytes  # noqa: E402
 from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"
@@ -55,13 +56,7 @@ class PeakRSS:
         self.peak = 0
         self._stop = threading.Event()
 
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+    rss = staticmethod(resident_bytes)
 
     def __enter__(self):
         self.base = self.rss()

@@ -81,7 +81,8 @@ def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
     return CPU_OVERHEAD * (sum(largest) + out.numel() * out.element_size())
 
 
-def _rss() -> int:
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; raises OSError elsewhere)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -97,7 +98,7 @@ def _rss_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -
     x = torch.rand(1, descriptor.input_channels, size, size).to(dtype)
     try:
         gc.collect()
-        base = _rss()
+        base = resident_bytes()
     except OSError:
         return 0.0
     peak = [base]
@@ -105,7 +106,7 @@ def _rss_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -
 
     def sample() -> None:
         while not done.is_set():
-            peak.append(_rss())
+            peak.append(resident_bytes())
             done.wait(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)

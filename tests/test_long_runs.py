@@ -19,12 +19,7 @@ from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
 RSS_BOUND = 40 * 2**20
 
 
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+from tilewise.engine.autotile import resident_bytes as rss  # noqa: E402
 
 
 class Sampler:

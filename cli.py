@@ -1,4 +1,4 @@
-"""Command line: `python -m tilewise upscale ...` and `python -m tilewise info ...`.
+"""Command line: `python -m tilewise upscale ...`, `upscale-video ...` and `info ...`.
 
 Bad input (missing file, unreadable image, unsupported model, bad option) exits with status 2
 and one line on stderr; every input is checked before the first output is written.
@@ -29,6 +29,7 @@ from .engine import (
     resolve_device,
     upscale,
 )
+from .engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions
 from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_readable, read_image, write_image
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
@@ -73,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--upsampler-alpha", type=float, metavar="A", help="ParagonSR2 base-path alpha (not stored in its files; default 0)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    video = commands.add_parser("upscale-video", help="upscale a video file frame by frame (needs PyAV: pip install av)")
+    video.add_argument("input", metavar="IN", help="video file (anything FFmpeg reads)")
+    video.add_argument("-o", "--output", required=True, metavar="OUT", help="video file to write (.mp4, .mkv, .mov, .webm ...)")
+    video.add_argument("--model", default=DEFAULT_MODEL, help=f"model file or built-in name (default: {DEFAULT_MODEL})")
+    video.add_argument("--temporal", choices=TEMPORAL_MODES, default="auto", help="temporal mode: auto (default: feature feedback for ParagonSR2, else the stabiliser), off, feedback, stabilize")
+    video.add_argument("--temporal-strength", type=float, metavar="F", help="feedback alpha (default the model's, 0.2) or stabiliser strength (default 0.7)")
+    video.add_argument("--first-frame", choices=FIRST_FRAME_CONVENTIONS, default="none", help="feedback on the first frame of a shot: no blend (default) or blend with zeros (upstream TensorRT)")
+    video.add_argument("--scene-cut", type=float, default=SCENE_CUT_THRESHOLD * 255, metavar="T", help="reset the temporal state when consecutive frames differ by more than T/255 on average (default 30; 0 = never)")
+    video.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels; auto (default); 0 = no tiling")
+    video.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
+    video.add_argument("--merge", choices=("crop", "blend"), default="crop")
+    video.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
+    video.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; pays off on long videos)")
+    video.add_argument("--precision", choices=PRECISIONS, default="auto")
+    video.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    video.add_argument("--codec", help="video codec (default: libx264 when available, else mpeg4)")
+    video.add_argument("--crf", type=int, default=18, metavar="N", help="libx264 quality (default 18)")
+    video.add_argument("--model-scale", type=int, metavar="N")
+    video.add_argument("--upsampler-alpha", type=float, metavar="A")
+    video.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     onnx = commands.add_parser("export-onnx", help="export a model to ONNX (validated with onnxruntime)")
     onnx.add_argument("model", help="model file or built-in name")
     onnx.add_argument("output", help="the .onnx file to write")
@@ -98,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(args)
         if args.command == "export-onnx":
             return _export_onnx(args)
+        if args.command == "upscale-video":
+            return _upscale_video(args)
         return _upscale(args)
     except (UsageError, ModelFileError, ImageError, ValueError) as error:
         print(f"tilewise: error: {error}", file=sys.stderr)
@@ -252,6 +276,66 @@ def _upscale(args) -> int:
         if not args.quiet:
             print(f"{source} -> {destination} ({result.shape[-1]}x{result.shape[-2]})", file=sys.stderr)
     return 0
+
+
+def _upscale_video(args) -> int:
+    from .engine.video_io import VideoIOError, upscale_video_file  # PyAV itself is imported only when used
+
+    settings = _tile_settings(args)
+    source = Path(args.input)
+    if not source.is_file():
+        raise UsageError(f"no such video file: {source}")
+    if args.temporal_strength is not None and not 0 <= args.temporal_strength < 1:
+        raise UsageError(f"--temporal-strength must be in [0, 1), got {args.temporal_strength}")
+    if args.scene_cut < 0:
+        raise UsageError("--scene-cut must be 0 or more")
+    device = resolve_device(args.device)
+    options = VideoOptions(
+        upscale=UpscaleOptions(tiles=settings, precision=args.precision, device=str(device)),
+        temporal=args.temporal,
+        strength=args.temporal_strength,
+        first_frame=args.first_frame,
+        scene_cut=args.scene_cut / 255 or None,
+    )
+    model = load_model(args.model, hints=_hints(args))
+    show = not args.quiet and sys.stderr.isatty()
+    bar = _FrameProgress(source.name) if show else None
+    try:
+        report = upscale_video_file(model, source, Path(args.output), options, codec=args.codec, crf=args.crf, progress=bar)
+    except VideoIOError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        if bar:
+            bar.finish()
+    if not args.quiet:
+        print(
+            f"{source} -> {args.output} ({report.frames} frames, {report.width}x{report.height}, {report.fps:g} fps, "
+            f"temporal {report.mode}, {report.cuts} scene cut(s), audio {'kept' if report.audio else 'none'})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class _FrameProgress:
+    """A one-line frame progress bar on stderr with frames per second and time left."""
+
+    def __init__(self, label: str, width: int = 30):
+        self.label, self.width, self.start = label, width, time.monotonic()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        elapsed = time.monotonic() - self.start
+        fps = done / elapsed if elapsed > 0 else 0.0
+        if total:
+            filled = int(self.width * min(done, total) / total)
+            left = f"{(total - done) / fps:.0f}s left" if fps > 0 and total >= done else "?s left"
+            text = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} frames"
+        else:
+            left, text = "", f"{done} frames"
+        sys.stderr.write(f"\r{self.label} {text}, {fps:.2f} fps, {elapsed:.0f}s, {left} ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")
 
 
 class _ProgressBar:

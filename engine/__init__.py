@@ -12,6 +12,7 @@ from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, pas
 from .precision import PRECISIONS, resolve_device, resolve_dtype
 from .resize import FILTERS, resize
 from .runner import TileSettings, plan_run, run_tiled
+from .video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [
     "ALPHA_MODES", "CancelledError", "CatalogEntry", "find_model_files", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
@@ -19,4 +20,5 @@ __all__ = [
     "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
     "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",
     "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale",
+    "FIRST_FRAME_CONVENTIONS", "SCENE_CUT_THRESHOLD", "TEMPORAL_MODES", "VideoOptions", "VideoUpscaler",
 ]

@@ -1,0 +1,381 @@
+"""Video: streamed frames, feature feedback, the stabiliser, scene cuts, bounded memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import photo
+from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, upscale
+from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, is_scene_cut, resolve_temporal_mode, thumbnail, upscale_frames
+
+FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
+TOLERANCE = 1e-4
+needs_fixtures = pytest.mark.skipif(not (FIXTURES / "manifest.json").is_file(), reason="ParagonSR2 fixtures not available")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def paragon(name: str):
+    return load_model(FIXTURES / f"paragonsr2_{name}.safetensors")
+
+
+def vectors(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(FIXTURES / f"paragonsr2_{name}.io.safetensors"))
+
+
+def options(temporal: str = "off", tile: int = -1, **kwargs) -> VideoOptions:
+    return VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=tile), device="cpu"), temporal=temporal, **kwargs)
+
+
+def compact(seed: int = 0):
+    """A seeded SRVGGNetCompact (2x): a model without feature feedback."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(seed)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=2, upscale=2)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(0.5)
+    return describe_state_dict(net.state_dict())
+
+
+def panning_clip(frames: int, height: int = 90, width: int = 110) -> torch.Tensor:
+    """(T, 3, H, W): a photograph crop moving by (2, 3) pixels a frame."""
+    return torch.cat([photo("astronaut", 100 + 2 * i, 150 + 3 * i, height, width) for i in range(frames)])
+
+
+# -- feature feedback ------------------------------------------------------------------------
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["realtime_x2", "stream_x2", "photo_x2"])
+def test_feedback_reproduces_the_upstream_video_outputs(name):
+    io = vectors(name)
+    runner = VideoUpscaler(paragon(name), options("feedback", first_frame="none"))
+    assert runner.mode == "feedback" and runner.alpha == 0.2
+    first = runner.process(io["input"])
+    assert (first - io["video_output1"]).abs().max().item() <= TOLERANCE
+    second = runner.process(io["input_frame2"])
+    assert (second - io["video_output2"]).abs().max().item() <= TOLERANCE
+    assert runner.cuts == 0
+
+
+@needs_fixtures
+def test_zeros_first_frame_blends_with_zeros():
+    io = vectors("realtime_x2")
+    descriptor = paragon("realtime_x2")
+    with torch.no_grad():
+        expected = descriptor.model(io["input"], prev_feat=descriptor.model.zero_feature(io["input"]))
+    got = VideoUpscaler(descriptor, options("feedback", first_frame="zeros")).process(io["input"])
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (got - io["video_output1"]).abs().max().item() > 1e-4  # a different convention indeed
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["realtime_x2", "stream_x2"])
+def test_tiled_feedback_equals_untiled_feedback(name):
+    descriptor = paragon(name)
+    clip = panning_clip(4)
+    whole = upscale_frames(descriptor, clip, options("feedback", tile=-1))
+    runner = VideoUpscaler(descriptor, options("feedback", tile=48))
+    assert len(runner.plan(90, 110).tiles) > 1
+    tiled = torch.cat([runner.process(clip[i : i + 1]) for i in range(4)])
+    assert (tiled - whole).abs().max().item() <= 1e-5
+    per_frame = upscale_frames(descriptor, clip, options("off"))
+    assert (whole[1:] - per_frame[1:]).abs().max().item() > 1e-3  # the feedback did change frames 2..4
+
+
+@needs_fixtures
+def test_feedback_batch_is_processed_in_order():
+    descriptor = paragon("realtime_x2")
+    clip = panning_clip(3, 40, 48)
+    one_by_one = upscale_frames(descriptor, clip, options("feedback"))
+    batched = VideoUpscaler(descriptor, options("feedback")).process(clip)
+    assert (one_by_one - batched).abs().max().item() <= 1e-6
+
+
+# -- off mode, modes, scene cuts -----------------------------------------------------------
+
+
+def test_off_mode_equals_per_frame_upscale():
+    descriptor = compact()
+    clip = panning_clip(3, 50, 60)
+    settings = UpscaleOptions(tiles=TileSettings(tile=32), device="cpu")
+    runner = VideoUpscaler(descriptor, VideoOptions(upscale=settings, temporal="off"))
+    for i in range(3):
+        assert torch.equal(runner.process(clip[i : i + 1]), upscale(descriptor, clip[i : i + 1], settings))
+
+
+def test_auto_mode_picks_feedback_only_for_temporal_models():
+    assert resolve_temporal_mode("auto", compact()) == "stabilize"
+    with pytest.raises(ValueError, match="no feature feedback"):
+        resolve_temporal_mode("feedback", compact())
+    with pytest.raises(ValueError, match="temporal mode must be"):
+        resolve_temporal_mode("smooth", compact())
+    if (FIXTURES / "manifest.json").is_file():
+        assert resolve_temporal_mode("auto", paragon("realtime_x2")) == "feedback"
+
+
+def test_scene_cut_test_ignores_noise_and_motion_but_not_equal_brightness_cuts():
+    a = photo("astronaut", 0, 0, 120, 160)
+    noisy = (a + 0.02 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    moved = photo("astronaut", 4, 6, 120, 160)
+    other = photo("coffee", 0, 0, 120, 160)
+    other = other - other.mean() + a.mean()  # same mean brightness: upstream's test misses this cut
+    assert not is_scene_cut(thumbnail(a), thumbnail(noisy), SCENE_CUT_THRESHOLD)
+    assert not is_scene_cut(thumbnail(a), thumbnail(moved), SCENE_CUT_THRESHOLD)
+    assert is_scene_cut(thumbnail(a), thumbnail(other), SCENE_CUT_THRESHOLD)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("mode", ["feedback", "stabilize"])
+def test_scene_cut_resets_state(mode):
+    descriptor = paragon("realtime_x2") if mode == "feedback" else compact()
+    clip = panning_clip(3, 48, 64)
+    cut = photo("coffee", 50, 80, 48, 64)
+    runner = VideoUpscaler(descriptor, options(mode))
+    for i in range(3):
+        runner.process(clip[i : i + 1])
+    after_cut = runner.process(cut)
+    assert runner.cuts == 1
+    fresh = VideoUpscaler(descriptor, options(mode)).process(cut)
+    assert torch.equal(after_cut, fresh)
+    if mode == "stabilize":
+        return  # the stabiliser's own motion test already drops the past on a cut
+    # without the cut test the feature leaks into the new shot
+    leaky = VideoUpscaler(descriptor, options(mode, scene_cut=None))
+    for i in range(3):
+        leaky.process(clip[i : i + 1])
+    assert not torch.equal(leaky.process(cut), fresh)
+
+
+def test_reset_forgets_the_state():
+    descriptor = compact()
+    clip = panning_clip(2, 40, 40)
+    runner = VideoUpscaler(descriptor, options("stabilize"))
+    first = runner.process(clip[:1])
+    runner.process(clip[1:2])
+    runner.reset()
+    assert torch.equal(runner.process(clip[:1]), first)
+
+
+# -- the stabiliser --------------------------------------------------------------------------
+
+
+def _flicker(frames: torch.Tensor) -> float:
+    return (frames[1:] - frames[:-1]).abs().mean().item()
+
+
+def test_stabilizer_reduces_flicker_on_a_static_noisy_clip():
+    descriptor = compact()
+    still = photo("astronaut", 150, 150, 48, 64)
+    generator = torch.Generator().manual_seed(1)
+    clip = (still + 0.015 * torch.randn((10, 3, 48, 64), generator=generator)).clamp(0, 1)
+    plain = upscale_frames(descriptor, clip, options("off"))
+    steady = upscale_frames(descriptor, clip, options("stabilize"))
+    assert _flicker(steady[3:]) < 0.5 * _flicker(plain[3:])
+    clean = upscale(descriptor, still, UpscaleOptions(device="cpu"))
+    assert (steady[3:] - clean).abs().mean() < (plain[3:] - clean).abs().mean()  # closer to the noise-free output
+
+
+def test_stabilizer_does_not_smear_a_moving_edge():
+    descriptor = compact()
+    frames = []
+    for step in range(6):  # a dark bar on a light background, moving 3 LR pixels a frame
+        frame = torch.full((1, 3, 40, 64), 0.8)
+        frame[..., 10 + 3 * step : 22 + 3 * step] = 0.2
+        frames.append(frame)
+    clip = torch.cat(frames)
+    plain = upscale_frames(descriptor, clip, options("off"))
+    steady = upscale_frames(descriptor, clip, options("stabilize"))
+    difference = (steady - plain).abs()
+    assert difference.max().item() < 0.02, difference.max().item()  # the current frame wins where anything moved
+
+
+def test_stabilizer_weights():
+    stabilizer = Stabilizer(strength=0.5, threshold=0.1)
+    lr = torch.zeros(1, 3, 8, 8)
+    first = stabilizer(lr, torch.zeros(1, 3, 16, 16))
+    assert torch.equal(first, torch.zeros(1, 3, 16, 16))
+    out = stabilizer(lr, torch.ones(1, 3, 16, 16))  # static input: half of the past
+    assert torch.allclose(out, torch.full_like(out, 0.5))
+    out = stabilizer(torch.ones(1, 3, 8, 8), torch.ones(1, 3, 16, 16))  # moved beyond the threshold
+    assert torch.equal(out, torch.ones_like(out))
+    with pytest.raises(ValueError):
+        Stabilizer(strength=1.0)
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.parametrize("mode", ["stabilize", "feedback"])
+def test_memory_stays_flat_over_300_frames(mode):
+    if mode == "feedback" and not (FIXTURES / "manifest.json").is_file():
+        pytest.skip("ParagonSR2 fixtures not available")
+    descriptor = paragon("realtime_x2") if mode == "feedback" else compact()
+    runner = VideoUpscaler(descriptor, options(mode, tile=24))
+    base = photo("astronaut", 200, 200, 40, 48)
+    generator = torch.Generator().manual_seed(2)
+    samples: list[tuple[int, float]] = []
+    done = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((done[0], _rss_mib()))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        for i in range(300):
+            frame = (base + 0.01 * torch.randn(base.shape, generator=generator)).clamp(0, 1)
+            out = runner.process(frame)
+            assert out.shape == (1, 3, 80, 96)
+            done[0] = i + 1
+    finally:
+        stop.set()
+        thread.join()
+    first = max(rss for frame, rss in samples if frame < 60)
+    last = max(rss for frame, rss in samples if frame >= 240)
+    assert last - first < 40, (first, last)
+
+
+# -- video files and the CLI ---------------------------------------------------------------
+
+def make_video(path: Path, frames: int = 12, fps: int = 12, audio: bool = True) -> Path:
+    """A tiny H.264 (or MPEG-4) clip, 32x24, with a moving bar and an optional 1 s sine in AAC (or MP2)."""
+    import math
+
+    import av
+    import numpy as np
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        sound = None
+        if audio:
+            sound = out.add_stream("aac" if "aac" in av.codecs_available else "mp2", rate=22050)
+            sound.layout = "mono"
+        for i in range(frames):
+            image = np.full((24, 32, 3), (40, 80, 120), np.uint8)
+            image[4:12, 2 + 2 * i : 10 + 2 * i] = 230
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        if sound is not None:
+            rate, size = 22050, sound.codec_context.frame_size or 1152
+            wave = (0.3 * np.sin(2 * math.pi * 440 * np.arange(rate) / rate)).astype(np.float32)[None]
+            layout = "fltp" if sound.codec_context.name == "aac" else "s16"
+            for start in range(0, rate - size, size):
+                chunk = wave[:, start : start + size]
+                frame = av.AudioFrame.from_ndarray(chunk if layout == "fltp" else (chunk * 32767).astype(np.int16), format=layout, layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                for packet in sound.encode(frame):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+    return path
+
+
+def describe_video(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        info = {
+            "size": (video.codec_context.width, video.codec_context.height),
+            "rate": video.average_rate,
+            "audio": [(a.codec_context.name, a.rate) for a in container.streams.audio],
+        }
+        info["frames"] = sum(1 for _ in container.decode(video=0))
+    return info
+
+
+@pytest.fixture
+def clip_file(tmp_path):
+    pytest.importorskip("av")
+    return make_video(tmp_path / "in.mp4")
+
+
+@pytest.mark.parametrize("temporal", ["auto", "off", "stabilize"])
+def test_cli_upscale_video_keeps_frames_rate_and_audio(clip_file, tmp_path, capsys, temporal):
+    from tilewise.cli import main
+
+    out = tmp_path / "out.mp4"
+    assert main(["upscale-video", str(clip_file), "-o", str(out), "--device", "cpu", "--temporal", temporal]) == 0
+    source, result = describe_video(clip_file), describe_video(out)
+    assert result["frames"] == source["frames"] == 12
+    assert result["rate"] == source["rate"] == 12
+    assert result["size"] == (64, 48)
+    assert result["audio"] == source["audio"] and len(result["audio"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+    assert "12 frames" in capsys.readouterr().err
+
+
+def test_cli_video_without_audio(tmp_path):
+    pytest.importorskip("av")
+    from tilewise.cli import main
+
+    source = make_video(tmp_path / "silent.mkv", frames=5, fps=10, audio=False)
+    out = tmp_path / "out.mkv"
+    assert main(["upscale-video", str(source), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    info = describe_video(out)
+    assert info["frames"] == 5 and info["rate"] == 10 and info["audio"] == []
+
+
+def test_cli_video_errors_exit_2_and_write_nothing(tmp_path, capsys):
+    pytest.importorskip("av")
+    from tilewise.cli import main
+
+    bogus = tmp_path / "bogus.mp4"
+    bogus.write_text("not a video")
+    out = tmp_path / "out.mp4"
+    assert main(["upscale-video", str(bogus), "-o", str(out)]) == 2
+    assert main(["upscale-video", str(tmp_path / "missing.mp4"), "-o", str(out)]) == 2
+    assert main(["upscale-video", str(bogus), "-o", str(out), "--temporal", "smooth"]) == 2
+    assert main(["upscale-video", str(bogus), "-o", str(out), "--temporal-strength", "1.5"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 4 and all(line.startswith("tilewise: error:") for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.mp4"]
+
+
+def test_interrupted_video_leaves_no_partial_file(clip_file, tmp_path, monkeypatch):
+    from tilewise.cli import main
+    from tilewise.engine import video
+
+    calls = [0]
+    original = video.VideoUpscaler.process
+
+    def interrupt_later(self, frames, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise KeyboardInterrupt
+        return original(self, frames, **kwargs)
+
+    monkeypatch.setattr(video.VideoUpscaler, "process", interrupt_later)
+    assert main(["upscale-video", str(clip_file), "-o", str(tmp_path / "out.mp4"), "--device", "cpu"]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

@@ -161,7 +161,7 @@ def test_bad_options_are_clear_errors(model):
         upscale(model, torch.rand(1, 3, 4, 4), _options(target=ScaleTarget("factor", factor=0)))
 
 
-@pytest.mark.parametrize("dtype,peak", [(torch.uint8, 255), (torch.int32, 65535)])
+@pytest.mark.parametrize("dtype,peak", [(torch.uint8, 255), (torch.uint16, 65535), (torch.int32, 65535)])
 def test_integer_images_are_scaled_by_their_range(model, dtype, peak):
     values = torch.randint(0, peak + 1, (1, 3, 6, 5), generator=torch.Generator().manual_seed(1)).to(dtype)
     got = upscale(model, values, _options(tiles=WHOLE))

@@ -22,6 +22,7 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from .errors import TilewiseError
+from .runner import CancelFn
 from .video import VideoOptions, VideoUpscaler
 
 FrameProgressFn = Callable[[int, "int | None"], None]
@@ -97,8 +98,10 @@ def upscale_video_file(
     codec: str | None = None,
     crf: int = 18,
     progress: FrameProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> VideoReport:
-    """Upscales every frame of `source` into `destination` (native model scale); audio copied."""
+    """Upscales every frame of `source` into `destination` (native model scale); audio copied.
+    `cancel` is checked between tiles (the engine's CancelledError; no partial file is left)."""
     av = import_av()
     source, destination = Path(source), Path(destination)
     try:
@@ -135,7 +138,7 @@ def upscale_video_file(
 
                 def encode(frame) -> None:
                     nonlocal frames
-                    result = runner.process(frame_to_tensor(frame))
+                    result = runner.process(frame_to_tensor(frame), cancel=cancel)
                     encoded = tensor_to_frame(result)
                     if frame.pts is not None:
                         encoded.pts, encoded.time_base = frame.pts, frame.time_base

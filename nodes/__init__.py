@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import export, info, loader, upscale
+from . import export, info, loader, upscale, video
 
-NODE_FAMILIES = (loader.NODES, upscale.NODES, info.NODES, export.NODES)
+NODE_FAMILIES = (loader.NODES, upscale.NODES, info.NODES, export.NODES, video.NODES)
 
 
 class TilewiseExtension(ComfyExtension):

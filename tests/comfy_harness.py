@@ -406,6 +406,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 values.pop(0)
             if options.get("image_upload") and values and values[0] == "image":
                 values.pop(0)
+            if options.get("video_upload") and values and values[0] == "video":
+                values.pop(0)
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 _, source, source_slot, _, _, _ = links[slot["link"]]

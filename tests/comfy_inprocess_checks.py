@@ -63,6 +63,7 @@ def comfy(tmp_path_factory):
         host=importlib.import_module(pack_name + ".nodes.host"),
         upscale_module=importlib.import_module(pack_name + ".nodes.upscale"),
         loader_module=importlib.import_module(pack_name + ".nodes.loader"),
+        video_module=importlib.import_module(pack_name + ".nodes.video"),
     )
 
 
@@ -316,3 +317,189 @@ def test_export_onnx_node_writes_a_validated_file_in_the_output_folder(comfy, co
     assert (got - want).abs().max().item() < 1e-4
     with pytest.raises(ValueError, match="outside ComfyUI's output folder"):
         node.execute(compact, filename_prefix="../../escape")
+
+
+# -- video ----------------------------------------------------------------------------------------
+
+
+def clip(frames=8, height=40, width=56, noise=0.01, seed=0) -> torch.Tensor:
+    """A static shot with sensor noise, as a ComfyUI IMAGE batch (T, H, W, 3): no scene cuts, so
+    the temporal state matters on every frame."""
+    generator = torch.Generator().manual_seed(seed)
+    base = image(height=height, width=width, seed=seed)
+    return (base + noise * torch.randn(frames, height, width, 3, generator=generator)).clamp(0, 1)
+
+
+def video_engine(comfy, model, frames, temporal="stabilize", **tiles) -> torch.Tensor:
+    """The engine's VideoUpscaler over (T, H, W, C) frames, one by one, as (T, H', W', C)."""
+    options = comfy.engine.VideoOptions(upscale=comfy.engine.UpscaleOptions(tiles=comfy.engine.TileSettings(**tiles), device="cpu", output_device="cpu"), temporal=temporal)
+    runner = comfy.engine.VideoUpscaler(model, options)
+    return torch.cat([runner.process(frames[t : t + 1].movedim(-1, 1)) for t in range(frames.shape[0])]).movedim(1, -1)
+
+
+@pytest.fixture
+def video_node(comfy, monkeypatch):
+    """TilewiseUpscaleVideo as ComfyUI calls it for node "7" (the hidden unique_id set on the class)."""
+    node = comfy.nodes["TilewiseUpscaleVideo"]
+    monkeypatch.setattr(node, "hidden", SimpleNamespace(unique_id="7"), raising=False)
+    comfy.video_module.forget_streams()
+    yield node
+    comfy.video_module.forget_streams()
+
+
+@pytest.mark.parametrize("mode", ["off", "auto", "stabilize"])
+def test_video_node_equals_the_engine(comfy, compact, video_node, mode):
+    frames = clip(frames=4)
+    out = video_node.execute(compact, frames, temporal_mode=mode, tile_size=24, tile_padding=-1, device="cpu")[0]
+    assert out.shape == (4, 80, 112, 3) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert torch.equal(out, video_engine(comfy, compact, frames, temporal=mode, tile=24))
+    if mode == "off":
+        assert torch.equal(out, engine_result(comfy, compact, frames, tiles=comfy.engine.TileSettings(tile=24)))
+
+
+def test_video_node_half_precision_output(comfy, compact, video_node):
+    frames = clip(frames=2)
+    full = video_node.execute(compact, frames, temporal_mode="off", device="cpu")[0]
+    half = video_node.execute(compact, frames, temporal_mode="off", device="cpu", output_dtype="fp16")[0]
+    assert half.dtype == torch.float16 and half.shape == full.shape
+    assert (half.float() - full).abs().max().item() < 1e-3
+
+
+def test_video_meta_batch_chunks_continue_one_run(comfy, compact, video_node):
+    frames = clip(frames=8)
+    whole = video_engine(comfy, compact, frames, tile=-1)
+    manager = SimpleNamespace(unique_id="1", has_closed_inputs=False)  # what VHS's loader flips on the last chunk
+    parts = []
+    for start, stop in ((0, 3), (3, 6), (6, 8)):
+        manager.has_closed_inputs = stop == 8
+        parts.append(video_node.execute(compact, frames[start:stop], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)[0])
+    assert torch.equal(torch.cat(parts), whole)
+    independent = video_engine(comfy, compact, frames[3:6], tile=-1)
+    assert not torch.equal(parts[1], independent), "the stabiliser has no effect on this clip: the check proves nothing"
+    # the run is over: the same manager starting again (VHS resets it) is a new video
+    manager.has_closed_inputs = False
+    again = video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)[0]
+    assert torch.equal(again, independent)
+    # a different manager, or changed options, start afresh too
+    video_node.execute(compact, frames[0:3], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)
+    other = SimpleNamespace(unique_id="1", has_closed_inputs=False)
+    assert torch.equal(video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=other)[0], independent)
+    assert torch.equal(video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, tile_batch=2, device="cpu", meta_batch=other)[0], independent)
+
+
+def test_video_continuity_without_meta_batch(comfy, compact, video_node):
+    frames = clip(frames=6)
+    whole = video_engine(comfy, compact, frames, tile=-1)
+    run = lambda part, **kw: video_node.execute(compact, part, temporal_mode="stabilize", tile_size=-1, device="cpu", **kw)[0]  # noqa: E731
+    # auto without a manager: every execution is a whole video (reproducible runs)
+    run(frames[:3])
+    assert torch.equal(run(frames[3:]), video_engine(comfy, compact, frames[3:], tile=-1))
+    # continue: chunks fed by hand are one video; new video: always afresh
+    first = run(frames[:3], continuity="continue")
+    second = run(frames[3:], continuity="continue")
+    assert torch.equal(torch.cat([first, second]), whole)
+    assert torch.equal(run(frames[3:], continuity="new video"), video_engine(comfy, compact, frames[3:], tile=-1))
+
+
+def test_video_progress_counts_frames_times_tiles(comfy, compact, video_node, progress_calls):
+    video_node.execute(compact, clip(frames=3, height=48, width=48), temporal_mode="stabilize", tile_size=24, tile_padding=4, tile_batch=1, device="cpu")
+    tiles = len(comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles)
+    assert tiles > 1
+    assert progress_calls[-1] == (tiles * 3, tiles * 3)
+    assert [value for value, _ in progress_calls] == list(range(1, tiles * 3 + 1))
+
+
+def test_video_interrupt_stops_within_one_tile_and_drops_the_state(comfy, compact, video_node, progress_calls):
+    from comfy.model_management import InterruptProcessingException
+
+    manager = SimpleNamespace(unique_id="1", has_closed_inputs=False)
+    frames = clip(frames=4, height=96, width=96)
+    video_node.execute(compact, frames[:1], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)
+    assert "7" in comfy.video_module._streams
+    progress_calls.clear()
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    with pytest.raises(InterruptProcessingException):
+        video_node.execute(compact, frames[1:], temporal_mode="stabilize", tile_size=24, tile_padding=4, tile_batch=1, device="cpu", meta_batch=manager)
+    assert len(progress_calls) == 1
+    assert not comfy.mm.processing_interrupted()
+    assert "7" not in comfy.video_module._streams, "an interrupted chunk must not be continued"
+
+
+def make_clip(path: Path, frames: int = 10, fps: int = 12) -> Path:
+    """A tiny 32x24 H.264 (or MPEG-4) clip with a moving bar and one second of AAC (or MP2) sine."""
+    import math
+
+    import av
+    import numpy as np
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        sound = out.add_stream("aac" if "aac" in av.codecs_available else "mp2", rate=22050)
+        sound.layout = "mono"
+        for i in range(frames):
+            picture = np.full((24, 32, 3), (40, 80, 120), np.uint8)
+            picture[4:12, 2 + 2 * i : 10 + 2 * i] = 230
+            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        rate, size = 22050, sound.codec_context.frame_size or 1152
+        wave = (0.3 * np.sin(2 * math.pi * 440 * np.arange(rate) / rate)).astype(np.float32)[None]
+        layout = "fltp" if sound.codec_context.name == "aac" else "s16"
+        for start in range(0, rate - size, size):
+            chunk = wave[:, start : start + size]
+            frame = av.AudioFrame.from_ndarray(chunk if layout == "fltp" else (chunk * 32767).astype(np.int16), format=layout, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in sound.encode(frame):
+                out.mux(packet)
+        for packet in sound.encode(None):
+            out.mux(packet)
+    return path
+
+
+def describe(path) -> dict:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        info = {"size": (video.codec_context.width, video.codec_context.height), "rate": video.average_rate, "audio": [(a.codec_context.name, a.rate) for a in container.streams.audio]}
+        info["frames"] = sum(1 for _ in container.decode(video=0))
+    return info
+
+
+def test_video_file_node_round_trip_keeps_frames_rate_and_audio(comfy, compact, tmp_path, progress_calls):
+    import folder_paths
+    from comfy_api.latest import InputImpl
+
+    source = make_clip(tmp_path / "clip.mp4")
+    node = comfy.nodes["TilewiseUpscaleVideoFile"]
+    result = node.execute(compact, InputImpl.VideoFromFile(str(source)), temporal_mode="auto", device="cpu")[0]
+    assert isinstance(result, InputImpl.VideoFromFile)
+    path = Path(result.get_stream_source())
+    assert path.is_file() and Path(folder_paths.get_temp_directory()).resolve() in path.resolve().parents
+    before, after = describe(source), describe(path)
+    assert after["size"] == (64, 48)
+    assert (after["frames"], after["rate"], after["audio"]) == (before["frames"], before["rate"], before["audio"])
+    assert result.get_dimensions() == (64, 48)
+    assert progress_calls[-1] == (before["frames"], before["frames"])
+    # a VIDEO made from components (no file behind it) works too
+    components = result.get_components()
+    assert components.images.shape[0] == before["frames"]
+    from_components = node.execute(compact, InputImpl.VideoFromComponents(components), temporal_mode="off", device="cpu")[0]
+    assert describe(from_components.get_stream_source())["size"] == (128, 96)
+
+
+def test_video_file_node_interrupt_leaves_no_file(comfy, compact, tmp_path, progress_calls):
+    import folder_paths
+    from comfy.model_management import InterruptProcessingException
+    from comfy_api.latest import InputImpl
+
+    folder = Path(folder_paths.get_temp_directory()) / "tilewise"
+    before = set(folder.glob("*")) if folder.exists() else set()
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    with pytest.raises(InterruptProcessingException):
+        comfy.nodes["TilewiseUpscaleVideoFile"].execute(compact, InputImpl.VideoFromFile(str(make_clip(tmp_path / "clip.mp4"))), device="cpu")
+    assert len(progress_calls) == 1
+    assert set(folder.glob("*")) == before

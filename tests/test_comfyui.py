@@ -24,12 +24,13 @@ from PIL import Image
 
 import comfy_harness as harness
 from model_zoo import ZOO
+from test_video import describe_video, make_video
 from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOptions, load_model, plan_run, upscale
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "example_workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
-NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo", "TilewiseExportONNX")
+NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo", "TilewiseExportONNX", "TilewiseUpscaleVideo", "TilewiseUpscaleVideoFile")
 BUILTINS = ("builtin:magic-kernel-sharp-2x", "builtin:magic-kernel-sharp-3x", "builtin:magic-kernel-sharp-4x")
 HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body>Download</body></html>\n"
 LARGE_SIDE = 1536  # the interrupted run: thousands of small tiles
@@ -57,6 +58,7 @@ def comfy(tmp_path_factory):
     gradient = np.linspace(0, 255, LARGE_SIDE, dtype=np.float32)
     large = np.stack([gradient[None, :].repeat(LARGE_SIDE, 0), gradient[:, None].repeat(LARGE_SIDE, 1), np.full((LARGE_SIDE, LARGE_SIDE), 128, np.float32)], -1)
     Image.fromarray(large.astype(np.uint8)).save(inputs / "large.png")
+    make_video(inputs / "tilewise_clip.mp4", frames=10, fps=12)  # the VIDEO example workflow's input
     server = harness.ComfyServer(python, comfy_dir, base)
     try:
         server.start()
@@ -103,6 +105,12 @@ def upscale_prompt(model: list | str, image: str, prefix: str, **options) -> dic
     if isinstance(model, str):
         prompt["2"] = {"class_type": "TilewiseModelLoader", "inputs": {"model_name": model}}
     return prompt
+
+
+def saved_videos(comfy, entry: dict, node: str) -> list[Path]:
+    """The files a SaveVideo node wrote (from its UI output)."""
+    results = entry["outputs"][node]["images"]
+    return [comfy.base / "output" / r["subfolder"] / r["filename"] for r in results if (comfy.base / "output" / r["subfolder"] / r["filename"]).is_file()]
 
 
 def assert_success(entry: dict) -> None:
@@ -173,6 +181,14 @@ def test_object_info_lists_every_node(object_info):
     assert (tile["default"], tile["min"]) == (0, -1)
     assert upscaler["input"]["optional"]["precision"][1]["options"] == ["auto", "fp32", "fp16", "bf16"]
     assert upscaler["output"] == ["IMAGE"]
+    video = object_info["TilewiseUpscaleVideo"]
+    names = set(video["input"]["required"]) | set(video["input"].get("optional", {}))
+    assert {"upscale_model", "images", "temporal_mode", "temporal_strength", "tile_size", "tile_padding", "precision", "device", "output_dtype", "continuity", "meta_batch"} <= names
+    assert video["input"]["required"]["temporal_mode"][1]["options"] == ["off", "auto", "feedback", "stabilize"]
+    assert video["input"]["optional"]["meta_batch"][0] == "VHS_BatchManager"
+    assert video["output"] == ["IMAGE"]
+    assert object_info["TilewiseUpscaleVideoFile"]["input"]["required"]["video"][0] == "VIDEO"
+    assert object_info["TilewiseUpscaleVideoFile"]["output"] == ["VIDEO"]
     assert object_info["TilewiseModelInfo"]["output"] == ["STRING"]
     assert object_info["TilewiseModelInfo"]["output_node"] is True
 
@@ -203,10 +219,13 @@ def test_example_workflow_runs(comfy, path):
     entry = comfy.run(prompt, timeout=180)
     assert_success(entry)
     saves = [key for key, node in prompt.items() if node["class_type"] == "SaveImage"]
-    assert saves
+    videos = [key for key, node in prompt.items() if node["class_type"] == "SaveVideo"]
+    assert saves or videos
     for key in saves:
         images = comfy.images(entry, key)
         assert images and all(decode(png).size for png in images)
+    for key in videos:
+        assert saved_videos(comfy, entry, key)
     for key, node in prompt.items():
         if node["class_type"] == "TilewiseModelInfo":
             assert "architecture:" in entry["outputs"][key]["text"][0]
@@ -343,6 +362,39 @@ def test_interrupt_stops_a_run_within_a_tile(comfy):
     assert_success(after)
 
 
+# -- video ----------------------------------------------------------------------------------------
+
+
+def test_video_file_workflow_keeps_frames_rate_and_audio(comfy):
+    prompt = api_workflow("upscale_video_file")
+    prompt["4"]["inputs"]["filename_prefix"] = "video/roundtrip"
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    (written,) = saved_videos(comfy, entry, "4")
+    before, after = describe_video(comfy.base / "input" / "tilewise_clip.mp4"), describe_video(written)
+    assert after["size"] == (2 * before["size"][0], 2 * before["size"][1])
+    assert (after["frames"], after["rate"]) == (before["frames"], before["rate"])
+    assert before["audio"] and len(after["audio"]) == len(before["audio"])
+
+
+def test_video_frames_workflow_equals_the_engine(comfy):
+    from tilewise.engine import VideoOptions, VideoUpscaler
+
+    prompt = api_workflow("upscale_video_frames")
+    prompt["6"]["inputs"]["filename_prefix"] = "video/frames"
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    saved = [decode(png) for png in comfy.images(entry, "6")]
+    assert len(saved) == prompt["3"]["inputs"]["amount"] and saved[0].shape == (512, 512, 3)
+    example = torch.from_numpy(np.asarray(Image.open(comfy.base / "input" / "example.png").convert("RGB")).astype(np.float32) / 255.0)
+    frame = torch.nn.functional.interpolate(example.movedim(-1, 0)[None], size=(256, 256), mode="area")  # what ImageScale "area" does
+    widgets = prompt["5"]["inputs"]
+    runner = VideoUpscaler(load_model(prompt["4"]["inputs"]["model_name"]), VideoOptions(upscale=UpscaleOptions(device="cpu"), temporal=widgets["temporal_mode"], scene_cut=widgets["scene_cut"]))
+    for index, image in enumerate(saved):
+        expected = as_saved(runner.process(frame))[0]
+        assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1, index
+
+
 # -- in-process -----------------------------------------------------------------------------------
 
 
@@ -356,4 +408,4 @@ def test_nodes_in_process(comfy):
         cwd=comfy.base, env=env, capture_output=True, text=True, timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-    assert "26 passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # every check ran
+    assert "36 passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # every check ran

@@ -1,0 +1,344 @@
+"""Video nodes: an IMAGE batch as frames (`TilewiseUpscaleVideo`) and ComfyUI's VIDEO type
+streamed through PyAV (`TilewiseUpscaleVideoFile`), both on the engine's `VideoUpscaler`.
+
+Continuity across executions (VideoHelperSuite's Meta Batch Manager)
+--------------------------------------------------------------------
+VHS's "Meta Batch Manager" (`VHS_BatchManager`) splits a long video into chunks: its loader
+yields `frames_per_batch` frames per execution and VHS re-queues the whole prompt until the
+input is exhausted, so `TilewiseUpscaleVideo` runs once per chunk. The manager is one Python
+object shared by every execution of the run; its loader sets `has_closed_inputs` on the
+execution that delivers the last chunk, and VHS's Video Combine resets the manager after it.
+
+The temporal state (the engine's `VideoUpscaler`) therefore lives in a module-level table keyed
+by the node's `unique_id` (V3 node classes hold no state), and the `continuity` input decides
+when an execution continues the previous one of the same node:
+
+* `auto` (default): continue only inside one Meta Batch run, i.e. when `meta_batch` is
+  connected, it is the same manager object as last time, the last execution was not the final
+  chunk (`has_closed_inputs` was false after it), and model and options are unchanged. Without a
+  `meta_batch` every execution is a whole video and nothing is kept, so running a workflow twice
+  gives the same pixels twice.
+* `continue`: continue from this node's previous execution whenever model and options are
+  unchanged (for chunks fed by hand, e.g. a loader's skip_first_frames stepped by the user).
+* `new video`: always start afresh.
+
+A change of model or of any option always starts afresh; so does an interrupted or failed
+execution (its state is dropped). The engine's scene-cut test still resets the state inside a
+stream, so a chunk that is not, after all, the next one of the same shot is not blended with
+the previous one. The table keeps at most `MAX_STREAMS` streams (least recently used dropped);
+a finished Meta Batch run drops its entry at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+from spandrel import ImageModelDescriptor
+
+import comfy.utils
+import folder_paths
+
+from ..engine import PRECISIONS, CancelledError, ImageError, TileSettings, UpscaleOptions
+from ..engine.context import measure_context
+from ..engine.runner import MIN_TILE
+from ..engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
+from . import host
+from .upscale import DEVICES, MAX_SIDE, MERGES
+
+CONTINUITY = ("auto", "continue", "new video")
+OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MAX_STREAMS = 8
+
+
+@dataclass
+class _Stream:
+    runner: VideoUpscaler
+    manager: object | None  # the VHS_BatchManager of the run (compared by identity)
+    finished: bool  # the last execution delivered the final chunk
+
+
+_streams: OrderedDict[str, _Stream] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _check(upscale_model, tile_size: int) -> None:
+    if not isinstance(upscale_model, ImageModelDescriptor):
+        raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
+    if 0 < tile_size < MIN_TILE:
+        raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
+
+
+def video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame="none", scene_cut=SCENE_CUT_THRESHOLD) -> VideoOptions:
+    """The widgets as the engine's options; the engine's output stays on the processing device
+    (the temporal state lives there) and frames are copied to the CPU one by one."""
+    if first_frame not in FIRST_FRAME_CONVENTIONS:
+        raise ValueError(f"first_frame must be one of {', '.join(FIRST_FRAME_CONVENTIONS)}, got '{first_frame}'")
+    upscale = UpscaleOptions(
+        tiles=TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch),
+        precision=precision,
+        device=str(run_device),
+        output_device=str(run_device),
+    )
+    return VideoOptions(
+        upscale=upscale,
+        temporal=temporal_mode,
+        strength=None if temporal_strength < 0 else float(temporal_strength),
+        first_frame=first_frame,
+        scene_cut=scene_cut if scene_cut > 0 else None,
+    )
+
+
+def _take_stream(key: str, descriptor, options: VideoOptions, continuity: str, meta_batch) -> VideoUpscaler:
+    """The stream to continue for node `key`, or a fresh one (see the module docstring)."""
+    if continuity not in CONTINUITY:
+        raise ValueError(f"continuity must be one of {', '.join(CONTINUITY)}, got '{continuity}'")
+    with _lock:
+        stream = _streams.pop(key, None)
+    if stream is not None and continuity != "new video" and stream.runner.descriptor is descriptor and stream.runner.options == options:
+        if continuity == "continue":
+            return stream.runner
+        if meta_batch is not None and stream.manager is meta_batch and not stream.finished:
+            return stream.runner
+    return VideoUpscaler(descriptor, options)
+
+
+def _keep_stream(key: str, runner: VideoUpscaler, continuity: str, meta_batch) -> None:
+    finished = bool(getattr(meta_batch, "has_closed_inputs", False)) if meta_batch is not None else False
+    if continuity == "new video" or (continuity == "auto" and (meta_batch is None or finished)):
+        return
+    with _lock:
+        _streams[key] = _Stream(runner, meta_batch, finished)
+        while len(_streams) > MAX_STREAMS:
+            _streams.popitem(last=False)
+
+
+def forget_streams() -> None:
+    """Drops every kept stream (tests; frees the models they hold)."""
+    with _lock:
+        _streams.clear()
+
+
+class _FrameTileProgress:
+    """One ComfyUI bar over frames x tiles: the engine reports tiles within a frame."""
+
+    def __init__(self, frames: int):
+        self.frames, self.frame = frames, 0
+        self.bar: comfy.utils.ProgressBar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = comfy.utils.ProgressBar(total * self.frames)
+        self.bar.update_absolute(self.frame * total + done, total * self.frames)
+
+
+def _tile_inputs() -> list:
+    return [
+        io.Int.Input("tile_size", default=0, min=-1, max=MAX_SIDE, step=1, optional=True,
+                     tooltip="Window fed to the model, in pixels. 0 = auto; -1 = no tiling. The same grid is used for every frame."),
+        io.Int.Input("tile_padding", default=-1, min=-1, max=1024, step=1, optional=True,
+                     tooltip="Context margin read around each tile. -1 = auto (the model's receptive radius)."),
+        io.Combo.Input("merge", options=list(MERGES), default="crop", optional=True,
+                       tooltip="crop: keep only tile centres (exact for convolutional models); blend: feather the margins."),
+        io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
+                       tooltip="auto: fp16/bf16 on a GPU where the model supports it, else fp32."),
+        io.Int.Input("tile_batch", default=4, min=1, max=64, step=1, optional=True, tooltip="Tiles per forward pass."),
+        io.Combo.Input("device", options=list(DEVICES), default="auto", optional=True, tooltip="auto: ComfyUI's device (honours --cpu); cpu: force the CPU."),
+    ]
+
+
+def _temporal_inputs() -> list:
+    return [
+        io.Combo.Input("temporal_mode", options=list(TEMPORAL_MODES), default="auto",
+                       tooltip="off: every frame alone; feedback: ParagonSR2's feature feedback; stabilize: motion-aware blending of the previous output (any model); auto: feedback for ParagonSR2, stabilize otherwise."),
+        io.Float.Input("temporal_strength", default=-1.0, min=-1.0, max=0.99, step=0.01,
+                       tooltip="-1 = the mode's default (feedback: the model's alpha, 0.2; stabilize: 0.7). Weight of the past in [0, 1)."),
+    ]
+
+
+def _extra_temporal_inputs() -> list:
+    return [
+        io.Float.Input("scene_cut", default=round(SCENE_CUT_THRESHOLD, 3), min=0.0, max=1.0, step=0.001, optional=True,
+                       tooltip="Mean absolute gray change between frame thumbnails that counts as a cut (state reset); 0 = never."),
+        io.Combo.Input("first_frame", options=list(FIRST_FRAME_CONVENTIONS), default="none", optional=True,
+                       tooltip="Feedback on the first frame: none (upstream PyTorch) or blend with zeros (upstream TensorRT/ONNX)."),
+    ]
+
+
+class TilewiseUpscaleVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TilewiseUpscaleVideo",
+            display_name="Upscale Video Frames (Tilewise)",
+            category="image/upscaling",
+            description=(
+                "Upscales an IMAGE batch as the frames of a video, one frame at a time with the same tile grid, "
+                "carrying temporal state between frames (ParagonSR2 feature feedback or a motion-aware stabiliser) "
+                "and across VideoHelperSuite Meta Batch chunks. The result is written into one preallocated CPU tensor."
+            ),
+            inputs=[
+                io.UpscaleModel.Input("upscale_model"),
+                io.Image.Input("images", tooltip="The frames, in display order."),
+                *_temporal_inputs(),
+                *_tile_inputs(),
+                io.Combo.Input("output_dtype", options=list(OUTPUT_DTYPES), default="fp32", optional=True,
+                               tooltip="fp16 halves the memory of the upscaled frames (ComfyUI's IMAGE is normally fp32)."),
+                *_extra_temporal_inputs(),
+                io.Combo.Input("continuity", options=list(CONTINUITY), default="auto", optional=True,
+                               tooltip="auto: continue the state across the chunks of one Meta Batch run (meta_batch connected), else every run is a new video; continue: always continue this node's previous run; new video: always start afresh."),
+                io.Custom("VHS_BatchManager").Input("meta_batch", optional=True,
+                                                    tooltip="VideoHelperSuite's Meta Batch Manager: keeps the temporal state across its chunks."),
+            ],
+            outputs=[io.Image.Output()],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        upscale_model,
+        images,
+        temporal_mode: str = "auto",
+        temporal_strength: float = -1.0,
+        tile_size: int = 0,
+        tile_padding: int = -1,
+        merge: str = "crop",
+        precision: str = "auto",
+        tile_batch: int = 4,
+        device: str = "auto",
+        output_dtype: str = "fp32",
+        scene_cut: float = SCENE_CUT_THRESHOLD,
+        first_frame: str = "none",
+        continuity: str = "auto",
+        meta_batch=None,
+    ) -> io.NodeOutput:
+        _check(upscale_model, tile_size)
+        if output_dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}, got '{output_dtype}'")
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ImageError(f"images must be a non-empty IMAGE batch (T, H, W, C), got shape {tuple(images.shape)}")
+        run_device = host.processing_device(device)
+        options = video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame, scene_cut)
+        hidden = getattr(cls, "hidden", None)
+        key = str(getattr(hidden, "unique_id", None) or "")
+        runner = _take_stream(key, upscale_model, options, continuity, meta_batch)
+        frames = images.shape[0]
+        progress, cancel = _FrameTileProgress(frames), host.interrupted
+        out: torch.Tensor | None = None
+        with host.run_on(upscale_model, run_device):
+            measure_context(upscale_model, options.upscale.tiles, run_device)
+            try:
+                for t in range(frames):
+                    host.raise_interrupt()  # per frame; the engine also stops between tiles
+                    progress.frame = t
+                    frame = images[t : t + 1].movedim(-1, 1)
+                    result = runner.process(frame, progress=progress, cancel=cancel)[0].movedim(0, -1)
+                    if out is None:  # the size is known after the first frame
+                        out = torch.empty((frames, *result.shape), dtype=OUTPUT_DTYPES[output_dtype], device="cpu")
+                    out[t].copy_(result)
+            except CancelledError:
+                host.raise_interrupt()
+                raise
+        _keep_stream(key, runner, continuity, meta_batch)  # only a completed chunk is continued
+        return io.NodeOutput(out)
+
+
+def _source_file(video, scratch: Path) -> Path:
+    """A file PyAV can read for the VIDEO input: the file behind a VideoFromFile, else a
+    temporary file (an in-memory VideoFromFile copied out; any other VIDEO, e.g. Create Video's
+    VideoFromComponents, encoded by ComfyUI's own `save_to`: its frames are in RAM already)."""
+    from comfy_api.latest import InputImpl
+
+    path = scratch / f"source-{uuid.uuid4().hex[:12]}.mp4"
+    if isinstance(video, InputImpl.VideoFromFile):
+        source = video.get_stream_source()
+        if isinstance(source, (str, os.PathLike)):
+            return Path(source)
+        source.seek(0)
+        with open(path, "wb") as handle:
+            while chunk := source.read(1 << 20):
+                handle.write(chunk)
+        return path
+    video.save_to(str(path))
+    return path
+
+
+class TilewiseUpscaleVideoFile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TilewiseUpscaleVideoFile",
+            display_name="Upscale Video (Tilewise)",
+            category="image/video",
+            description=(
+                "Upscales a VIDEO by decoding, upscaling and encoding one frame at a time with PyAV, so a long video "
+                "never has to fit in memory. Audio is copied unchanged; frame timing is kept. The result is an H.264 "
+                "(or MPEG-4) file in ComfyUI's temp folder; connect Save Video to keep it."
+            ),
+            inputs=[
+                io.UpscaleModel.Input("upscale_model"),
+                io.Video.Input("video"),
+                *_temporal_inputs(),
+                *_tile_inputs(),
+                io.Int.Input("crf", default=18, min=0, max=51, step=1, optional=True, tooltip="H.264 quality (lower = better, larger)."),
+                *_extra_temporal_inputs(),
+            ],
+            outputs=[io.Video.Output()],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        upscale_model,
+        video,
+        temporal_mode: str = "auto",
+        temporal_strength: float = -1.0,
+        tile_size: int = 0,
+        tile_padding: int = -1,
+        merge: str = "crop",
+        precision: str = "auto",
+        tile_batch: int = 4,
+        device: str = "auto",
+        crf: int = 18,
+        scene_cut: float = SCENE_CUT_THRESHOLD,
+        first_frame: str = "none",
+    ) -> io.NodeOutput:
+        from comfy_api.latest import InputImpl
+
+        from ..engine.video_io import upscale_video_file
+
+        _check(upscale_model, tile_size)
+        run_device = host.processing_device(device)
+        options = video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame, scene_cut)
+        folder = Path(folder_paths.get_temp_directory()) / "tilewise"
+        folder.mkdir(parents=True, exist_ok=True)
+        destination = folder / f"upscaled-{uuid.uuid4().hex[:12]}.mp4"
+        bar: list[comfy.utils.ProgressBar] = []
+
+        def progress(done: int, total: int | None) -> None:
+            if not bar:
+                bar.append(comfy.utils.ProgressBar(total or 0))
+            bar[0].update_absolute(done, max(total or 0, done))
+            host.raise_interrupt()  # per frame (and per tile through `cancel`); the engine removes the partial file
+
+        with tempfile.TemporaryDirectory(dir=folder) as scratch, host.run_on(upscale_model, run_device):
+            source = _source_file(video, Path(scratch))
+            measure_context(upscale_model, options.upscale.tiles, run_device)
+            host.raise_interrupt()
+            try:
+                upscale_video_file(upscale_model, source, destination, options, crf=crf, progress=progress, cancel=host.interrupted)
+            except CancelledError:
+                host.raise_interrupt()
+                raise
+        return io.NodeOutput(InputImpl.VideoFromFile(str(destination)))
+
+
+NODES = [TilewiseUpscaleVideo, TilewiseUpscaleVideoFile]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import photo
 from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, upscale
-from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, is_scene_cut, resolve_temporal_mode, thumbnail, upscale_frames
+from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
 
 FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
 TOLERANCE = 1e-4
@@ -216,6 +216,103 @@ def test_stabilizer_weights():
     assert torch.equal(out, torch.ones_like(out))
     with pytest.raises(ValueError):
         Stabilizer(strength=1.0)
+
+
+def _gray(frame: torch.Tensor) -> torch.Tensor:
+    return (0.299 * frame[:, 0:1] + 0.587 * frame[:, 1:2] + 0.114 * frame[:, 2:3]).float()
+
+
+def _noisy(frame: torch.Tensor, generator: torch.Generator, sigma: float = 2.5 / 255) -> torch.Tensor:
+    """Sensor noise and 8-bit quantisation."""
+    return ((frame + sigma * torch.randn(frame.shape, generator=generator)).clamp(0, 1) * 255).round() / 255
+
+
+def pan(frames: int, step: tuple[float, float], height: int = 64, width: int = 80, noise: float = 2.5 / 255, seed: int = 3):
+    """(T, 3, h, w) noisy frames of a photograph under a camera moving `step` px a frame (content moves by -step).
+
+    Shifted at twice the size and downscaled with an antialiased bicubic, so that the frames are not aliased and the
+    motion between them is well defined."""
+    scene = photo("astronaut", 80, 100, 2 * height + 40, 2 * width + 40)
+    generator = torch.Generator().manual_seed(seed)
+    crops = [shift_image(scene, -2 * step[0] * t, -2 * step[1] * t)[..., 20 : 20 + 2 * height, 20 : 20 + 2 * width] for t in range(frames)]
+    small = [torch.nn.functional.interpolate(c, scale_factor=0.5, mode="bicubic", antialias=True) for c in crops]
+    return torch.cat([_noisy(c.clamp(0, 1), generator, noise) for c in small])
+
+
+@pytest.mark.parametrize("motion", [(0.3, -0.45), (1.7, 2.2), (-3.35, 0.05), (0.0, 0.0)])
+def test_motion_estimate_recovers_a_sub_pixel_shift(motion):
+    scene = photo("astronaut", 80, 130, 136, 168)
+    generator = torch.Generator().manual_seed(0)
+    before = _noisy(scene[..., 20:116, 20:148], generator)
+    after = _noisy(shift_image(scene, *motion)[..., 20:116, 20:148].clamp(0, 1), generator)
+    dy, dx = estimate_motion(_gray(before), _gray(after))
+    assert abs(dy - motion[0]) < 0.1 and abs(dx - motion[1]) < 0.1, (dy, dx)
+    assert abs(dy - motion[0]) < 0.02 and abs(dx - motion[1]) < 0.02, (dy, dx)  # in practice much better
+
+
+def test_motion_estimate_ignores_a_moving_object_and_flat_frames():
+    scene = photo("astronaut", 80, 130, 96, 128)
+    patch = photo("coffee", 100, 100, 24, 24)
+    before, after = scene.clone(), scene.clone()
+    before[..., 30:54, 20:44] = patch
+    after[..., 34:58, 30:54] = patch  # an object moving by (4, 10) over a still background
+    dy, dx = estimate_motion(_gray(before), _gray(after))
+    assert abs(dy) < 0.1 and abs(dx) < 0.1, (dy, dx)
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    assert estimate_motion(flat, flat) == (0.0, 0.0)
+
+
+def _warped_flicker(frames: torch.Tensor, step: tuple[float, float], scale: int = 2, border: int = 12) -> float:
+    """Mean |y_t - y_{t-1} moved by the camera|, away from the borders."""
+    total = 0.0
+    for t in range(1, frames.shape[0]):
+        moved = shift_image(frames[t - 1 : t], -step[0] * scale, -step[1] * scale)
+        total += (frames[t : t + 1] - moved)[..., border:-border, border:-border].abs().mean().item()
+    return total / (frames.shape[0] - 1)
+
+
+def test_stabilizer_follows_a_panning_camera():
+    descriptor = compact()
+    step = (0.35, 0.55)
+    clip = pan(12, step)
+    plain = upscale_frames(descriptor, clip, options("off"))
+    steady = upscale_frames(descriptor, clip, options("stabilize"))
+    unaligned = upscale_frames(descriptor, clip, options("stabilize", motion_compensation=False))
+    assert _warped_flicker(steady[2:], step) < 0.5 * _warped_flicker(plain[2:], step)
+    assert _warped_flicker(unaligned[2:], step) > 0.8 * _warped_flicker(plain[2:], step)  # the plain blend cannot
+    stabilizer = Stabilizer()
+    for t in range(3):
+        stabilizer(clip[t : t + 1], upscale(descriptor, clip[t : t + 1], UpscaleOptions(device="cpu")))
+    # within 0.1 px: the clip's own bicubic resampling moves fine texture by a few hundredths of a pixel more or less
+    assert abs(stabilizer.last_motion[0] + step[0]) < 0.1 and abs(stabilizer.last_motion[1] + step[1]) < 0.1
+
+
+def test_panning_stabilizer_moves_towards_the_noise_free_output():
+    # a trained model: its output is a natural image, which bicubic resampling barely alters
+    # (the seeded test models output near-random texture, which no resampling can keep)
+    descriptor = load_model("builtin:paragonsr2-realtime-2x")
+    step = (0.35, 0.55)
+    clean = upscale_frames(descriptor, pan(12, step, noise=0.0), options("off"))
+    plain = upscale_frames(descriptor, pan(12, step), options("off"))
+    steady = upscale_frames(descriptor, pan(12, step), options("stabilize"))
+    crop = (slice(2, None), ..., slice(12, -12), slice(12, -12))
+    assert (steady - clean)[crop].abs().mean() < 0.85 * (plain - clean)[crop].abs().mean()
+
+
+def test_stabilizer_does_not_smear_an_object_moving_against_the_camera():
+    descriptor = compact()
+    step = (0.0, 0.5)
+    clip = pan(8, step, height=56, width=72, noise=1 / 255)
+    patch = photo("coffee", 100, 100, 16, 16) * 0.5
+    for t in range(clip.shape[0]):
+        clip[t, :, 20:36, 50 - 4 * t : 66 - 4 * t] = patch[0]  # moves left 4 px a frame, the scene 0.5 px
+    plain = upscale_frames(descriptor, clip, options("off"))
+    steady = upscale_frames(descriptor, clip, options("stabilize"))
+    for t in range(2, clip.shape[0]):
+        x0 = 2 * (50 - 4 * t)
+        region = (slice(t, t + 1), ..., slice(2 * 20, 2 * 36), slice(max(0, x0 - 4), x0 + 2 * 16 + 8))
+        assert (steady - plain)[region].abs().mean().item() < 0.01
+        assert (steady - plain)[region].abs().max().item() < 0.1
 
 
 # -- memory ------------------------------------------------------------------------------------

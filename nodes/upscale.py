@@ -88,13 +88,10 @@ class TilewiseUpscale(io.ComfyNode):
         device: str = "auto",
         output_device: str = "auto",
     ) -> io.NodeOutput:
-        if not isinstance(upscale_model, ImageModelDescriptor):
-            raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
-        if 0 < tile_size < MIN_TILE:
-            raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
+        check_inputs(upscale_model, tile_size)
         run_device = host.processing_device(device)
         options = UpscaleOptions(
-            tiles=TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch),
+            tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
             precision=precision,
             device=str(run_device),
             output_device=str(host.result_device(output_device, run_device)),
@@ -113,6 +110,19 @@ class TilewiseUpscale(io.ComfyNode):
                 host.raise_interrupt()
                 raise
         return io.NodeOutput(result.movedim(1, -1))
+
+
+def check_inputs(upscale_model, tile_size: int) -> None:
+    """Rejects what is not an image model, and tiles too small to be useful, before any work."""
+    if not isinstance(upscale_model, ImageModelDescriptor):
+        raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
+    if 0 < tile_size < MIN_TILE:
+        raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
+
+
+def tile_settings(tile_size: int, tile_padding: int, merge: str, tile_batch: int) -> TileSettings:
+    """The tile widgets as the engine's settings (tile_padding -1 = the model's receptive radius)."""
+    return TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch)
 
 
 def scale_target(mode: str, factor: float, width: int, height: int, longest_side: int, megapixels: float) -> ScaleTarget:

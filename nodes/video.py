@@ -41,17 +41,15 @@ from pathlib import Path
 
 import torch
 from comfy_api.latest import io
-from spandrel import ImageModelDescriptor
 
 import comfy.utils
 import folder_paths
 
-from ..engine import PRECISIONS, CancelledError, ImageError, TileSettings, UpscaleOptions
+from ..engine import PRECISIONS, CancelledError, ImageError, UpscaleOptions
 from ..engine.context import measure_context
-from ..engine.runner import MIN_TILE
 from ..engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 from . import host
-from .upscale import DEVICES, MAX_SIDE, MERGES
+from .upscale import DEVICES, MAX_SIDE, MERGES, check_inputs, tile_settings
 
 CONTINUITY = ("auto", "continue", "new video")
 OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -69,20 +67,13 @@ _streams: OrderedDict[str, _Stream] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _check(upscale_model, tile_size: int) -> None:
-    if not isinstance(upscale_model, ImageModelDescriptor):
-        raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
-    if 0 < tile_size < MIN_TILE:
-        raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
-
-
 def video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame="none", scene_cut=SCENE_CUT_THRESHOLD) -> VideoOptions:
     """The widgets as the engine's options; the engine's output stays on the processing device
     (the temporal state lives there) and frames are copied to the CPU one by one."""
     if first_frame not in FIRST_FRAME_CONVENTIONS:
         raise ValueError(f"first_frame must be one of {', '.join(FIRST_FRAME_CONVENTIONS)}, got '{first_frame}'")
     upscale = UpscaleOptions(
-        tiles=TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch),
+        tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
         precision=precision,
         device=str(run_device),
         output_device=str(run_device),
@@ -220,7 +211,7 @@ class TilewiseUpscaleVideo(io.ComfyNode):
         continuity: str = "auto",
         meta_batch=None,
     ) -> io.NodeOutput:
-        _check(upscale_model, tile_size)
+        check_inputs(upscale_model, tile_size)
         if output_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}, got '{output_dtype}'")
         if images.ndim != 4 or images.shape[0] == 0:
@@ -315,7 +306,7 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
 
         from ..engine.video_io import upscale_video_file
 
-        _check(upscale_model, tile_size)
+        check_inputs(upscale_model, tile_size)
         run_device = host.processing_device(device)
         options = video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame, scene_cut)
         folder = Path(folder_paths.get_temp_directory()) / "tilewise"

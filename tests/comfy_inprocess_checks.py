@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from clips import describe_video, make_video
 from model_zoo import ZOO
 
 COMFY_DIR = Path(os.environ.get("TILEWISE_COMFYUI_DIR", ""))
@@ -425,61 +426,17 @@ def test_video_interrupt_stops_within_one_tile_and_drops_the_state(comfy, compac
     assert "7" not in comfy.video_module._streams, "an interrupted chunk must not be continued"
 
 
-def make_clip(path: Path, frames: int = 10, fps: int = 12) -> Path:
-    """A tiny 32x24 H.264 (or MPEG-4) clip with a moving bar and one second of AAC (or MP2) sine."""
-    import math
-
-    import av
-    import numpy as np
-
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as out:
-        video = out.add_stream(codec, rate=fps)
-        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
-        sound = out.add_stream("aac" if "aac" in av.codecs_available else "mp2", rate=22050)
-        sound.layout = "mono"
-        for i in range(frames):
-            picture = np.full((24, 32, 3), (40, 80, 120), np.uint8)
-            picture[4:12, 2 + 2 * i : 10 + 2 * i] = 230
-            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
-        rate, size = 22050, sound.codec_context.frame_size or 1152
-        wave = (0.3 * np.sin(2 * math.pi * 440 * np.arange(rate) / rate)).astype(np.float32)[None]
-        layout = "fltp" if sound.codec_context.name == "aac" else "s16"
-        for start in range(0, rate - size, size):
-            chunk = wave[:, start : start + size]
-            frame = av.AudioFrame.from_ndarray(chunk if layout == "fltp" else (chunk * 32767).astype(np.int16), format=layout, layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            for packet in sound.encode(frame):
-                out.mux(packet)
-        for packet in sound.encode(None):
-            out.mux(packet)
-    return path
-
-
-def describe(path) -> dict:
-    import av
-
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        info = {"size": (video.codec_context.width, video.codec_context.height), "rate": video.average_rate, "audio": [(a.codec_context.name, a.rate) for a in container.streams.audio]}
-        info["frames"] = sum(1 for _ in container.decode(video=0))
-    return info
-
-
 def test_video_file_node_round_trip_keeps_frames_rate_and_audio(comfy, compact, tmp_path, progress_calls):
     import folder_paths
     from comfy_api.latest import InputImpl
 
-    source = make_clip(tmp_path / "clip.mp4")
+    source = make_video(tmp_path / "clip.mp4", frames=10)
     node = comfy.nodes["TilewiseUpscaleVideoFile"]
     result = node.execute(compact, InputImpl.VideoFromFile(str(source)), temporal_mode="auto", device="cpu")[0]
     assert isinstance(result, InputImpl.VideoFromFile)
     path = Path(result.get_stream_source())
     assert path.is_file() and Path(folder_paths.get_temp_directory()).resolve() in path.resolve().parents
-    before, after = describe(source), describe(path)
+    before, after = describe_video(source), describe_video(path)
     assert after["size"] == (64, 48)
     assert (after["frames"], after["rate"], after["audio"]) == (before["frames"], before["rate"], before["audio"])
     assert result.get_dimensions() == (64, 48)
@@ -488,7 +445,7 @@ def test_video_file_node_round_trip_keeps_frames_rate_and_audio(comfy, compact, 
     components = result.get_components()
     assert components.images.shape[0] == before["frames"]
     from_components = node.execute(compact, InputImpl.VideoFromComponents(components), temporal_mode="off", device="cpu")[0]
-    assert describe(from_components.get_stream_source())["size"] == (128, 96)
+    assert describe_video(from_components.get_stream_source())["size"] == (128, 96)
 
 
 def test_video_file_node_interrupt_leaves_no_file(comfy, compact, tmp_path, progress_calls):
@@ -500,6 +457,6 @@ def test_video_file_node_interrupt_leaves_no_file(comfy, compact, tmp_path, prog
     before = set(folder.glob("*")) if folder.exists() else set()
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
     with pytest.raises(InterruptProcessingException):
-        comfy.nodes["TilewiseUpscaleVideoFile"].execute(compact, InputImpl.VideoFromFile(str(make_clip(tmp_path / "clip.mp4"))), device="cpu")
+        comfy.nodes["TilewiseUpscaleVideoFile"].execute(compact, InputImpl.VideoFromFile(str(make_video(tmp_path / "clip.mp4", frames=10))), device="cpu")
     assert len(progress_calls) == 1
     assert set(folder.glob("*")) == before

@@ -24,7 +24,7 @@ from PIL import Image
 
 import comfy_harness as harness
 from model_zoo import ZOO
-from test_video import describe_video, make_video
+from clips import describe_video, make_video
 from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOptions, load_model, plan_run, upscale
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import naive_tiled, seeded  # noqa: E402
 
-from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, run_tiled, upscale  # noqa: E402
+from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
 from tilewise.engine.autotile import resident_bytes  # noqa: E402
 from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
 

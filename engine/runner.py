@@ -21,7 +21,7 @@ from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, usable_dtype
 from .autotile import MIN_AUTO_TILE, auto_tile_size
 from .receptive import model_context
-from .tiling import Rect, Tile, plan_tiles, split_tile
+from .tiling import Tile, plan_tiles, split_tile
 from .transfer import Pending, Transfers
 
 log = logging.getLogger("tilewise")

@@ -44,7 +44,7 @@ from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
 from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, usable_dtype
 from .resize import resize
-from .runner import MIN_TILE, CancelFn, ProgressFn, RunPlan, TileSettings, _paste_core, _pad_to_requirements, plan_run
+from .runner import MIN_TILE, CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, plan_run
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
 TEMPORAL_MODES: tuple[str, ...] = ("off", "auto", "feedback", "stabilize")

@@ -8,7 +8,6 @@ from comfy_api.latest import io, ui
 
 import folder_paths
 
-from ..engine import TilewiseError
 from ..engine.export import MIN_OPSET, export_onnx
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -77,7 +76,6 @@ def test_two_threads_share_one_cached_model(tmp_path):
 
 def test_a_failing_tile_writes_nothing(tmp_path, photo_png, monkeypatch):
     from tilewise import cli
-    from tilewise.engine import runner
 
     def explode(*args, **kwargs):
         raise ModelRunError("TestNet failed on the tile at x=0, y=0 (32x32): ValueError: boom")

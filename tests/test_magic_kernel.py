@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tilewise.archs.magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
-from tilewise.engine import describe_state_dict, load_model, upscale
+from tilewise.engine import load_model, upscale
 
 
 def _separable(plane: np.ndarray, taps) -> np.ndarray:

@@ -18,6 +18,7 @@ window); declared values skip the probes.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import weakref
@@ -66,6 +67,8 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
     elif isinstance(hint, int):  # the architecture knows its effective reach (e.g. shifted-window attention)
         context = Context(hint, exact=False)
     else:
+        if has_inference_weights(model):  # loaded under inference mode (ComfyUI): no gradients through it
+            forward = _GradientCapableForward(descriptor, device)
         context = _probe(descriptor, forward, device, align)
         minimum = getattr(model, "min_tile_margin", None)
         if isinstance(minimum, int) and minimum > context.pad:
@@ -73,6 +76,30 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
     with _lock:
         _cache[model] = context
     return context
+
+
+def has_inference_weights(module: torch.nn.Module) -> bool:
+    """Whether any weight of `module` was created inside `torch.inference_mode()`."""
+    return any(t.is_inference() for t in module.parameters()) or any(t.is_inference() for t in module.buffers())
+
+
+class _GradientCapableForward:
+    """The model's forward on a normal-tensor fp32 copy (made at the first call), for the
+    gradient probe: hosts that load models under `torch.inference_mode()` (ComfyUI runs every
+    node inside it) give weights autograd refuses ("Inference tensors cannot be saved for
+    backward"); a clone made outside inference mode is a normal tensor."""
+
+    def __init__(self, descriptor: ImageModelDescriptor, device: torch.device):
+        self.descriptor, self.device, self.forward = descriptor, device, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.forward is None:
+            from .precision import forward_fn
+
+            with torch.inference_mode(False):
+                module = copy.deepcopy(self.descriptor.model).to(device=self.device, dtype=torch.float32).eval()
+            self.forward = forward_fn(self.descriptor, module)
+        return self.forward(x)
 
 
 def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int) -> Context:

@@ -7,7 +7,8 @@ import torch
 
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
-from tilewise.engine.context import has_inference_weights, measure_context
+from tilewise.engine.context import measure_context
+from tilewise.engine.receptive import has_inference_weights
 from tilewise.engine.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
 
 CPU = torch.device("cpu")
@@ -28,6 +29,19 @@ def test_inference_mode_models_tile_after_measure_context(tmp_path):
     assert context.pad == expected_pad
     assert torch.equal(result, expected)
     assert has_inference_weights(model.model), "the model itself is left as it was"
+
+
+def test_inference_mode_models_tile_without_measuring_first(tmp_path):
+    """The probe itself copes with inference-tensor weights, so every host gets it."""
+    path = ZOO["SPAN"].save(tmp_path / "span.safetensors", seed=2, scale=2)
+    image = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(1))
+    tiled = UpscaleOptions(tiles=TileSettings(tile=24), device="cpu")
+    expected = upscale(load_model(path, cache=None), image, tiled)
+    with torch.inference_mode():
+        model = load_model(path, cache=None)
+        assert has_inference_weights(model.model)
+        result = upscale(model, image, tiled)
+    assert torch.equal(result, expected)
 
 
 def test_no_measurement_when_the_margin_is_given_or_untileable(tmp_path):

@@ -311,6 +311,10 @@ class ParagonSR2(nn.Module):
     """
 
     supports_temporal = True
+    #: NHWC input for every variant: the convolutions run faster, and the attention of photo/pro
+    #: works on tokens-last features, which NHWC memory already is (no permute copies).
+    #: Measured on CPU (fp32, 128-256 px): photo 1.25-1.43x, pro 1.15x over NCHW.
+    prefers_channels_last = True
 
     def __init__(
         self,

@@ -59,8 +59,13 @@ def prefers_channels_last(model: torch.nn.Module) -> bool:
     2.2-2.9x with bf16. Transformers (Linear/LayerNorm over tokens) reshape to NCHW and back
     anyway, so they keep the default layout. Only the input is converted: convolutions propagate
     NHWC, and PyTorch reorders the weights itself about as fast as converting them (measured),
-    so the shared model is never touched.
+    so the shared model is never touched. A model may decide for itself with a boolean
+    `prefers_channels_last` attribute (ParagonSR2 photo/pro: attention runs on tokens-last
+    features, so NHWC saves its permute copies; measured 1.2-1.4x).
     """
+    declared = getattr(model, "prefers_channels_last", None)
+    if isinstance(declared, bool):
+        return declared
     has_conv = False
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.MultiheadAttention)):

@@ -118,6 +118,22 @@ def test_dual_path_outputs_match_upstream(entry):
     assert max_error(feat2, io["video_feat2"]) <= TOLERANCE
 
 
+@pytest.mark.parametrize("entry", by_id(DUAL))
+def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
+    """The engine feeds ParagonSR2 channels-last input (its declared preference); the fixture
+    outputs must still hold, including the video feature, which comes back in NHWC memory."""
+    from tilewise.engine.precision import prefers_channels_last
+
+    sd, io = weights(entry["file"]), vectors(entry["io_file"])
+    descriptor = ParagonSR2Arch().load(sd, LoadHints(upsampler_alpha=entry["video_alpha"]))
+    assert prefers_channels_last(descriptor.model)
+    nhwc = io["input"].contiguous(memory_format=torch.channels_last)
+    out1, feat1 = run(descriptor.model, nhwc, feature_tap=True)
+    assert max_error(out1, io["video_output1"]) <= TOLERANCE
+    out2, _ = run(descriptor.model, io["input_frame2"].contiguous(memory_format=torch.channels_last), feature_tap=True, prev_feat=feat1, alpha=entry["temporal_alpha"])
+    assert max_error(out2, io["video_output2"]) <= TOLERANCE
+
+
 @pytest.mark.parametrize("entry", by_id(V5))
 def test_v5_detected_and_outputs_match_upstream(entry):
     sd, io = weights(entry["file"]), vectors(entry["io_file"])

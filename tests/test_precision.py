@@ -99,6 +99,19 @@ def test_channels_last_for_conv_nets_only():
     assert not prefers_channels_last(describe_state_dict(ZOO["SwinIR"].state_dict(seed=0)).model)
 
 
+def test_a_model_may_declare_its_layout():
+    from tilewise.engine.precision import prefers_channels_last
+
+    class Hybrid(ConvNet):  # a conv net that declares NCHW, and a Linear model that declares NHWC
+        prefers_channels_last = False
+
+    tokens = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Linear(3, 3))
+    assert prefers_channels_last(ConvNet()) and not prefers_channels_last(Hybrid())
+    assert not prefers_channels_last(tokens)
+    tokens.prefers_channels_last = True
+    assert prefers_channels_last(tokens)
+
+
 def test_channels_last_changes_nothing_but_speed():
     class Spy(ConvNet):
         def forward(self, x):

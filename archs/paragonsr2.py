@@ -411,6 +411,12 @@ class ParagonSR2(nn.Module):
         return None if unbounded else self.conv_radius
 
     @property
+    def global_context(self) -> bool:
+        """True when every output depends on the whole input (see `receptive_radius`): the
+        engine then runs whole images when memory allows, and tiles only to fit."""
+        return self.receptive_radius is None
+
+    @property
     def min_tile_margin(self) -> int:
         """Smallest tiling margin (LR px) to use: the exact radius, or one attention window."""
         radius = self.receptive_radius

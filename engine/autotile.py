@@ -126,22 +126,40 @@ def free_memory(device: torch.device) -> int | None:
     return available_memory(device)
 
 
-def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1) -> int:
-    """The window length for `tile=0` (auto)."""
+def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float | None:
+    """Input pixels one forward may hold in the device's free memory (with `SAFETY`); None when
+    free memory is unknown, 0 when not even the probe fits."""
     from .precision import is_out_of_memory
 
     free = free_memory(device)
     if free is None:
-        return 512
+        return None
     try:
         per_pixel = max(bytes_per_pixel(descriptor, device, dtype), 1.0)
     except Exception as error:
         if is_out_of_memory(error):  # even the probe does not fit: start small, OOM handling does the rest
-            return MIN_AUTO_TILE
+            return 0.0
         if dtype == torch.float32:
             raise
         # the model fails in this precision (the runner then falls back to fp32): size for fp32
         per_pixel = max(bytes_per_pixel(descriptor, device, torch.float32), 1.0)
-    side = math.sqrt(free * SAFETY / (per_pixel * max(1, batch)))
-    side = int(side) // 8 * 8
-    return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side))
+    return free * SAFETY / per_pixel
+
+
+def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1, cap: bool = True) -> int:
+    """The window length for `tile=0` (auto): the largest square whose `batch` windows fit.
+
+    `cap=False` drops `MAX_AUTO_TILE`, for models with global context, where a larger window
+    is not only no slower but also closer to the whole-image result.
+    """
+    budget = pixel_budget(descriptor, device, dtype)
+    if budget is None:
+        return 512
+    side = int(math.sqrt(budget / max(1, batch))) // 8 * 8
+    return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side) if cap else side)
+
+
+def whole_image_fits(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int) -> bool:
+    """Whether one forward over the whole (height x width) image fits the free memory."""
+    budget = pixel_budget(descriptor, device, dtype)
+    return budget is not None and height * width <= budget

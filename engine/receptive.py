@@ -53,6 +53,19 @@ _cache: "weakref.WeakKeyDictionary[torch.nn.Module, Context]" = weakref.WeakKeyD
 _lock = threading.Lock()
 
 
+def has_global_context(descriptor: ImageModelDescriptor) -> bool:
+    """Whether no tile margin makes tiles equal the whole-image run: the model says so
+    (`global_context`, e.g. ParagonSR2 photo/pro, whose shifted windows wrap around the image)
+    or spandrel discourages tiling it (SwinIR, SCUNet, ...). Decided from declarations only, never
+    from a probe result, so that a model's first and later runs are planned alike."""
+    from spandrel import ModelTiling
+
+    declared = getattr(descriptor.model, "global_context", None)
+    if isinstance(declared, bool):
+        return declared
+    return descriptor.tiling == ModelTiling.DISCOURAGED
+
+
 def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int = 1) -> Context:
     """The tile margin for `descriptor`; `forward` runs the model in fp32 on `device` without clamping."""
     model = descriptor.model

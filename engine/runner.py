@@ -19,8 +19,8 @@ from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, usable_dtype
-from .autotile import MIN_AUTO_TILE, auto_tile_size
-from .receptive import model_context
+from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
+from .receptive import has_global_context, model_context
 from .tiling import Tile, plan_tiles, split_tile
 from .transfer import Pending, Transfers
 
@@ -89,7 +89,7 @@ def run_tiled(
     queue: deque[tuple[Tile, int]] = deque((t, b) for t in tiles for b in range(batch))
     transfers = Transfers(device, output_device)
     pending: Pending | None = None
-    done, per_forward = 0, max(1, settings.batch)
+    done, per_forward = 0, plan.batch
 
     def finish(item: Pending) -> None:
         """Pastes a finished batch (re-running it in fp32 if low precision overflowed)."""
@@ -172,6 +172,7 @@ class RunPlan:
     pad: int
     tile: int  # window length in use (-1: whole image)
     align: int
+    batch: int = 4  # windows per forward
 
 
 def model_dtype(descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
@@ -180,26 +181,43 @@ def model_dtype(descriptor: ImageModelDescriptor, device: torch.device) -> torch
 
 
 def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings: TileSettings, device: torch.device, dtype: torch.dtype | None = None) -> RunPlan:
-    """The tiles `run_tiled` will use for an image of (height, width), before padding to requirements."""
+    """The tiles `run_tiled` will use for an image of (height, width), before padding to requirements.
+
+    Auto tile (`tile=0`) takes the largest window that fits memory (`autotile`). For a model with
+    global context (`receptive.has_global_context`) no margin makes tiles exact, so auto runs
+    the whole image, one image per forward, whenever that fits, and otherwise the largest
+    single window that fits (no `MAX_AUTO_TILE` cap); a tiled result is then close to, not
+    equal to, the whole-image one, and a warning says so once per architecture.
+    """
     pad_w, pad_h = descriptor.size_requirements.get_padding(width, height)
     ph, pw = height + pad_h, width + pad_w
     align = _alignment(descriptor)
-    tile = settings.tile
+    tile, batch = settings.tile, max(1, settings.batch)
+    global_context = descriptor.tiling != ModelTiling.INTERNAL and has_global_context(descriptor)
     if descriptor.tiling == ModelTiling.INTERNAL:
         tile = -1
     elif tile == 0:  # auto; images no larger than the smallest auto tile need no memory probe
-        small = max(ph, pw) <= MIN_AUTO_TILE
-        tile = -1 if small else auto_tile_size(descriptor, device, dtype or model_dtype(descriptor, device), settings.batch)
-    if descriptor.tiling == ModelTiling.DISCOURAGED and 0 < tile < max(ph, pw):
+        dtype = dtype or model_dtype(descriptor, device)
+        if max(ph, pw) <= MIN_AUTO_TILE:
+            tile = -1
+        elif global_context:
+            batch = 1
+            tile = -1 if whole_image_fits(descriptor, device, dtype, ph, pw) else auto_tile_size(descriptor, device, dtype, 1, cap=False)
+        else:
+            tile = auto_tile_size(descriptor, device, dtype, batch)
+    if global_context and 0 < tile < max(ph, pw):
         name = descriptor.architecture.name
         if name not in _warned_discouraged:
             _warned_discouraged.add(name)
-            log.warning("Tilewise: %s does not tile well (it uses global context); use tile size -1 if memory allows.", name)
+            log.warning(
+                "Tilewise: %s uses global context, so tiles differ slightly from a whole-image run; "
+                "use tile size -1 (whole image) if memory allows.", name,
+            )
     tiled = 0 < tile < max(ph, pw)
     if not tiled:
-        return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align)
+        return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align, batch)
     pad = context_pad(descriptor, settings, device, align)
-    return RunPlan(plan_tiles(ph, pw, tile, pad, align, descriptor.size_requirements.square), pad, tile, align)
+    return RunPlan(plan_tiles(ph, pw, tile, pad, align, descriptor.size_requirements.square), pad, tile, align, batch)
 
 
 def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:

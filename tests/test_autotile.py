@@ -45,6 +45,51 @@ def test_auto_tiling_is_seamless_when_memory_is_short(monkeypatch):
     assert (run_tiled(model, image, settings=TileSettings(tile=0)) - whole).abs().max().item() <= 1e-5
 
 
+def _global(model):
+    model.model.global_context = True
+    return model
+
+
+def test_global_context_runs_whole_images_when_they_fit(monkeypatch):
+    """Area, not side, decides: a long thin image that fits memory is not tiled, and one image
+    goes per forward; a bounded model with the same budget tiles as before."""
+    bounded, unbounded = describe(ConvNet()), _global(describe(ConvNet()))
+    per_pixel = autotile.bytes_per_pixel(unbounded, CPU, torch.float32)
+    autotile.bytes_per_pixel(bounded, CPU, torch.float32)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(per_pixel * 300 * 300 / autotile.SAFETY))
+    plan = plan_run(unbounded, 150, 590, TileSettings(tile=0), CPU)  # 88,500 px <= 300 x 300
+    assert plan.tile == -1 and len(plan.tiles) == 1 and plan.batch == 1
+    assert plan_run(bounded, 150, 590, TileSettings(tile=0), CPU).tile == 144  # 4 tiles per forward
+
+
+def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, caplog):
+    import logging
+
+    unbounded = _global(describe(ConvNet(), name="GlobalNet"))
+    per_pixel = autotile.bytes_per_pixel(unbounded, CPU, torch.float32)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(per_pixel * 200 * 200 / autotile.SAFETY))
+    monkeypatch.setattr(autotile, "MAX_AUTO_TILE", 160)  # the cap applies to bounded models only
+    with caplog.at_level(logging.WARNING, logger="tilewise"):
+        plan = plan_run(unbounded, 300, 280, TileSettings(tile=0), CPU)
+    assert plan.tile == 200 and plan.batch == 1 and len(plan.tiles) > 1
+    assert any("uses global context" in r.message for r in caplog.records)
+
+
+def test_paragonsr2_photo_declares_global_context():
+    from pathlib import Path
+
+    from tilewise.engine import load_model
+    from tilewise.engine.receptive import has_global_context
+
+    fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"
+    if not fixtures.is_dir():
+        pytest.skip("ParagonSR2 fixtures not available")
+    assert has_global_context(load_model(fixtures / "paragonsr2_photo_x2.safetensors", cache=None))
+    assert has_global_context(load_model(fixtures / "paragonsr2_pro_x2.safetensors", cache=None))
+    assert not has_global_context(load_model(fixtures / "paragonsr2_realtime_x2.safetensors", cache=None))
+    assert not has_global_context(describe(ConvNet()))
+
+
 def test_probe_is_cached():
     model = describe(ConvNet())
     autotile.bytes_per_pixel(model, CPU, torch.float32)

@@ -98,9 +98,9 @@ def run_tiled(
         result = item.result
         if item.overflowed():
             log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", dtype)
-            with torch.no_grad():
+            with torch.inference_mode():
                 result = forward32(item.windows.to(device).contiguous(memory_format=layout))
-            result = result.to(device=output_device, dtype=torch.float32).clamp_(0, 1)
+                result = result.to(device=output_device, dtype=torch.float32).clamp_(0, 1)
         for index, ((t, b), out) in enumerate(zip(item.group, result)):
             if weights is None:
                 _paste_core(output[b], out, t, scale)
@@ -116,7 +116,7 @@ def run_tiled(
         group = _take_group(queue, per_forward)
         windows = torch.stack([padded[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group])
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 if settings.compile and len(group) < per_forward:  # one batch shape: compile once
                     filler = windows[-1:].expand(per_forward - len(group), -1, -1, -1)
                     result = forward(transfers.upload(torch.cat([windows, filler]), dtype, layout))[: len(group)]
@@ -152,7 +152,8 @@ def run_tiled(
         expected = (len(group), out_channels, windows.shape[-2] * scale, windows.shape[-1] * scale)
         if tuple(result.shape) != expected:
             raise TilewiseError(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
-        current = transfers.download(group, windows, result, check_finite=dtype != torch.float32)
+        with torch.inference_mode():  # the download clamps in place
+            current = transfers.download(group, windows, result, check_finite=dtype != torch.float32)
         if transfers.deferred:  # paste the previous batch while this one computes and copies
             previous, pending = pending, current
             if previous is not None:

@@ -468,7 +468,7 @@ class VideoUpscaler:
         try:
             x = windows.to(self.device, dtype).contiguous(memory_format=layout)
             p = None if prev is None else prev.to(self.device, dtype).contiguous(memory_format=layout)
-            with torch.no_grad(), _forward_lock(model), no_autocast(self.device):
+            with torch.inference_mode(), _forward_lock(model), no_autocast(self.device):
                 return model(x, feature_tap=True, prev_feat=p, alpha=self.alpha)
         except Exception as error:
             if is_out_of_memory(error):

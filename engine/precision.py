@@ -134,19 +134,36 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
-_failing: "weakref.WeakKeyDictionary[torch.nn.Module, set[torch.dtype]]" = weakref.WeakKeyDictionary()
+_failing: "weakref.WeakKeyDictionary[torch.nn.Module, dict[torch.dtype, str]]" = weakref.WeakKeyDictionary()
 
 
-def mark_failing(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> None:
-    """Remembers that this model cannot run in `dtype` (despite its flags), so later runs skip it."""
+def mark_failing(descriptor: ImageModelDescriptor, dtype: torch.dtype, fallback: str = "fp32") -> None:
+    """Remembers that this model cannot run cast to `dtype` (despite its flags) and what to do
+    instead: `autocast` (fp32 weights, `dtype` matmuls and convolutions) or `fp32`."""
     with _variants_lock:
-        _failing.setdefault(descriptor.model, set()).add(dtype)
+        _failing.setdefault(descriptor.model, {})[dtype] = fallback
 
 
 def usable_dtype(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
-    """`dtype`, or fp32 if this model already failed in it."""
+    """`dtype`, or fp32 if this model already failed when cast to it."""
     with _variants_lock:
-        return torch.float32 if dtype in _failing.get(descriptor.model, ()) else dtype
+        return torch.float32 if dtype in _failing.get(descriptor.model, {}) else dtype
+
+
+def run_mode(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype | None]:
+    """(dtype of weights and input, autocast dtype or None) for a run asked in `dtype`.
+
+    Casting the whole model is the fast path. Some models flagged bf16/fp16-capable still mix
+    dtypes inside (spandrel's SwinIR adds an fp32 attention mask to bf16 logits and fails); for
+    them the runner falls back to autocast, which keeps fp32 weights and runs matmuls and
+    convolutions in `dtype` (SwinIR bf16 on CPU: 1.2x over fp32 rather than 1.0x), and only
+    if that fails too, to fp32. The outcome is remembered per model.
+    """
+    with _variants_lock:
+        fallback = _failing.get(descriptor.model, {}).get(dtype)
+    if fallback is None:
+        return dtype, None
+    return torch.float32, (dtype if fallback == "autocast" else None)
 
 
 def release_variants(descriptor: ImageModelDescriptor) -> None:
@@ -166,8 +183,9 @@ def _forward_lock(module: torch.nn.Module) -> threading.Lock:
         return lock
 
 
-def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp.
+def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module, autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp,
+    with any host autocast disabled, or under our own `autocast` dtype when one is given.
 
     Forwards of one module are serialised: some architectures write to their own weights during
     an eval forward (SPAN re-derives its 3x3 kernels on every call), so two threads sharing a
@@ -177,7 +195,8 @@ def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module) -> Cal
     lock = _forward_lock(module)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with lock, no_autocast(x.device):
+        region = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else no_autocast(x.device)
+        with lock, region:
             return call(module, x)
 
     return forward

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
-from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, usable_dtype
+from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
 from .tiling import Tile, plan_tiles, split_tile
@@ -70,11 +70,12 @@ def run_tiled(
     if batch == 0 or height == 0 or width == 0:
         raise ImageError(f"the image is empty (shape {tuple(image.shape)}); give at least one 1x1 image")
     scale = descriptor.scale
-    dtype = usable_dtype(descriptor, dtype)
+    asked = dtype
+    dtype, autocast = run_mode(descriptor, dtype)
     layout = torch.channels_last if settings.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format
     model = model_on(descriptor, device, dtype, compiled=settings.compile)
-    forward = forward_fn(descriptor, model)
-    forward32 = forward if dtype == torch.float32 else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+    forward = forward_fn(descriptor, model, autocast)
+    forward32 = forward if dtype == torch.float32 and autocast is None else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
 
     padded, (pad_bottom, pad_right) = _pad_to_requirements(descriptor, image)
     ph, pw = padded.shape[-2:]
@@ -97,7 +98,7 @@ def run_tiled(
         item.wait()
         result = item.result
         if item.overflowed():
-            log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", dtype)
+            log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", asked)
             with torch.inference_mode():
                 result = forward32(item.windows.to(device).contiguous(memory_format=layout))
                 result = result.to(device=output_device, dtype=torch.float32).clamp_(0, 1)
@@ -126,12 +127,19 @@ def run_tiled(
             if pending is not None:  # what is already computed stays valid
                 previous, pending = pending, None
                 finish(previous)
-            if not is_out_of_memory(error) and dtype != torch.float32:
-                # some architectures flagged bf16/fp16-capable still mix dtypes inside (SwinIR's
-                # attention in bf16): finish the run in fp32 rather than fail it
-                log.warning("Tilewise: %s failed in %s (%s); continuing in fp32.", descriptor.architecture.name, dtype, error)
-                mark_failing(descriptor, dtype)
-                forward, dtype = forward32, torch.float32
+            if not is_out_of_memory(error) and asked != torch.float32 and forward is not forward32:
+                # flagged bf16/fp16-capable but mixing dtypes inside (SwinIR's attention mask):
+                # go on under autocast, and if that fails too, in fp32 (see precision.run_mode)
+                name = descriptor.architecture.name
+                if autocast is None:
+                    log.warning("Tilewise: %s failed in %s (%s); continuing with %s autocast.", name, asked, _first_line(error), asked)
+                    mark_failing(descriptor, asked, "autocast")
+                    dtype, autocast = torch.float32, asked
+                    forward = forward_fn(descriptor, model_on(descriptor, device, torch.float32, compiled=settings.compile), autocast)
+                else:
+                    log.warning("Tilewise: %s failed under %s autocast (%s); continuing in fp32.", name, asked, _first_line(error))
+                    mark_failing(descriptor, asked, "fp32")
+                    forward, dtype, autocast = forward32, torch.float32, None
                 queue.extendleft(reversed(group))
                 continue
             if not is_out_of_memory(error):
@@ -153,7 +161,7 @@ def run_tiled(
         if tuple(result.shape) != expected:
             raise TilewiseError(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
         with torch.inference_mode():  # the download clamps in place
-            current = transfers.download(group, windows, result, check_finite=dtype != torch.float32)
+            current = transfers.download(group, windows, result, check_finite=dtype != torch.float32 or autocast is not None)
         if transfers.deferred:  # paste the previous batch while this one computes and copies
             previous, pending = pending, current
             if previous is not None:
@@ -292,6 +300,11 @@ def _accumulate(output, weights, result, tile: Tile, scale: int, pad: int, heigh
     weight = (wy[:, None] * wx[None, :]).to(output.device)
     output[:, window.y0:window.y1, window.x0:window.x1] += result * weight
     weights[:, window.y0:window.y1, window.x0:window.x1] += weight
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def _alignment(descriptor: ImageModelDescriptor) -> int:

@@ -129,10 +129,36 @@ def test_channels_last_changes_nothing_but_speed():
     assert all(p.is_contiguous() for p in descriptor.model.parameters())  # the shared model is untouched
 
 
+class MixesDtypes(ConvNet):
+    """Like spandrel's SwinIR in bf16: an fp32 buffer meets the cast activations in a matmul,
+    which fails when the model is cast and works under autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mix", torch.eye(3) + 0.01, persistent=False)
+
+    def forward(self, x):
+        mix = self.mix.float()  # fp32 whatever the model was cast to, as SwinIR's mask
+        return torch.matmul(super().forward(x).permute(0, 2, 3, 1), mix).permute(0, 3, 1, 2)
+
+
+def test_a_model_that_fails_when_cast_runs_under_autocast(caplog):
+    descriptor = describe(MixesDtypes())
+    image = photo("astronaut", 100, 100, 40, 40)
+    fp32 = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3))
+    got = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
+    assert "continuing with torch.bfloat16 autocast" in caplog.text
+    error = (got - fp32).abs().max().item()
+    assert 0 < error < 0.02  # bf16 rounding of the convolutions: autocast was really on
+    caplog.clear()
+    again = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
+    assert caplog.text == "" and torch.equal(again, got)  # remembered: straight to autocast
+
+
 def test_a_model_that_fails_in_low_precision_finishes_in_fp32(caplog):
     class NoBf16(ConvNet):
         def forward(self, x):
-            if x.dtype != torch.float32:
+            if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
                 raise RuntimeError("expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16")
             return super().forward(x)
 
@@ -140,10 +166,23 @@ def test_a_model_that_fails_in_low_precision_finishes_in_fp32(caplog):
     image = photo("astronaut", 100, 100, 40, 40)
     got = run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
     assert torch.equal(got, run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3)))
-    assert "continuing in fp32" in caplog.text
+    assert "autocast" in caplog.text and "continuing in fp32" in caplog.text
     caplog.clear()
     run_tiled(descriptor, image, settings=TileSettings(tile=24, pad=3), dtype=torch.bfloat16)
-    assert "continuing in fp32" not in caplog.text  # remembered: the next run goes straight to fp32
+    assert "continuing" not in caplog.text  # remembered: the next run goes straight to fp32
+
+
+def test_swinir_bf16_runs_under_autocast():
+    from model_zoo import ZOO
+    from tilewise.engine import describe_state_dict
+    from tilewise.engine.precision import run_mode
+
+    descriptor = describe_state_dict(ZOO["SwinIR"].state_dict(seed=0))
+    image = photo("coffee", 0, 0, 40, 40)
+    fp32 = run_tiled(descriptor, image, settings=TileSettings(tile=-1))
+    bf16 = run_tiled(descriptor, image, settings=TileSettings(tile=-1), dtype=torch.bfloat16)
+    assert run_mode(descriptor, torch.bfloat16) == (torch.float32, torch.bfloat16)
+    assert 0 < (bf16 - fp32).abs().max().item() < 0.05
 
 
 def test_compile_is_opt_in_cached_and_sees_one_batch_shape(monkeypatch):

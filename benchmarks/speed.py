@@ -4,14 +4,19 @@ For Compact, ESRGAN (RRDB), SPAN, ParagonSR2 photo and SwinIR with seeded weight
 photograph (scikit-image's hubble_deep_field; `--megapixels` crops it), prints per model:
   naive      ComfyUI core's scheme: 512-px tiles, 32-px feathered overlap, one tile at a time,
              fp32, default memory layout (the baseline, ratio 1.00)
-  default    `upscale` with default options (auto tile, channels-last for conv nets, fp32 on CPU)
-  fp32 fast  the fastest exact fp32 path (same as default on CPU; fp16 where the GPU allows)
-  bf16       precision bf16
-as speed ratios over naive, peak resident-memory growth, and each path's max abs difference
-from an untiled fp32 run. Also a channels-last table (fp32, NHWC over NCHW input) per model.
+  default    `upscale` with default options (auto tile, channels-last where the model gains,
+             fp32 on CPU)
+  fp32 fast  the fastest exact fp32 path: default plus NHWC input forced for every model
+  compiled   (with --compile) default plus `torch.compile` (exact to 1e-6, slow first call)
+  bf16       precision bf16 (cast, or autocast for models that fail when cast)
+Each path runs `--repeats` times (default 2): `cold` is the first call, which includes the
+once-per-model probes (receptive radius, memory per pixel) and any compilation; `warm` is the
+best later call and gives the ratio over naive (warm too), i.e. the throughput of a batch or
+video. Also printed: peak resident-memory growth and the max abs difference from an untiled
+fp32 run, and a channels-last table (fp32, NHWC over NCHW input) per model.
 Targets on CPU: default >= 1.6x naive, bf16 >= 3x; tiled-vs-untiled max error <= 1e-4 (fp32).
 
-    python benchmarks/speed.py [--megapixels 0.25] [--repeats 1] [--threads 2] [--models compact,esrgan]
+    python benchmarks/speed.py [--megapixels 0.25] [--repeats 2] [--threads 2] [--models compact,esrgan] [--compile]
 """
 
 from __future__ import annotations
@@ -75,42 +80,59 @@ class PeakRSS:
 
 
 def timed(fn, repeats: int):
-    best, result, memory = float("inf"), None, 0
-    for _ in range(repeats):
+    """(cold seconds, warm seconds, last result, peak RSS growth); warm = cold when repeats is 1."""
+    times, result, memory = [], None, 0
+    for _ in range(max(1, repeats)):
         with PeakRSS() as peak:
             start = time.perf_counter()
             result = fn()
-            best = min(best, time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
         memory = max(memory, peak.peak)
-    return best, result, memory
+    return times[0], min(times[1:] or times), result, memory
 
 
-def bench(name: str, descriptor, image: torch.Tensor, repeats: int) -> None:
+def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bool) -> None:
     cpu = "cpu"
     untiled = run_tiled(descriptor, image, settings=TileSettings(tile=-1, channels_last=False))
     schemes = {
         "naive": lambda: naive_tiled(descriptor, image),
         "default": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu)),
-        "fp32 fast": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, precision="fp32", tiles=TileSettings(tile=0, channels_last=True))),
+        "fp32 fast": lambda: _forced_nhwc_upscale(descriptor, image),
         "bf16": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, precision="bf16")),
     }
+    if compile_:
+        schemes["compiled"] = lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, tiles=TileSettings(compile=True)))
     params = sum(p.numel() for p in descriptor.model.parameters())
-    print(f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: {prefers_channels_last(descriptor.model)})")
-    print(f"  {'path':<10} {'seconds':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}")
+    print(f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: {prefers_channels_last(descriptor.model)})", flush=True)
+    print(f"  {'path':<10} {'cold s':>8} {'warm s':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}")
     baseline = None
     for label, fn in schemes.items():
-        seconds, result, memory = timed(fn, repeats)
-        baseline = baseline or seconds
-        print(f"  {label:<10} {seconds:>8.2f} {baseline / seconds:>15.2f} {memory / 2**20:>13.0f} {(result - untiled).abs().max().item():>13.2e}")
-    nchw, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)), repeats)
-    nhwc, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True, batch=4)) if prefers_channels_last(descriptor.model) else _forced_nhwc(descriptor, image), repeats)
+        cold, warm, result, memory = timed(fn, repeats)
+        baseline = baseline or warm
+        print(f"  {label:<10} {cold:>8.2f} {warm:>8.2f} {baseline / warm:>15.2f} {memory / 2**20:>13.0f} {(result - untiled).abs().max().item():>13.2e}", flush=True)
+    _, nchw, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)), repeats)
+    _, nhwc, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True)) if prefers_channels_last(descriptor.model) else _forced_nhwc(descriptor, image), repeats)
     CHANNELS_LAST[name] = nchw / nhwc
+
+
+def _forced_nhwc_upscale(descriptor, image):
+    """`upscale` with NHWC input for a model the policy keeps in NCHW."""
+    model = descriptor.model
+    model.prefers_channels_last = True
+    try:
+        return upscale(descriptor, image, UpscaleOptions(device="cpu", precision="fp32"))
+    finally:
+        del model.prefers_channels_last
 
 
 def _forced_nhwc(descriptor, image):
     """NHWC input for a model the policy keeps in NCHW, to measure what the policy avoids."""
-    with torch.no_grad():
-        return descriptor.model(image.contiguous(memory_format=torch.channels_last))
+    model = descriptor.model
+    model.prefers_channels_last = True
+    try:
+        return run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))
+    finally:
+        del model.prefers_channels_last
 
 
 CHANNELS_LAST: dict[str, float] = {}
@@ -119,7 +141,8 @@ CHANNELS_LAST: dict[str, float] = {}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, default=0.25, help="crop of the photo to use (about 0.87 for all of it)")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per path: the first is cold, the best later one warm")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row (minutes of compilation per model on CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=",".join(models()))
     args = parser.parse_args()
@@ -132,7 +155,7 @@ def main() -> None:
           f"CPU, {args.threads} threads, native bf16: {cpu_has_native_bf16()}")
     table = models()
     for name in args.models.split(","):
-        bench(name, table[name](), image, args.repeats)
+        bench(name, table[name](), image, args.repeats, args.compile)
     print("\nchannels-last input, speed over NCHW (fp32, auto tile):")
     for name, gain in CHANNELS_LAST.items():
         print(f"  {name:<18} {gain:.2f}")

@@ -45,11 +45,11 @@ from comfy_api.latest import io
 import comfy.utils
 import folder_paths
 
-from ..engine import PRECISIONS, CancelledError, ImageError, UpscaleOptions
+from ..engine import CancelledError, ImageError, UpscaleOptions
 from ..engine.context import measure_context
 from ..engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 from . import host
-from .upscale import DEVICES, MAX_SIDE, MERGES, check_inputs, tile_settings
+from .upscale import TILE_WIDGETS, check_inputs, tile_input, tile_settings
 
 CONTINUITY = ("auto", "continue", "new video")
 OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -131,18 +131,8 @@ class _FrameTileProgress:
 
 
 def _tile_inputs() -> list:
-    return [
-        io.Int.Input("tile_size", default=0, min=-1, max=MAX_SIDE, step=1, optional=True,
-                     tooltip="Window fed to the model, in pixels. 0 = auto; -1 = no tiling. The same grid is used for every frame."),
-        io.Int.Input("tile_padding", default=-1, min=-1, max=1024, step=1, optional=True,
-                     tooltip="Context margin read around each tile. -1 = auto (the model's receptive radius)."),
-        io.Combo.Input("merge", options=list(MERGES), default="crop", optional=True,
-                       tooltip="crop: keep only tile centres (exact for convolutional models); blend: feather the margins."),
-        io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
-                       tooltip="auto: fp16/bf16 on a GPU where the model supports it, else fp32."),
-        io.Int.Input("tile_batch", default=4, min=1, max=64, step=1, optional=True, tooltip="Tiles per forward pass."),
-        io.Combo.Input("device", options=list(DEVICES), default="auto", optional=True, tooltip="auto: ComfyUI's device (honours --cpu); cpu: force the CPU."),
-    ]
+    notes = {"tile_size": "The same grid is used for every frame."}
+    return [tile_input(name, notes.get(name, "")) for name in TILE_WIDGETS]
 
 
 def _temporal_inputs() -> list:

@@ -79,16 +79,20 @@ class PeakRSS:
         self._thread.join()
 
 
-def timed(fn, repeats: int):
-    """(cold seconds, warm seconds, last result, peak RSS growth); warm = cold when repeats is 1."""
-    times, result, memory = [], None, 0
+def interleaved(paths: dict, repeats: int) -> dict:
+    """Runs the paths round-robin `repeats` times, so that load from other processes on this
+    shared machine falls on all of them alike; per path (cold s, warm s, result, peak RSS)."""
+    times: dict = {label: [] for label in paths}
+    results: dict = {}
+    memory = dict.fromkeys(paths, 0)
     for _ in range(max(1, repeats)):
-        with PeakRSS() as peak:
-            start = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - start)
-        memory = max(memory, peak.peak)
-    return times[0], min(times[1:] or times), result, memory
+        for label, fn in paths.items():
+            with PeakRSS() as peak:
+                start = time.perf_counter()
+                results[label] = fn()
+                times[label].append(time.perf_counter() - start)
+            memory[label] = max(memory[label], peak.peak)
+    return {label: (t[0], min(t[1:] or t), results[label], memory[label]) for label, t in times.items()}
 
 
 def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bool) -> None:
@@ -105,32 +109,27 @@ def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bo
     params = sum(p.numel() for p in descriptor.model.parameters())
     print(f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: {prefers_channels_last(descriptor.model)})", flush=True)
     print(f"  {'path':<10} {'cold s':>8} {'warm s':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}")
-    baseline = None
-    for label, fn in schemes.items():
-        cold, warm, result, memory = timed(fn, repeats)
-        baseline = baseline or warm
+    measured = interleaved(schemes, repeats)
+    baseline = measured["naive"][1]
+    for label, (cold, warm, result, memory) in measured.items():
         print(f"  {label:<10} {cold:>8.2f} {warm:>8.2f} {baseline / warm:>15.2f} {memory / 2**20:>13.0f} {(result - untiled).abs().max().item():>13.2e}", flush=True)
-    _, nchw, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)), repeats)
-    _, nhwc, _, _ = timed(lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True)) if prefers_channels_last(descriptor.model) else _forced_nhwc(descriptor, image), repeats)
-    CHANNELS_LAST[name] = nchw / nhwc
+    layouts = interleaved({
+        "nchw": lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)),
+        "nhwc": lambda: _forced_nhwc(descriptor, lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))),
+    }, repeats)
+    CHANNELS_LAST[name] = layouts["nchw"][1] / layouts["nhwc"][1]
 
 
 def _forced_nhwc_upscale(descriptor, image):
-    """`upscale` with NHWC input for a model the policy keeps in NCHW."""
+    return _forced_nhwc(descriptor, lambda: upscale(descriptor, image, UpscaleOptions(device="cpu", precision="fp32")))
+
+
+def _forced_nhwc(descriptor, run):
+    """`run()` with NHWC input even for a model the policy keeps in NCHW (what the policy avoids)."""
     model = descriptor.model
     model.prefers_channels_last = True
     try:
-        return upscale(descriptor, image, UpscaleOptions(device="cpu", precision="fp32"))
-    finally:
-        del model.prefers_channels_last
-
-
-def _forced_nhwc(descriptor, image):
-    """NHWC input for a model the policy keeps in NCHW, to measure what the policy avoids."""
-    model = descriptor.model
-    model.prefers_channels_last = True
-    try:
-        return run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))
+        return run()
     finally:
         del model.prefers_channels_last
 

@@ -2,6 +2,7 @@
 
 Hosts list a folder filled from the internet; every file is treated as hostile. `scan_folder`
 loads each file in turn and records either its descriptor or the clear reason it was refused.
+Model files are PyTorch weights and `.onnx` graphs (`files.MODEL_EXTENSIONS`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class CatalogEntry:
     error: str | None = None
 
 
-def find_model_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+def find_model_files(folder: str | Path, recursive: bool = True, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[Path]:
     """Model files under `folder` (sorted; hidden files and folders skipped; symlink loops safe)."""
     root = Path(folder)
     if not root.is_dir():
@@ -43,9 +44,19 @@ def find_model_files(folder: str | Path, recursive: bool = True) -> list[Path]:
         seen.add(real)
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
         for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in MODEL_EXTENSIONS:
+            if not name.startswith(".") and Path(name).suffix.lower() in extensions:
                 found.append(Path(directory) / name)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix().lower())
+
+
+def model_names_in(folders: list[str | Path], extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Model files under several folders as names relative to their folder (with the platform's
+    separator, as ComfyUI names them), first folder first, each name once."""
+    names: dict[str, None] = {}
+    for folder in folders:
+        for path in find_model_files(folder, extensions=extensions):
+            names.setdefault(os.path.relpath(path, folder), None)
+    return list(names)
 
 
 def scan_folder(folder: str | Path, hints: LoadHints | None = None, recursive: bool = True) -> list[CatalogEntry]:

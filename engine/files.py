@@ -27,8 +27,13 @@ from .errors import ModelFileError, UnsafeModelError
 
 StateDict = dict[str, torch.Tensor]
 
-MODEL_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+#: Checkpoint files read as PyTorch weights (this module).
+WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 PICKLE_EXTENSIONS = (".pth", ".pt", ".ckpt", ".bin")
+#: ONNX graphs, run through onnxruntime (`onnx_backend`).
+ONNX_EXTENSIONS = (".onnx",)
+#: Every file a models folder may hold (hosts list these).
+MODEL_EXTENSIONS = WEIGHT_EXTENSIONS + ONNX_EXTENSIONS
 
 #: safetensors headers of real upscalers are a few hundred KiB at most; a larger one is hostile.
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
@@ -59,11 +64,16 @@ def read_state_dict(path: str | Path) -> StateDict:
         raw = _read_safetensors(path)
     else:
         if suffix not in PICKLE_EXTENSIONS and suffix != ".safetensors":
-            raise ModelFileError(path, f"has an unsupported extension '{path.suffix}'.", f"Use one of {', '.join(MODEL_EXTENSIONS)}.")
+            raise ModelFileError(path, f"has an unsupported extension '{path.suffix}'.", f"Use one of {', '.join(WEIGHT_EXTENSIONS)}.")
         if kind == "zip":
             _check_torch_zip(path)
         raw = _read_torch_pickle(path)
     return canonicalize(raw, path)
+
+
+def check_model_file(path: Path) -> bytes:
+    """The first KiB of a model file; raises a clear error for a missing, folder or empty path."""
+    return _check_file(Path(path))
 
 
 def _check_file(path: Path) -> bytes:
@@ -78,8 +88,8 @@ def _check_file(path: Path) -> bytes:
         return f.read(1024)
 
 
-def _sniff(path: Path, head: bytes) -> str:
-    """Returns "safetensors", "zip" or "pickle", or raises for a file that is no checkpoint."""
+def _refuse_pages(path: Path, head: bytes) -> None:
+    """Raises for the usual wrong downloads: a Git LFS pointer, an HTML page."""
     text = head.lstrip()[:200].lower()
     if text.startswith(b"version https://git-lfs"):
         raise ModelFileError(
@@ -93,6 +103,33 @@ def _sniff(path: Path, head: bytes) -> str:
             "is a web page (HTML), not model weights: the link saved the download page instead of the file.",
             _DOWNLOAD_AGAIN,
         )
+
+
+def _refuse_image(path: Path, head: bytes) -> None:
+    """Checked after the checkpoint formats: a safetensors header length can begin with b"BM"."""
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")):
+        raise ModelFileError(path, "is an image, not model weights.", "Give the model file, and pass images as the input.")
+
+
+def sniff_foreign(path: Path, head: bytes) -> None:
+    """For a file named as another format (`.onnx`): raises for the usual wrong downloads and
+    for PyTorch checkpoints under that name, which would otherwise get a parser error."""
+    _refuse_pages(path, head)
+    kind = None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        kind = "a PyTorch archive"
+    elif head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        kind = "a pickle"
+    elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= path.stat().st_size:
+        kind = "a safetensors file"
+    if kind:
+        raise ModelFileError(path, f"is named {path.suffix} but holds {kind} (PyTorch weights).", "Rename it to .safetensors or .pth (whichever it is) so that Tilewise reads it as weights.")
+    _refuse_image(path, head)
+
+
+def _sniff(path: Path, head: bytes) -> str:
+    """Returns "safetensors", "zip" or "pickle", or raises for a file that is no checkpoint."""
+    _refuse_pages(path, head)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
@@ -109,12 +146,11 @@ def _sniff(path: Path, head: bytes) -> str:
             if header_len + 8 > path.stat().st_size:
                 raise ModelFileError(path, "is a truncated safetensors file (its header is cut short).", _DOWNLOAD_AGAIN)
             return "safetensors"
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")):
-        raise ModelFileError(path, "is an image, not model weights.", "Give the model file, and pass images as the input.")
+    _refuse_image(path, head)
     raise ModelFileError(
         path,
         "is not a checkpoint Tilewise can read (neither safetensors nor a PyTorch archive).",
-        _DOWNLOAD_AGAIN + " Other formats (ONNX, NCNN, TensorRT) are not PyTorch weights.",
+        _DOWNLOAD_AGAIN + " Other formats are not PyTorch weights (an ONNX model must be named .onnx; NCNN and TensorRT are not supported).",
     )
 
 

@@ -21,7 +21,7 @@ from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDes
 from ..archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
 from ..archs import magic_kernel
 from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError
-from .files import read_state_dict, recognise_non_upscaler, top_level_keys
+from .files import ONNX_EXTENSIONS, read_state_dict, recognise_non_upscaler, top_level_keys
 
 log = logging.getLogger("tilewise")
 
@@ -193,6 +193,8 @@ def load_model(
 ) -> ImageModelDescriptor:
     """Loads a model file (or a `builtin:` name) and returns its spandrel descriptor in eval mode.
 
+    `.onnx` files run through onnxruntime (`onnx_backend`); everything else is read as weights.
+
     `hints` supplies what a format may not store (scale, ParagonSR2 `upsampler_alpha`); the file
     name is always used as a scale hint too. Raises `ModelFileError` and subclasses with a message
     naming the file and the fix. The result is shared through `cache`: treat it as read-only.
@@ -210,8 +212,11 @@ def load_model(
             stat = path.resolve().stat()
             key = _CacheKey(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device), str(dtype), hints)
         except OSError:
-            key = None  # read_state_dict below raises the clear error
-        build = lambda: describe_state_dict(read_state_dict(path), path, hints)  # noqa: E731
+            key = None  # the reader below raises the clear error
+        if path.suffix.lower() in ONNX_EXTENSIONS:
+            build = lambda: _load_onnx(path, hints)  # noqa: E731
+        else:
+            build = lambda: describe_state_dict(read_state_dict(path), path, hints)  # noqa: E731
     if cache is not None and key is not None:
         cached = cache.get(key)
         if cached is not None:
@@ -221,6 +226,13 @@ def load_model(
     if cache is not None and key is not None:
         cache.put(key, descriptor)
     return descriptor
+
+
+def _load_onnx(path: Path, hints: LoadHints) -> ImageModelDescriptor:
+    """An `.onnx` graph through onnxruntime (`onnx_backend`, imported only when needed)."""
+    from .onnx_backend import load_onnx
+
+    return load_onnx(path, hints)
 
 
 def _to(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, source: str | Path) -> ImageModelDescriptor:

@@ -13,7 +13,8 @@ Two probes, both run once per model (fp32) and cached:
 
 A model may also declare its radius (`model.receptive_radius`, exact), an effective reach
 (`model.receptive_hint`), or a minimum margin (`model.min_tile_margin`, e.g. one attention
-window); declared values skip the probes.
+window); declared values skip the probes. A module that computes no input gradients (an
+onnxruntime session) says `differentiable = False` and gets the effective probe only.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.dev
     size = _round_up(max(2 * EXACT_PROBE_RADIUS + 1, requirements.minimum), align)
     generator = torch.Generator().manual_seed(1234)
     image = torch.rand(1, channels, size, size, generator=generator).to(device)
-    radius = exact_radius(forward, image, descriptor.scale)
+    radius = exact_radius(forward, image, descriptor.scale) if getattr(descriptor.model, "differentiable", True) else None
     if radius is not None and radius < EXACT_PROBE_RADIUS:
         return Context(radius, exact=True)
     size = _round_up(max(2 * EFFECTIVE_PROBE_RADIUS + 1, requirements.minimum), align)

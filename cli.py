@@ -1,5 +1,7 @@
 """Command line: `python -m tilewise upscale ...`, `upscale-video ...` and `info ...`.
 
+Every command that takes a model accepts a weights file, an `.onnx` file or a built-in name.
+
 Bad input (missing file, unreadable image, unsupported model, bad option) exits with status 2
 and one line on stderr; every input is checked before the first output is written.
 """
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("upscale", help="upscale images with a model")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
-    up.add_argument("--model", default=DEFAULT_MODEL, help=f"model file or built-in name (default: {DEFAULT_MODEL})")
+    up.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (weights or .onnx) or built-in name (default: {DEFAULT_MODEL})")
     size = up.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, metavar="F", help="output size as a factor of the input (default: the model's scale)")
     size.add_argument("--longest", type=int, metavar="N", help="make the longer side N pixels")
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--upsampler-alpha", type=float, metavar="A")
 
     info = commands.add_parser("info", help="show what a model file is")
-    info.add_argument("model", help="model file or built-in name")
+    info.add_argument("model", help="model file (weights or .onnx) or built-in name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--model-scale", type=int, metavar="N")
     info.add_argument("--upsampler-alpha", type=float, metavar="A")
@@ -144,20 +146,27 @@ def _hints(args) -> LoadHints:
 
 
 def model_summary(descriptor) -> dict:
-    """The fields `info --json` prints (also shown by the hosts' model-info views)."""
+    """The fields `info --json` prints (also shown by the hosts' model-info views).
+
+    `params` of an ONNX model counts its stored weights (`parameter_count`): it has no torch
+    parameters. `backend` says what runs it: pytorch or onnxruntime.
+    """
     requirements = descriptor.size_requirements
+    model = descriptor.model
+    onnx = descriptor.architecture.id == "ONNX"
     return {
         "architecture": descriptor.architecture.id,
         "purpose": descriptor.purpose,
         "scale": descriptor.scale,
         "input_channels": descriptor.input_channels,
         "output_channels": descriptor.output_channels,
-        "params": sum(p.numel() for p in descriptor.model.parameters()),
+        "params": model.parameter_count if onnx else sum(p.numel() for p in model.parameters()),
         "supports_half": descriptor.supports_half,
         "supports_bfloat16": descriptor.supports_bfloat16,
         "tiling": descriptor.tiling.name.lower(),
         "size_requirements": {"minimum": requirements.minimum, "multiple_of": requirements.multiple_of, "square": requirements.square},
         "tags": list(descriptor.tags),
+        "backend": "onnxruntime" if onnx else "pytorch",
     }
 
 
@@ -184,6 +193,8 @@ def _export_onnx(args) -> int:
         except ValueError:
             raise UsageError(f"--size must look like 512x768 (height x width), got '{args.size}'") from None
     model = load_model(args.model, hints=_hints(args), cache=None)
+    if model.architecture.id == "ONNX":
+        raise UsageError(f"{Path(args.model).name} is an ONNX model already; use the file itself (or copy it)")
     report = export_onnx(model, args.output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size)
     checked = ", ".join(f"{size}: {error:.1e}" for size, error in report.max_error.items()) or "not validated"
     print(f"wrote {report.path} (opset {report.opset}{', video' if report.video else ''}; onnxruntime vs PyTorch max error {checked})", file=sys.stderr)

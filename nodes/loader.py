@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import folder_paths
 from comfy_api.latest import io
 
 from ..engine import LoadHints, is_builtin, load_model
+from ..engine.catalog import model_names_in
+from ..engine.files import ONNX_EXTENSIONS
 from . import host
 
 #: Widget value meaning "no hint": the model's own (or its file name's) value.
@@ -12,10 +15,20 @@ NO_SCALE_HINT = 0
 NO_ALPHA_HINT = -1.0
 
 
+def model_names() -> list[str]:
+    """ComfyUI's upscale_models files, the `.onnx` files its extension filter leaves out
+    (`folder_paths` lists PyTorch extensions only), then the built-in models."""
+    listed = host.model_names()
+    files = [n for n in listed if not is_builtin(n)]
+    known = set(files)
+    onnx = [n for n in model_names_in(folder_paths.get_folder_paths(host.MODEL_FOLDER), ONNX_EXTENSIONS) if n not in known]
+    return sorted(files + onnx) + [n for n in listed if is_builtin(n)]
+
+
 class TilewiseModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        names = host.model_names()
+        names = model_names()
         default = next((n for n in names if is_builtin(n)), None)
         return io.Schema(
             node_id="TilewiseModelLoader",
@@ -23,7 +36,8 @@ class TilewiseModelLoader(io.ComfyNode):
             category="loaders",
             description=(
                 "Loads any upscale or restoration model from the upscale_models folder by detecting its "
-                "architecture (everything spandrel knows plus Tilewise's own), or a built-in model. "
+                "architecture (everything spandrel knows plus Tilewise's own), an .onnx model (run by "
+                "onnxruntime), or a built-in model. "
                 "The output also works with the core 'Upscale Image (using Model)' node."
             ),
             inputs=[

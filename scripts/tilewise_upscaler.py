@@ -116,7 +116,7 @@ except Exception as error:  # e.g. spandrel missing: report it once the host bui
 
 
 class UpscalerTilewise(Upscaler):
-    """Every model file in the Tilewise models folder, plus the built-in models.
+    """Every model file in the Tilewise models folder (weights or `.onnx`), plus the built-in models.
 
     `scalers` holds one `UpscalerData` per model, named "Tilewise <file name without extension>"
     (subfolders kept as `sub/name`) or "Tilewise built-in <name>", with the model's real scale.
@@ -366,6 +366,20 @@ def _environment_problem() -> str | None:
         return problem
 
 
+def _onnxruntime_version() -> str:
+    """The installed onnxruntime's version (any of its builds), without importing it; "" when absent."""
+    import importlib.metadata
+
+    for distribution in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        except Exception:
+            return ""
+    return ""
+
+
 class _ScaleCache:
     """Each model's scale, read by loading it once (on the CPU) and remembered between start-ups.
 
@@ -389,7 +403,8 @@ class _ScaleCache:
             spandrel_version = getattr(spandrel, "__version__", "")
         except Exception:
             spandrel_version = ""
-        self.version = f"{getattr(_package, '__version__', '')}/{spandrel_version}"
+        # the readers' versions: a file refused under one (an .onnx without onnxruntime) is read again under another
+        self.version = f"{getattr(_package, '__version__', '')}/{spandrel_version}/{_onnxruntime_version()}"
 
     def scale(self, source: str, file_name: str, probe: bool) -> int:
         guess = _scale_from_file_name(file_name) or FALLBACK_SCALE

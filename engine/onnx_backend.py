@@ -370,7 +370,7 @@ def load_onnx(path: str | Path, hints: LoadHints | None = None) -> ImageModelDes
     module = OnnxUpscaler(sessions, interface, scale, out_channels, margin).eval()
     tags = [f"opset{interface.opset}", "fp16" if interface.input_dtype == np.float16 else "fp32"]
     if module.fixed:
-        tags.append("fixed " + "x".join(str(v or "*") for v in module.fixed_size))
+        tags.append("fixed " + "x".join(str(v or "*") for v in module.fixed_size))  # height x width, as export --size
     if interface.producer:
         tags.append(interface.producer)
     return ImageModelDescriptor(
@@ -649,7 +649,7 @@ def fixed_margin(path: Path, run: NumpyRun, interface: GraphInterface, scale: in
         if needed is None:
             raise ModelFileError(
                 path,
-                f"has a fixed input size of {interface.width or '*'}x{interface.height or '*'} and its output depends on more context than a quarter of that, so its tiles cannot be shown to join seamlessly.",
+                f"has a fixed input size ({interface.height or '*'}x{interface.width or '*'}, height x width) and its output depends on more context than a quarter of it, so its tiles cannot be shown to join seamlessly.",
                 "Export it again with dynamic height and width (e.g. tilewise export-onnx from the original weights).",
             )
         margin = max(margin, math.ceil(needed * SAFETY))

@@ -451,7 +451,7 @@ def test_graphs_that_are_not_image_models(tmp_path):
 
 def test_fixed_size_too_small_for_the_models_reach(tmp_path):
     export_onnx(compact(4, 2), tmp_path / "tiny.onnx", size=(16, 16))
-    assert "fixed input size of 16x16" in _refusal(tmp_path / "tiny.onnx")
+    assert "fixed input size (16x16, height x width)" in _refusal(tmp_path / "tiny.onnx")
 
 
 @pytest.mark.parametrize("package", ["onnxruntime", "onnx"])

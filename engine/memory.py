@@ -17,6 +17,7 @@ from spandrel import ImageModelDescriptor
 from .autotile import bytes_per_pixel
 from .pipeline import UpscaleOptions
 from .precision import resolve_device, resolve_dtype
+from .receptive import has_global_context
 from .runner import plan_run
 
 #: For automatic tiling, room is made for a window of this length (ComfyUI's core upscale node
@@ -36,11 +37,17 @@ def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, descriptor, device)
     element = torch.empty((), dtype=dtype).element_size()
-    weights = sum(p.numel() for p in descriptor.model.parameters()) * element
-    settings = options.tiles if options.tiles.tile != 0 else replace(options.tiles, tile=ROOM_FOR_AUTO_TILE)
+    model = descriptor.model
+    count = getattr(model, "parameter_count", None)  # weights held outside torch (onnxruntime)
+    weights = (count if isinstance(count, int) else sum(p.numel() for p in model.parameters())) * element
+    settings = options.tiles
+    if settings.tile == 0:  # auto: room for a core-sized window, or the whole image for global context
+        settings = replace(settings, tile=-1 if has_global_context(descriptor) else ROOM_FOR_AUTO_TILE)
     plan = plan_run(descriptor, height, width, settings, device, dtype)
     window = max(t.window.height * t.window.width for t in plan.tiles)
-    per_forward = min(max(1, settings.batch), len(plan.tiles) * max(1, images))
+    per_forward = min(plan.batch, len(plan.tiles) * max(1, images))
+    if has_global_context(descriptor) and options.tiles.tile == 0:
+        per_forward = 1
     try:
         per_pixel = bytes_per_pixel(descriptor, device, dtype)
     except Exception:  # the probe itself failed (out of memory, a dtype the model rejects)

@@ -20,6 +20,7 @@ from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from .errors import ImageError
 from .precision import resolve_device, resolve_dtype
 from .resize import FILTERS, resize
+from .heap import reusing_heap
 from .runner import CancelFn, ProgressFn, TileSettings, plan_run, run_tiled
 
 AlphaMode = Literal["resize", "model", "discard"]
@@ -104,6 +105,7 @@ def passes_needed(scale: int, current: tuple[int, int], target: tuple[int, int],
     return passes
 
 
+@reusing_heap()
 def upscale(
     descriptor: ImageModelDescriptor,
     image: torch.Tensor,

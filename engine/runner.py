@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
+from .heap import reusing_heap
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
@@ -52,6 +53,7 @@ class TileSettings:
 _warned_discouraged: set[str] = set()
 
 
+@reusing_heap()
 def run_tiled(
     descriptor: ImageModelDescriptor,
     image: torch.Tensor,

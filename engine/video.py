@@ -44,6 +44,7 @@ from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
 from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, usable_dtype
 from .resize import resize
+from .heap import reusing_heap
 from .runner import MIN_TILE, CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, plan_run
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
@@ -360,6 +361,7 @@ class VideoUpscaler:
 
     # -- frames ---------------------------------------------------------------------------
 
+    @reusing_heap()
     def process(self, frames: torch.Tensor, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
         frames = _validated(frames)
         batch, _, height, width = frames.shape

@@ -63,3 +63,18 @@ def test_memory_estimate_grows_with_tiles_batch_and_images(tmp_path):
     # automatic tiling asks for room for a 512-pixel window (the core node's), never less than a smaller image
     assert estimate(0) == estimate(-1)
     assert estimate(0, height=2048, width=2048) == estimate(ROOM_FOR_AUTO_TILE, height=2048, width=2048) < estimate(-1, height=2048, width=2048)
+
+
+def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
+    """Auto runs global-context models whole (one image per forward), so ComfyUI must free that much."""
+    model = load_model(ZOO["Compact"].save(tmp_path / "g.safetensors", seed=1, scale=2), cache=None)
+
+    def estimate(tile, images=1):
+        return estimate_device_bytes(model, 2048, 2048, UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=4), device="cpu"), images=images)
+
+    bounded_auto = estimate(0)
+    model.model.global_context = True
+    assert estimate(0) == estimate(-1, images=1) > bounded_auto
+    assert estimate(0, images=3) == estimate(0, images=1)  # one image per forward
+    model.model.parameter_count = 10**9  # weights held by another runtime (onnxruntime) count too
+    assert estimate(0) > 4 * 10**9

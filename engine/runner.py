@@ -215,6 +215,8 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             batch = 1
             tile = -1 if whole_image_fits(descriptor, device, dtype, ph, pw) else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
+            if device.type == "cpu":  # one large window per forward: batching buys nothing on a CPU,
+                batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
             tile = auto_tile_size(descriptor, device, dtype, batch)
     if global_context and 0 < tile < max(ph, pw):
         name = descriptor.architecture.name

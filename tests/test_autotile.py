@@ -52,14 +52,16 @@ def _global(model):
 
 def test_global_context_runs_whole_images_when_they_fit(monkeypatch):
     """Area, not side, decides: a long thin image that fits memory is not tiled, and one image
-    goes per forward; a bounded model with the same budget tiles as before."""
+    goes per forward; a bounded model with the same budget tiles by side as before."""
     bounded, unbounded = describe(ConvNet()), _global(describe(ConvNet()))
     per_pixel = autotile.bytes_per_pixel(unbounded, CPU, torch.float32)
     autotile.bytes_per_pixel(bounded, CPU, torch.float32)
     monkeypatch.setattr(autotile, "free_memory", lambda device: int(per_pixel * 300 * 300 / autotile.SAFETY))
     plan = plan_run(unbounded, 150, 590, TileSettings(tile=0), CPU)  # 88,500 px <= 300 x 300
     assert plan.tile == -1 and len(plan.tiles) == 1 and plan.batch == 1
-    assert plan_run(bounded, 150, 590, TileSettings(tile=0), CPU).tile == 144  # 4 tiles per forward
+    plan = plan_run(bounded, 150, 590, TileSettings(tile=0), CPU)  # by side: tiled, one window per forward on a CPU
+    assert (plan.tile, plan.batch) == (296, 1) and len(plan.tiles) > 1
+    assert plan_run(bounded, 150, 590, TileSettings(tile=100, batch=3), CPU).batch == 3  # an explicit tile keeps its batch
 
 
 def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, caplog):

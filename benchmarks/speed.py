@@ -81,12 +81,16 @@ class PeakRSS:
 
 def interleaved(paths: dict, repeats: int) -> dict:
     """Runs the paths round-robin `repeats` times, so that load from other processes on this
-    shared machine falls on all of them alike; per path (cold s, warm s, result, peak RSS)."""
+    shared machine falls on all of them alike, each round starting one path later (the path
+    after naive ran measurably slower than the same path later in a round); per path
+    (cold s, warm s, result, peak RSS)."""
     times: dict = {label: [] for label in paths}
     results: dict = {}
     memory = dict.fromkeys(paths, 0)
-    for _ in range(max(1, repeats)):
-        for label, fn in paths.items():
+    labels = list(paths)
+    for round_ in range(max(1, repeats)):
+        for label in labels[round_ % len(labels):] + labels[: round_ % len(labels)]:
+            fn = paths[label]
             with PeakRSS() as peak:
                 start = time.perf_counter()
                 results[label] = fn()

@@ -78,12 +78,10 @@ def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, c
 
 
 def test_paragonsr2_photo_declares_global_context():
-    from pathlib import Path
-
     from tilewise.engine import load_model
     from tilewise.engine.receptive import has_global_context
+    from test_paragonsr2 import FIXTURES as fixtures
 
-    fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"
     if not fixtures.is_dir():
         pytest.skip("ParagonSR2 fixtures not available")
     assert has_global_context(load_model(fixtures / "paragonsr2_photo_x2.safetensors", cache=None))

@@ -67,18 +67,33 @@ _streams: OrderedDict[str, _Stream] = OrderedDict()
 _lock = threading.Lock()
 
 
-def video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame="none", scene_cut=SCENE_CUT_THRESHOLD) -> VideoOptions:
-    """The widgets as the engine's options; the engine's output stays on the processing device
-    (the temporal state lives there) and frames are copied to the CPU one by one."""
+def video_options(
+    upscale_model,
+    temporal_mode: str = "auto",
+    temporal_strength: float = -1.0,
+    tile_size: int = 0,
+    tile_padding: int = -1,
+    merge: str = "crop",
+    precision: str = "auto",
+    tile_batch: int = 4,
+    device: str = "auto",
+    scene_cut: float = SCENE_CUT_THRESHOLD,
+    first_frame: str = "none",
+) -> tuple[torch.device, VideoOptions]:
+    """The temporal and tile widgets both video nodes share, checked, as (processing device,
+    the engine's options); the engine's output stays on the processing device (the temporal
+    state lives there) and frames are copied to the CPU one by one."""
+    check_inputs(upscale_model, tile_size)
     if first_frame not in FIRST_FRAME_CONVENTIONS:
         raise ValueError(f"first_frame must be one of {', '.join(FIRST_FRAME_CONVENTIONS)}, got '{first_frame}'")
+    run_device = host.processing_device(device)
     upscale = UpscaleOptions(
         tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
         precision=precision,
         device=str(run_device),
         output_device=str(run_device),
     )
-    return VideoOptions(
+    return run_device, VideoOptions(
         upscale=upscale,
         temporal=temporal_mode,
         strength=None if temporal_strength < 0 else float(temporal_strength),
@@ -183,31 +198,13 @@ class TilewiseUpscaleVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls,
-        upscale_model,
-        images,
-        temporal_mode: str = "auto",
-        temporal_strength: float = -1.0,
-        tile_size: int = 0,
-        tile_padding: int = -1,
-        merge: str = "crop",
-        precision: str = "auto",
-        tile_batch: int = 4,
-        device: str = "auto",
-        output_dtype: str = "fp32",
-        scene_cut: float = SCENE_CUT_THRESHOLD,
-        first_frame: str = "none",
-        continuity: str = "auto",
-        meta_batch=None,
-    ) -> io.NodeOutput:
-        check_inputs(upscale_model, tile_size)
+    def execute(cls, upscale_model, images, output_dtype: str = "fp32", continuity: str = "auto", meta_batch=None, **widgets) -> io.NodeOutput:
+        """`widgets`: the temporal and tile widgets (see `video_options`)."""
+        run_device, options = video_options(upscale_model, **widgets)
         if output_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"output_dtype must be one of {', '.join(OUTPUT_DTYPES)}, got '{output_dtype}'")
         if images.ndim != 4 or images.shape[0] == 0:
             raise ImageError(f"images must be a non-empty IMAGE batch (T, H, W, C), got shape {tuple(images.shape)}")
-        run_device = host.processing_device(device)
-        options = video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame, scene_cut)
         hidden = getattr(cls, "hidden", None)
         key = str(getattr(hidden, "unique_id", None) or "")
         runner = _take_stream(key, upscale_model, options, continuity, meta_batch)
@@ -276,29 +273,13 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls,
-        upscale_model,
-        video,
-        temporal_mode: str = "auto",
-        temporal_strength: float = -1.0,
-        tile_size: int = 0,
-        tile_padding: int = -1,
-        merge: str = "crop",
-        precision: str = "auto",
-        tile_batch: int = 4,
-        device: str = "auto",
-        crf: int = 18,
-        scene_cut: float = SCENE_CUT_THRESHOLD,
-        first_frame: str = "none",
-    ) -> io.NodeOutput:
+    def execute(cls, upscale_model, video, crf: int = 18, **widgets) -> io.NodeOutput:
+        """`widgets`: the temporal and tile widgets (see `video_options`)."""
         from comfy_api.latest import InputImpl
 
         from ..engine.video_io import upscale_video_file
 
-        check_inputs(upscale_model, tile_size)
-        run_device = host.processing_device(device)
-        options = video_options(temporal_mode, temporal_strength, tile_size, tile_padding, merge, precision, tile_batch, run_device, first_frame, scene_cut)
+        run_device, options = video_options(upscale_model, **widgets)
         folder = Path(folder_paths.get_temp_directory()) / "tilewise"
         folder.mkdir(parents=True, exist_ok=True)
         destination = folder / f"upscaled-{uuid.uuid4().hex[:12]}.mp4"

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+
+#: Test vectors from the ParagonSR2 reference implementation (`$PARAGONSR2_FIXTURES` overrides).
+PARAGONSR2_FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small models: the machine's cores are shared, and
+    several threads per process only fight each other (use with `pytest.mark.usefixtures`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def photo(name: str = "astronaut", top: int = 0, left: int = 0, height: int = 64, width: int = 64) -> torch.Tensor:

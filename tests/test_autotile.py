@@ -80,7 +80,7 @@ def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, c
 def test_paragonsr2_photo_declares_global_context():
     from tilewise.engine import load_model
     from tilewise.engine.receptive import has_global_context
-    from test_paragonsr2 import FIXTURES as fixtures
+    from conftest import PARAGONSR2_FIXTURES as fixtures
 
     if not fixtures.is_dir():
         pytest.skip("ParagonSR2 fixtures not available")

@@ -9,12 +9,11 @@ from safetensors.torch import load_file
 onnx = pytest.importorskip("onnx", reason="the optional 'onnx' extra is part of the test extra; install tilewise[test]")
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import PARAGONSR2_FIXTURES as FIXTURES  # noqa: E402
 from model_zoo import ZOO  # noqa: E402
 from tilewise.cli import main  # noqa: E402
 from tilewise.engine import TilewiseError, describe_state_dict, load_model  # noqa: E402
 from tilewise.engine.export import export_onnx  # noqa: E402
-
-FIXTURES = "/work/shared/fixtures/paragonsr2"
 
 
 def _dims(value_info) -> list:

@@ -23,6 +23,7 @@ from model_zoo import (
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning"),  # torch, via SwinIR/HAT
     pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),  # .pt
+    pytest.mark.usefixtures("one_thread"),  # tiny models: one thread avoids oversubscribing a shared CPU
 ]
 
 NAMES = list(ZOO)
@@ -30,13 +31,6 @@ LOCAL = [n for n, e in ZOO.items() if e.receptive_field is not None]
 GLOBAL = [n for n, e in ZOO.items() if e.receptive_field is None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one thread avoids oversubscribing a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

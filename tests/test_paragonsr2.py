@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from spandrel import MAIN_REGISTRY, SizeRequirements
 
+from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from tilewise.archs.base import LoadHints, RecognisedButUnsupportedError
 from tilewise.archs.paragonsr2 import (
     ARCH_SUPPORTS,
@@ -26,10 +25,12 @@ from tilewise.archs.paragonsr2 import (
     classify,
 )
 
-FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
 TOLERANCE = 1e-4
 
-pytestmark = pytest.mark.skipif(not (FIXTURES / "manifest.json").is_file(), reason="ParagonSR2 fixtures not available")
+pytestmark = [
+    pytest.mark.skipif(not (FIXTURES / "manifest.json").is_file(), reason="ParagonSR2 fixtures not available"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _manifest(name: str) -> list[dict]:
@@ -41,13 +42,6 @@ DUAL = _manifest("manifest.json")
 V5 = _manifest("manifest_v5.json")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine's cores are shared: several threads per process only fight each other here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,21 +10,15 @@ import pytest
 import torch
 from spandrel.architectures.ESRGAN import ESRGAN
 
-from conftest import photo
+from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from model_zoo import ZOO, _esrgan_finish
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
 from tilewise.engine.precision import forward_fn
 from tilewise.engine.receptive import EXACT_PROBE_RADIUS, model_context
 
-FIXTURES = "/work/shared/fixtures/paragonsr2"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images() -> torch.Tensor:

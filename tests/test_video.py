@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import photo
+from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, upscale
 from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
 
-FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "manifest.json").is_file(), reason="ParagonSR2 fixtures not available")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def paragon(name: str):

@@ -9,6 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message reduced to one line of at most 200 characters (its type if empty),
+    for quoting inside a user-facing message."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
 class TilewiseError(Exception):
     """Base class for every error meant for the user."""
 

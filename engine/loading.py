@@ -20,7 +20,7 @@ from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDes
 
 from ..archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
 from ..archs import magic_kernel
-from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError
+from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError, first_line
 from .files import ONNX_EXTENSIONS, read_state_dict, recognise_non_upscaler, top_level_keys
 
 log = logging.getLogger("tilewise")
@@ -106,7 +106,7 @@ def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>"
     except Exception as error:  # a detector matched but the weights do not fit: name both
         raise ModelFileError(
             path,
-            f"looks like {arch.name} but its weights do not fit that architecture ({_first_line(error)}).",
+            f"looks like {arch.name} but its weights do not fit that architecture ({first_line(error)}).",
             "The file may be damaged or a variant Tilewise does not know; report it with the model's download page.",
         ) from None
     if not isinstance(descriptor, ImageModelDescriptor):
@@ -130,11 +130,6 @@ def _unknown_reason(state_dict: StateDict) -> str:
     if kind:
         return f"looks like {kind} (top-level keys: {heads})."
     return f"has an unknown architecture (top-level keys: {heads})."
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
 
 from ..archs import LoadHints
-from .errors import ModelFileError, TilewiseError, UnsafeModelError
+from .errors import ModelFileError, TilewiseError, UnsafeModelError, first_line
 from .files import check_model_file, sniff_foreign
 from .receptive import PROBE_TOLERANCE, SAFETY
 from .tiling import split_evenly
@@ -144,7 +144,7 @@ def _cuda_session(data: bytes, device: torch.device) -> Any | None:
     try:
         session = new_session(data, [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"])
     except Exception as error:
-        log.warning("Tilewise: onnxruntime could not use CUDA (%s); the ONNX model runs on the CPU.", _first_line(error))
+        log.warning("Tilewise: onnxruntime could not use CUDA (%s); the ONNX model runs on the CPU.", first_line(error))
         return None
     if "CUDAExecutionProvider" not in session.get_providers():
         return None
@@ -323,8 +323,8 @@ def _translated(error: BaseException) -> BaseException:
     """onnxruntime's allocation failures as the out-of-memory errors the runner recovers from."""
     text = str(error)
     if "allocate" in text.lower() or "out of memory" in text.lower():
-        return RuntimeError(f"onnxruntime ran out of memory: {_first_line(error)}")
-    return RuntimeError(f"onnxruntime: {_first_line(error)}")
+        return RuntimeError(f"onnxruntime ran out of memory: {first_line(error)}")
+    return RuntimeError(f"onnxruntime: {first_line(error)}")
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -351,13 +351,13 @@ def load_onnx(path: str | Path, hints: LoadHints | None = None) -> ImageModelDes
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        raise ModelFileError(path, f"is not a valid ONNX graph ({_first_line(error)}).", "It may be damaged or need a newer onnx package; " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
+        raise ModelFileError(path, f"is not a valid ONNX graph ({first_line(error)}).", "It may be damaged or need a newer onnx package; " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
     interface = read_interface(path, model)
     del model
     try:
         session = new_session(data, ["CPUExecutionProvider"])
     except Exception as error:
-        raise ModelFileError(path, f"cannot be run by onnxruntime ({_first_line(error)}).", "If its opset is newer than your onnxruntime supports, upgrade onnxruntime; else " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
+        raise ModelFileError(path, f"cannot be run by onnxruntime ({first_line(error)}).", "If its opset is newer than your onnxruntime supports, upgrade onnxruntime; else " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
     sessions = _Sessions(data, session)
     _complete_interface(path, interface, session)
     run = _numpy_runner(sessions, interface)
@@ -393,7 +393,7 @@ def _parse(path: Path, data: bytes, onnx) -> Any:
     try:
         model = onnx.load(io.BytesIO(data), load_external_data=False)
     except Exception as error:
-        raise ModelFileError(path, f"is not a readable ONNX model: it is truncated or damaged ({_first_line(error)}).", _DOWNLOAD_AGAIN) from None
+        raise ModelFileError(path, f"is not a readable ONNX model: it is truncated or damaged ({first_line(error)}).", _DOWNLOAD_AGAIN) from None
     if not model.HasField("graph") or len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelFileError(path, "is not a readable ONNX model: it has no graph (the file is truncated, damaged or not ONNX).", _DOWNLOAD_AGAIN)
     return model
@@ -569,7 +569,7 @@ def _probe_once(path: Path, run: NumpyRun, channels: int, batch: int, height: in
     except (ModelFileError, MemoryError):
         raise
     except Exception as error:
-        raise _ProbeFailed(f"running it on a {width}x{height} image failed: {_first_line(error)}") from None
+        raise _ProbeFailed(f"running it on a {width}x{height} image failed: {first_line(error)}") from None
     return _check_output(path, array.shape, result)
 
 
@@ -657,8 +657,3 @@ def fixed_margin(path: Path, run: NumpyRun, interface: GraphInterface, scale: in
     if 2 * margin >= shortest:
         raise ModelFileError(path, f"has a fixed input size too small for the {margin}-pixel margin its tiles need.", "Export it again with dynamic height and width.")
     return margin
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]

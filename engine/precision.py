@@ -144,12 +144,6 @@ def mark_failing(descriptor: ImageModelDescriptor, dtype: torch.dtype, fallback:
         _failing.setdefault(descriptor.model, {})[dtype] = fallback
 
 
-def usable_dtype(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
-    """`dtype`, or fp32 if this model already failed when cast to it."""
-    with _variants_lock:
-        return torch.float32 if dtype in _failing.get(descriptor.model, {}) else dtype
-
-
 def run_mode(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype of weights and input, autocast dtype or None) for a run asked in `dtype`.
 

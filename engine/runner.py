@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
 from .heap import reusing_heap
-from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
+from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
@@ -50,7 +50,7 @@ class TileSettings:
     compile: bool = False  # torch.compile the model (opt-in: slow first run); batches are padded to one shape
 
 
-_warned_discouraged: set[str] = set()
+_warned_global: set[str] = set()
 
 
 @reusing_heap()
@@ -134,12 +134,12 @@ def run_tiled(
                 # go on under autocast, and if that fails too, in fp32 (see precision.run_mode)
                 name = descriptor.architecture.name
                 if autocast is None:
-                    log.warning("Tilewise: %s failed in %s (%s); continuing with %s autocast.", name, asked, _first_line(error), asked)
+                    log.warning("Tilewise: %s failed in %s (%s); continuing with %s autocast.", name, asked, first_line(error), asked)
                     mark_failing(descriptor, asked, "autocast")
                     dtype, autocast = torch.float32, asked
                     forward = forward_fn(descriptor, model_on(descriptor, device, torch.float32, compiled=settings.compile), autocast)
                 else:
-                    log.warning("Tilewise: %s failed under %s autocast (%s); continuing in fp32.", name, asked, _first_line(error))
+                    log.warning("Tilewise: %s failed under %s autocast (%s); continuing in fp32.", name, asked, first_line(error))
                     mark_failing(descriptor, asked, "fp32")
                     forward, dtype, autocast = forward32, torch.float32, None
                 queue.extendleft(reversed(group))
@@ -220,8 +220,8 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             tile = auto_tile_size(descriptor, device, dtype, batch)
     if global_context and 0 < tile < max(ph, pw):
         name = descriptor.architecture.name
-        if name not in _warned_discouraged:
-            _warned_discouraged.add(name)
+        if name not in _warned_global:
+            _warned_global.add(name)
             log.warning(
                 "Tilewise: %s uses global context, so tiles differ slightly from a whole-image run; "
                 "use tile size -1 (whole image) if memory allows.", name,
@@ -304,11 +304,6 @@ def _accumulate(output, weights, result, tile: Tile, scale: int, pad: int, heigh
     weight = (wy[:, None] * wx[None, :]).to(output.device)
     output[:, window.y0:window.y1, window.x0:window.x1] += result * weight
     weights[:, window.y0:window.y1, window.x0:window.x1] += weight
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def _alignment(descriptor: ImageModelDescriptor) -> int:

@@ -42,7 +42,7 @@ from spandrel import ImageModelDescriptor, ModelTiling
 
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
-from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, usable_dtype
+from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
 from .resize import resize
 from .heap import reusing_heap
 from .runner import MIN_TILE, CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, plan_run
@@ -427,7 +427,7 @@ class VideoUpscaler:
 
     def _feedback_attempt(self, frame: torch.Tensor, progress, cancel) -> torch.Tensor:
         descriptor, scale = self.descriptor, self.descriptor.scale
-        dtype = usable_dtype(descriptor, self.dtype)
+        dtype, _ = run_mode(descriptor, self.dtype)  # feedback runs cast models only: fp32 after any failure
         model = model_on(descriptor, self.device, dtype)
         model32 = model if dtype == torch.float32 else model_on(descriptor, self.device, torch.float32)
         layout = torch.channels_last if self.options.upscale.tiles.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format

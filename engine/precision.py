@@ -18,6 +18,8 @@ from typing import Callable, Literal
 import torch
 from spandrel import ImageModelDescriptor
 
+from . import inference_forms
+
 log = logging.getLogger("tilewise")
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -109,6 +111,7 @@ def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torc
 
 def model_on_unlocked(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     model = descriptor.model
+    inference_forms.prepare(model)  # before any copy, so that copies inherit the forms
     first = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)

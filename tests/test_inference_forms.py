@@ -1,0 +1,127 @@
+"""Inference forms compute bit for bit what spandrel's modules compute, with less work."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from spandrel import ModelLoader
+from spandrel.architectures.SPAN import SPAN
+from spandrel.architectures.SPAN.__arch.span import SPAB, Conv3XC
+
+from tilewise.engine import TileSettings, run_tiled
+from tilewise.engine.inference_forms import prepare
+from tilewise.engine.precision import model_on
+
+from conftest import photo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def span_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(spandrel's SPAN, a prepared copy with the same weights), both in eval mode."""
+    torch.manual_seed(seed)
+    original = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=2).eval()
+    with torch.no_grad():
+        for parameter in original.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        probe = original(photo(height=32, width=32))  # then scale the last convolution to image range
+        last = original.upsampler[0]
+        gain = 0.15 / probe.std()
+        last.weight.mul_(gain)
+        last.bias.mul_(gain).add_(0.45 - probe.mean().item() * gain)
+    prepared = copy.deepcopy(original)
+    assert prepare(prepared) == 6 * 3 + 2 + 6  # every Conv3XC and every SPAB
+    return original, prepared
+
+
+def test_prepare_keeps_types_state_and_is_idempotent():
+    original, prepared = span_pair()
+    assert prepare(prepared) == 0
+    assert all(type(m) is not Conv3XC and type(m) is not SPAB for m in prepared.modules())
+    assert isinstance(prepared.conv_1, Conv3XC) and isinstance(prepared.block_1, SPAB)
+    reference, state = original.state_dict(), prepared.state_dict()
+    assert list(reference) == list(state)
+    assert all(torch.equal(reference[k], state[k]) for k in reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
+def test_bitwise_equal_to_spandrel(dtype, layout, mode):
+    original, prepared = span_pair()
+    original, prepared = original.to(dtype), prepared.to(dtype)
+    x = photo(height=40, width=36).to(dtype).contiguous(memory_format=layout)
+    with mode():
+        expected = original(x)
+        for _ in range(2):  # the second call reuses the fused kernels
+            assert torch.equal(prepared(x), expected)
+
+
+def test_kernels_fused_once_and_again_after_a_weight_changes(monkeypatch):
+    original, prepared = span_pair()
+    calls = []
+    derive = Conv3XC.update_params
+    monkeypatch.setattr(Conv3XC, "update_params", lambda self: (calls.append(self), derive(self))[1])
+    x = photo(height=24, width=24)
+    with torch.inference_mode():
+        prepared(x)
+        prepared(x)
+    assert len(calls) == 20
+    with torch.no_grad():  # in place, as a weight-patching tool would
+        for model in (original, prepared):
+            model.block_3.c2_r.conv[1].weight.mul_(1.5)
+    with torch.inference_mode():
+        expected = original(x)
+        calls.clear()
+        assert torch.equal(prepared(x), expected)
+    assert [id(c) for c in calls] == [id(prepared.block_3.c2_r)]
+
+
+def test_a_changed_weight_changes_the_output():
+    """The comparison above can fail: a stale kernel gives a different image."""
+    _, prepared = span_pair()
+    x = photo(height=24, width=24)
+    with torch.inference_mode():
+        before = prepared(x)
+    with torch.no_grad():
+        prepared.conv_2.sk.weight.add_(0.2)
+    with torch.inference_mode():
+        assert not torch.equal(prepared(x), before)
+
+
+def test_training_and_gradients_use_the_original_forward():
+    original, prepared = span_pair()
+    x = photo(height=20, width=20)
+    for model in (original, prepared):
+        model.train()
+    torch.manual_seed(1)
+    assert torch.equal(prepared(x), original(x))
+    for model in (original, prepared):
+        model.eval()
+    x_grad = [x.clone().requires_grad_(True) for _ in range(2)]
+    outputs = [m(xi) for m, xi in zip((original, prepared), x_grad)]
+    for out in outputs:
+        out.square().mean().backward()
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(x_grad[0].grad, x_grad[1].grad)
+
+
+def test_the_engine_runs_prepared_models_and_copies_inherit_the_forms(monkeypatch):
+    original, _ = span_pair()
+    state = original.state_dict()
+    image = photo(height=48, width=40)
+    settings = TileSettings(tile=24, pad=8, channels_last=True)
+    descriptor = ModelLoader().load_from_state_dict(state)
+    result = run_tiled(descriptor, image, settings=settings)
+    assert type(descriptor.model.conv_1) is not Conv3XC
+    with monkeypatch.context() as patch:  # the reference: the same engine run with spandrel's own classes
+        patch.setattr("tilewise.engine.inference_forms.prepare", lambda model: 0)
+        plain = ModelLoader().load_from_state_dict(state)
+        expected = run_tiled(plain, image, settings=settings)
+        assert type(plain.model.conv_1) is Conv3XC
+    assert 0.9 < ((result > 0) & (result < 1)).float().mean()  # not a clamped, saturated image
+    assert torch.equal(result, expected)
+    variant = model_on(descriptor, torch.device("cpu"), torch.bfloat16)
+    assert variant is not descriptor.model and type(variant.block_2) is type(descriptor.model.block_2)

@@ -32,7 +32,24 @@ def test_tile_follows_free_memory(monkeypatch):
     monkeypatch.setattr(autotile, "free_memory", lambda device: 10)
     assert autotile.auto_tile_size(model, CPU, torch.float32) == autotile.MIN_AUTO_TILE
     monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 50)
-    assert autotile.auto_tile_size(model, CPU, torch.float32) == autotile.MAX_AUTO_TILE
+    assert autotile.auto_tile_size(model, CPU, torch.float32, cap=False) > autotile.MAX_AUTO_TILE
+
+
+def test_cpu_windows_keep_their_working_set_bounded(monkeypatch):
+    """On a CPU the window's estimated working set stays under CPU_WORKING_SET (fresh memory
+    costs page faults every forward); a GPU and global-context models are not capped so."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 4096.0)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 50)
+    assert autotile.auto_tile_size(model, CPU, torch.float32) == 512  # sqrt(2**30 / 4096)
+    assert autotile.auto_tile_size(model, CPU, torch.float32, batch=4) == 512  # per window
+    assert autotile.auto_tile_size(model, torch.device("cuda"), torch.float32) == autotile.MAX_AUTO_TILE
+    assert autotile.auto_tile_size(model, CPU, torch.float32, cap=False) > autotile.MAX_AUTO_TILE
+    plan = plan_run(model, 1500, 1200, TileSettings(tile=0), CPU)
+    assert plan.tile == 512 and len(plan.tiles) == 9 and plan.batch == 1
+    assert plan_run(_global(describe(ConvNet())), 1500, 1200, TileSettings(tile=0), CPU).tile == -1
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(4096 * 300 * 300 / autotile.SAFETY))
+    assert autotile.auto_tile_size(model, CPU, torch.float32) == 296  # free memory rules when smaller
 
 
 def test_auto_tiling_is_seamless_when_memory_is_short(monkeypatch):

@@ -17,10 +17,11 @@ On a CPU a window also keeps its estimated working set under `CPU_WORKING_SET`. 
 forward touches for the first time costs a page fault and a zeroed page per 4 KiB, and in a
 worker thread (where ComfyUI and A1111 run us) glibc maps large blocks afresh for every forward
 whatever `heap.reusing_heap` asks, so a whole-image window paid that for all of its activations.
-Measured in a worker thread, 0.78 MP photo, fp32, 2 threads, seconds for whole image / 768 /
-512 / 384 / 256-px windows: Compact 4.48 / 2.92 / 2.92 / 3.19 / 3.49, SPAN 6.21 / 3.08 / 2.91 /
-2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 / 25.1. With 1 GiB the windows come out at 712
-(Compact), 424 (SPAN) and 200 (RRDB) pixels, each at or next to its best.
+Measured in a worker thread, 0.78 MP photo, fp32, 2 threads, seconds for the old auto window
+(whole image; RRDB about 630 px) / 768 / 512 / 384 / 256-px windows: Compact 4.48 / 2.92 /
+2.92 / 3.19 / 3.49, SPAN 6.21 / 3.08 / 2.91 / 2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 /
+25.1. With 1 GiB the windows come out at 712 (Compact), 424 (SPAN) and 200 (RRDB) pixels,
+each at or next to its best (RRDB at 200: 28.1 s).
 """
 
 from __future__ import annotations

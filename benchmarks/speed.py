@@ -24,6 +24,7 @@ Targets on CPU: default >= 1.6x naive, bf16 >= 3x; tiled-vs-untiled max error <=
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -41,7 +42,8 @@ from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled,
 from tilewise.engine.autotile import resident_bytes  # noqa: E402
 from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"
+#: The ParagonSR2 reference test vectors, as in the tests (`$PARAGONSR2_FIXTURES` overrides).
+FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"))
 
 
 def models() -> dict:

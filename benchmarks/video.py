@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from tilewise.engine.video import VideoOptions, VideoUpscaler  # noqa: E402
 
 SCALE = 2
 BORDER = 8
-FIXTURE = Path("/work/shared/fixtures/paragonsr2/paragonsr2_stream_x2.safetensors")
+FIXTURE = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2")) / "paragonsr2_stream_x2.safetensors"
 
 
 def shift(image: torch.Tensor, dy: float, dx: float) -> torch.Tensor:

@@ -78,7 +78,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean_square = x.float().square().mean(dim=1, keepdim=True)
         rms = torch.sqrt(mean_square + self.eps).to(x.dtype)
-        return self.scale * x / rms + self.bias
+        if torch.is_grad_enabled():
+            return self.scale * x / rms + self.bias
+        return (self.scale * x).div_(rms).add_(self.bias)  # the same arithmetic, one feature map
 
 
 class LayerScale(nn.Module):
@@ -95,6 +97,20 @@ class LayerScale(nn.Module):
 def _scaled(layer_scale: LayerScale | None, x: torch.Tensor) -> torch.Tensor:
     """Applies an optional LayerScale; a missing one (v9/v10 files) is gamma = 1."""
     return x if layer_scale is None else layer_scale(x)
+
+
+def _residual(x: torch.Tensor, layer_scale: LayerScale | None, update: torch.Tensor) -> torch.Tensor:
+    """`x + gamma * update` for a freshly computed `update`.
+
+    Without autograd it is computed in `update`'s own memory (same operations, same results),
+    which saves two feature maps per block: on a CPU each new one costs page faults, in a host's
+    worker thread on every forward.
+    """
+    if torch.is_grad_enabled() or update.dtype != x.dtype or update.stride() != x.stride() or update.shape != x.shape:
+        return x + _scaled(layer_scale, update)
+    if layer_scale is not None:
+        update.mul_(layer_scale.gamma)
+    return update.add_(x)
 
 
 class WindowAttention(nn.Module):
@@ -157,7 +173,8 @@ class _ConvMixer(nn.Module):
         self.conv2 = nn.Conv2d(hidden, dim, 1)
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.gelu(self.dw(self.conv1(x))))
+        hidden = self.dw(self.conv1(x))
+        return self.conv2(F.gelu(hidden) if torch.is_grad_enabled() else torch._C._nn.gelu_(hidden))
 
 
 class NanoBlock(_ConvMixer):
@@ -169,7 +186,7 @@ class NanoBlock(_ConvMixer):
         self.scale = LayerScale(dim) if layer_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + _scaled(self.scale, self._mix(x))
+        return _residual(x, self.scale, self._mix(x))
 
 
 class StreamBlock(nn.Module):
@@ -192,7 +209,7 @@ class StreamBlock(nn.Module):
         y = self.fuse(torch.cat((self.dw1(x), self.dw3(x)), dim=1))
         a, b = self.gate(self.proj(y)).chunk(2, dim=1)
         product = (a.float() * b.float()).clamp(-FP16_LIMIT, FP16_LIMIT).to(a.dtype)
-        return x + _scaled(self.scale, self.out(product))
+        return _residual(x, self.scale, self.out(product))
 
 
 class PhotoBlock(_ConvMixer):
@@ -209,9 +226,9 @@ class PhotoBlock(_ConvMixer):
         self.has_attention = attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.scale(self._mix(self.norm(x)))
+        x = _residual(x, self.scale, self._mix(self.norm(x)))
         if self.has_attention:
-            x = x + self.scale(_window_attend(self.attn_norm, self.attn, x))
+            x = _residual(x, self.scale, _window_attend(self.attn_norm, self.attn, x))
         return x
 
 
@@ -279,11 +296,11 @@ class ProBlock(_ConvMixer):
         self.scale4 = LayerScale(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.scale1(self._mix(self.norm1(x)))
-        x = x + self.scale2(self.channel_attn(x))
+        x = _residual(x, self.scale1, self._mix(self.norm1(x)))
+        x = _residual(x, self.scale2, self.channel_attn(x))
         if self.has_attention:
-            x = x + self.scale3(_window_attend(self.norm3, self.window_attn, x))
-        return x + self.scale4(self.token_ca(self.norm4(x)))
+            x = _residual(x, self.scale3, _window_attend(self.norm3, self.window_attn, x))
+        return _residual(x, self.scale4, self.token_ca(self.norm4(x)))
 
 
 class ResidualGroup(nn.Module):

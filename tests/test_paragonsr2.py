@@ -128,6 +128,22 @@ def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
     assert max_error(out2, io["video_output2"]) <= TOLERANCE
 
 
+@pytest.mark.parametrize("entry", by_id(DUAL))
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_in_place_residuals_equal_the_plain_expressions_bitwise(entry, layout):
+    """Without autograd the blocks write `x + gamma * update`, the norm and the GELU into their
+    temporaries; with autograd on they run the plain expressions. Both give the same bits."""
+    sd, io = weights(entry["file"]), vectors(entry["io_file"])
+    model = ParagonSR2Arch().load(sd, LoadHints(upsampler_alpha=entry["video_alpha"])).model.eval()
+    x = io["input"].contiguous(memory_format=layout)
+    plain = model(x, feature_tap=True)  # grad enabled: the out-of-place path
+    assert plain[0].requires_grad
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            fast = model(x, feature_tap=True)
+        assert all(torch.equal(a, b) for a, b in zip(plain, fast))
+
+
 @pytest.mark.parametrize("entry", by_id(V5))
 def test_v5_detected_and_outputs_match_upstream(entry):
     sd, io = weights(entry["file"]), vectors(entry["io_file"])

@@ -174,7 +174,7 @@ class _ConvMixer(nn.Module):
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.dw(self.conv1(x))
-        return self.conv2(F.gelu(hidden) if torch.is_grad_enabled() else torch._C._nn.gelu_(hidden))
+        return self.conv2(F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden))
 
 
 class NanoBlock(_ConvMixer):

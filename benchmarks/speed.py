@@ -24,7 +24,6 @@ Targets on CPU: default >= 1.6x naive, bf16 >= 3x; tiled-vs-untiled max error <=
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -36,14 +35,12 @@ import torch
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiling import naive_tiled, seeded  # noqa: E402
+from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
 
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
 from tilewise.engine.autotile import resident_bytes  # noqa: E402
 from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
 
-#: The ParagonSR2 reference test vectors, as in the tests (`$PARAGONSR2_FIXTURES` overrides).
-FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"))
 
 
 def models() -> dict:
@@ -56,7 +53,7 @@ def models() -> dict:
         "compact": lambda: seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0),
         "esrgan": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=4, scale=4), 1),
         "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
-        "paragonsr2-photo": lambda: load_model(FIXTURES / "paragonsr2_photo_x2.safetensors", cache=None),
+        "paragonsr2-photo": lambda: load_model(PARAGONSR2_FIXTURES / "paragonsr2_photo_x2.safetensors", cache=None),
         "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
     }
 

@@ -15,7 +15,9 @@ Target for (a): <= 1.05.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
 from tilewise.engine.precision import forward_fn
 from tilewise.engine.receptive import model_context
+
+#: The ParagonSR2 reference test vectors, as in the tests (`$PARAGONSR2_FIXTURES` overrides).
+PARAGONSR2_FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"))
 
 
 def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:

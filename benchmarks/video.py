@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,14 +37,14 @@ import torch.nn.functional as F
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiling import seeded  # noqa: E402
+from tiling import PARAGONSR2_FIXTURES, seeded  # noqa: E402
 
 from tilewise.engine import TileSettings, UpscaleOptions, load_model  # noqa: E402
 from tilewise.engine.video import VideoOptions, VideoUpscaler  # noqa: E402
 
 SCALE = 2
 BORDER = 8
-FIXTURE = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2")) / "paragonsr2_stream_x2.safetensors"
+FIXTURE = PARAGONSR2_FIXTURES / "paragonsr2_stream_x2.safetensors"
 
 
 def shift(image: torch.Tensor, dy: float, dx: float) -> torch.Tensor:

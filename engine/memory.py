@@ -41,13 +41,12 @@ def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: 
     count = getattr(model, "parameter_count", None)  # weights held outside torch (onnxruntime)
     weights = (count if isinstance(count, int) else sum(p.numel() for p in model.parameters())) * element
     settings = options.tiles
+    whole_auto = settings.tile == 0 and has_global_context(descriptor)  # auto runs one whole image per forward
     if settings.tile == 0:  # auto: room for a core-sized window, or the whole image for global context
-        settings = replace(settings, tile=-1 if has_global_context(descriptor) else ROOM_FOR_AUTO_TILE)
+        settings = replace(settings, tile=-1 if whole_auto else ROOM_FOR_AUTO_TILE)
     plan = plan_run(descriptor, height, width, settings, device, dtype)
     window = max(t.window.height * t.window.width for t in plan.tiles)
-    per_forward = min(plan.batch, len(plan.tiles) * max(1, images))
-    if has_global_context(descriptor) and options.tiles.tile == 0:
-        per_forward = 1
+    per_forward = 1 if whole_auto else min(plan.batch, len(plan.tiles) * max(1, images))
     try:
         per_pixel = bytes_per_pixel(descriptor, device, dtype)
     except Exception:  # the probe itself failed (out of memory, a dtype the model rejects)

@@ -408,6 +408,24 @@ def test_window_attention_pads_shifts_and_crops_like_the_reference(shift):
         assert max_error(attn(x), _naive_window_attention(attn, x)) <= 1e-5
 
 
+@pytest.mark.parametrize("shape", [(2, 13, 19), (1, 16, 32), (1, 5, 7), (1, 33, 17)])
+@pytest.mark.parametrize("shift", [0, 4])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_gathered_window_attention_equals_the_plain_form_bitwise(shape, shift, mode):
+    """Without autograd, padding, shift and partition are one gather each way; with it, the
+    plain pad/roll/reshape form runs. Sizes cover no padding, padding on one or both sides and
+    an image smaller than one window."""
+    torch.manual_seed(shift + shape[1])
+    attn = WindowAttention(16, num_heads=4, window_size=8, shift_size=shift).eval()
+    x = torch.randn(shape[0], shape[1], shape[2], 16)
+    plain = attn(x)
+    assert plain.requires_grad
+    with mode():
+        gathered = attn(x)
+        assert torch.equal(gathered, plain)
+        assert torch.equal(attn(x.transpose(1, 2).contiguous().transpose(1, 2)), plain)  # strided input
+
+
 @pytest.mark.parametrize("file", ["paragonsr2_photo_x2.safetensors", "paragonsr2_pro_x2.safetensors"])
 def test_attention_variants_run_at_any_size(file):
     descriptor = ParagonSR2Arch().load(weights(file))

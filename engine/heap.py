@@ -23,6 +23,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import torch
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Large enough that no tensor is mmap-ed during a run (the largest value mallopt accepts).
@@ -57,9 +59,27 @@ def available() -> bool:
     return _libc is not None
 
 
+#: Share of the RAM available when a run starts that the caching allocator may keep idle.
+CACHE_SHARE = 0.5
+
+
 @contextlib.contextmanager
 def reusing_heap() -> Iterator[None]:
-    """Freed large blocks stay in the heap during the block; released when the outermost exits."""
+    """Freed large blocks stay in the heap during the block; released when the outermost exits.
+
+    Also activates the caching CPU allocator (`cpu_cache`), which does for blocks of 1 MiB and
+    more what the glibc thresholds cannot do outside the main thread.
+    """
+    from .cpu_cache import caching
+    from .pipeline import available_memory
+
+    with caching(int(CACHE_SHARE * (available_memory(torch.device("cpu")) or 0))):
+        with _glibc_thresholds():
+            yield
+
+
+@contextlib.contextmanager
+def _glibc_thresholds() -> Iterator[None]:
     global _depth
     if _libc is None:
         yield

@@ -35,7 +35,6 @@ upstream TensorRT/ONNX pipeline instead feeds zeros on the first frame
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Iterable
@@ -48,6 +47,7 @@ from torch import nn
 
 from .base import LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from .magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
+from .windows import from_windows, to_windows, window_order
 
 VARIANTS = ("realtime", "stream", "photo", "pro")
 DEFAULT_UPSAMPLER_ALPHA = 0.0
@@ -167,14 +167,12 @@ class WindowAttention(nn.Module):
         operations on the same windows, so the same numbers (tested against the plain form).
         """
         b, h, w, c = x.shape
-        order = _window_order(h, w, self.window_size, self.shift_size, x.device)
-        windows = x.reshape(b, h * w, c).index_select(1, order.source)
-        if order.padding is not None:
-            windows.index_fill_(1, order.padding, 0)
         n = self.window_size**2
+        order = window_order(h, w, self.window_size, self.shift_size, x.device)
+        windows = to_windows(x.reshape(b, h * w, c), order, n)
         q, k, v = self.qkv(windows).reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
-        return self.proj(attended.index_select(1, order.back)).reshape(b, h, w, c)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)
+        return self.proj(from_windows(attended, order, b)).reshape(b, h, w, c)
 
 
 def _eager_inference() -> bool:
@@ -182,34 +180,6 @@ def _eager_inference() -> bool:
     forms. Training, tracing (ONNX export: the gather indices would be frozen to one size)
     and torch.compile see the plain, upstream-shaped forms."""
     return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-@dataclass(frozen=True)
-class _WindowOrder:
-    source: torch.Tensor  # (windows * ws * ws,): image token behind each window slot (any, for padding)
-    padding: torch.Tensor | None  # window slots that hold zero padding
-    back: torch.Tensor  # (H * W,): window slot of each image token
-
-
-@functools.lru_cache(maxsize=8)
-def _window_order(h: int, w: int, ws: int, shift: int, device: torch.device) -> _WindowOrder:
-    """Gather indices for zero-pad to a multiple of `ws`, roll by `-shift`, split into windows.
-
-    Window slot (row r, column c, y i, x j) holds padded pixel ((r*ws + i + shift) mod Hp,
-    (c*ws + j + shift) mod Wp), as `torch.roll`'s definition; image pixel (y, x) returns
-    from the slot of ((y - shift) mod Hp, (x - shift) mod Wp).
-    """
-    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-    ys = ((torch.arange(hp) + shift) % hp).view(hp // ws, 1, ws, 1)
-    xs = ((torch.arange(wp) + shift) % wp).view(1, wp // ws, 1, ws)
-    pad = ((ys >= h) | (xs >= w)).flatten()
-    source = (ys.clamp(max=h - 1) * w + xs.clamp(max=w - 1)).flatten()
-    wy, wx = (torch.arange(h) - shift) % hp, (torch.arange(w) - shift) % wp
-    slot_y = (wy // ws * (wp // ws) * ws * ws + wy % ws * ws).view(h, 1)
-    slot_x = (wx // ws * ws * ws + wx % ws).view(1, w)
-    padding = pad.nonzero().flatten() if pad.any() else None
-    to = functools.partial(torch.Tensor.to, device=device)
-    return _WindowOrder(to(source), None if padding is None else to(padding), to((slot_y + slot_x).flatten()))
 
 
 def _window_attend(norm: RMSNorm, attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ and is applied wherever the engine takes a model to run (`precision.model_on`).
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 
@@ -72,6 +73,107 @@ def _span_forms() -> dict[type, type]:
     return {Conv3XC: FusedConv3XC, SPAB: InPlaceSPAB}
 
 
+#: Windows attended per step in the SwinIR form: its attention matrices then stay a few MiB
+#: (64-token windows, 6 heads: 1.5 MiB per 16 windows) instead of a GiB for a whole image.
+SWIN_WINDOWS_PER_STEP = 128
+
+
+def _swinir_forms() -> dict[type, type]:
+    try:
+        from spandrel.architectures.SwinIR.__arch.SwinIR import SwinTransformerBlock
+    except ImportError:
+        return {}
+
+    class WindowedSwinBlock(SwinTransformerBlock):
+        """Same numbers, less memory traffic: shift and partition by gathers (`archs.windows`),
+        the shifted-window mask rebuilt per step from cached region labels instead of a full
+        (windows, N, N) tensor per block and forward, attention in steps of
+        `SWIN_WINDOWS_PER_STEP` windows with the bias, mask and softmax applied in place, and
+        the residual sums and GELU written into their fresh temporaries."""
+
+        def forward(self, x: torch.Tensor, x_size):
+            if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+                return super().forward(x, x_size)
+            from ..archs.windows import from_windows, to_windows, window_order
+
+            h, w = x_size
+            b, _, c = x.shape
+            ws, shift = self.window_size, self.shift_size
+            n = ws * ws
+            order = window_order(h, w, ws, shift, x.device)
+            windows = to_windows(self.norm1(x), order, n)
+            stored = shift > 0 and self.input_resolution == tuple(x_size)  # the original uses its buffer
+            if shift == 0:
+                mask = None
+            elif stored:
+                mask = self.attn_mask
+            else:
+                mask = _swin_region_labels(h, w, ws, shift, x.device)
+            attended = _swin_attention(self.attn, windows, mask, stored_mask=stored)
+            out = _sum(from_windows(attended, order, b), x)
+            hidden = self.mlp.fc1(self.norm2(out))
+            act = self.mlp.act
+            hidden = torch.ops.aten.gelu_(hidden) if type(act) is torch.nn.GELU and act.approximate == "none" else act(hidden)
+            return _sum(self.mlp.fc2(hidden), out)
+
+    return {SwinTransformerBlock: WindowedSwinBlock}
+
+
+@functools.lru_cache(maxsize=8)
+def _swin_region_labels(h: int, w: int, ws: int, shift: int, device: torch.device) -> torch.Tensor:
+    """SwinIR's `calculate_mask` regions per window slot, (windows, ws*ws) float: in the rolled
+    frame, rows [0, H-ws), [H-ws, H-shift), [H-shift, H) times the same for columns."""
+    def bands(size: int) -> torch.Tensor:
+        index = torch.arange(size)
+        return (index >= size - ws).long() + (index >= size - shift).long()
+
+    rows, cols = bands(h).view(h // ws, 1, ws, 1), bands(w).view(1, w // ws, 1, ws)
+    return (rows * 3 + cols).float().reshape(-1, ws * ws).to(device)
+
+
+def _sum(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`fresh + other`, written into `fresh` when that gives the same tensor (same dtype after
+    promotion, e.g. not a bf16 result under autocast plus an fp32 residual; no broadcasting
+    into it); `fresh` must be a temporary nobody else holds."""
+    if torch.result_type(fresh, other) == fresh.dtype and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape:
+        return fresh.add_(other)
+    return fresh + other
+
+
+def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, stored_mask: bool) -> torch.Tensor:
+    """spandrel's SwinIR `WindowAttention.forward`, step by step over windows, same operations.
+
+    `labels` is the block's stored (windows, N, N) mask when `stored_mask`, else per-slot
+    region labels from which each step's mask rows are built as `calculate_mask` builds them."""
+    total, n, c = windows.shape
+    heads = attn.num_heads
+    bias = attn.relative_position_bias_table[attn.relative_position_index.view(-1)].view(n, n, -1)
+    bias = bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+    per_image = labels.shape[0] if labels is not None else 1
+    out = None
+    for start in range(0, total, SWIN_WINDOWS_PER_STEP):
+        stop = min(start + SWIN_WINDOWS_PER_STEP, total)
+        chunk = windows[start:stop]
+        qkv = attn.qkv(chunk).reshape(stop - start, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = _sum((q * attn.scale) @ k.transpose(-2, -1), bias)
+        if labels is not None:
+            index = torch.arange(start, stop, device=windows.device) % per_image
+            if stored_mask:
+                mask = labels.index_select(0, index)
+            else:
+                regions = labels.index_select(0, index)
+                mask = regions.unsqueeze(1) - regions.unsqueeze(2)
+                mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+            scores = _sum(scores, mask.unsqueeze(1))
+        scores = scores.softmax(dim=-1)
+        step = attn.proj((scores @ v).transpose(1, 2).reshape(stop - start, n, c))
+        if out is None:
+            out = windows.new_empty(windows.shape, dtype=step.dtype)
+        out[start:stop] = step
+    return out
+
+
 def _version(tensor: torch.Tensor) -> int:
     """In-place write counter; inference tensors (a model loaded inside ComfyUI's inference
     mode) have none, and their identity, dtype and device are the whole key."""
@@ -88,7 +190,7 @@ def forms() -> dict[type, type]:
     """Original class -> inference form, for every architecture this spandrel has."""
     global _FORMS
     if _FORMS is None:
-        _FORMS = _span_forms()
+        _FORMS = {**_span_forms(), **_swinir_forms()}
     return _FORMS
 
 

@@ -125,3 +125,63 @@ def test_the_engine_runs_prepared_models_and_copies_inherit_the_forms(monkeypatc
     assert torch.equal(result, expected)
     variant = model_on(descriptor, torch.device("cpu"), torch.bfloat16)
     assert variant is not descriptor.model and type(variant.block_2) is type(descriptor.model.block_2)
+
+
+# ---------------------------------------------------------------------------------------------
+# SwinIR: gathered windows, stepped attention, in-place sums
+# ---------------------------------------------------------------------------------------------
+
+
+def swinir_pair(seed: int = 0, img_size: int = 32) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(seed)
+    original = SwinIR(upscale=2, in_chans=3, img_size=img_size, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
+                      num_heads=[4, 4], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv").eval()
+    with torch.no_grad():
+        for parameter in original.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)  # the position bias table starts near zero
+    prepared = copy.deepcopy(original)
+    assert prepare(prepared) == 4  # every SwinTransformerBlock
+    return original, prepared
+
+
+@pytest.mark.parametrize("size", [(40, 56), (32, 32), (19, 45)])  # any size; the stored mask's own; padded inside
+@pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
+def test_swinir_bitwise_equal_to_spandrel(size, mode, monkeypatch):
+    original, prepared = swinir_pair()
+    monkeypatch.setattr("tilewise.engine.inference_forms.SWIN_WINDOWS_PER_STEP", 5)  # steps cross image borders
+    x = torch.cat([photo(height=size[0], width=size[1]), photo("coffee", height=size[0], width=size[1])])
+    with mode():
+        expected = original(x)
+        assert torch.equal(prepared(x), expected)
+
+
+def test_swinir_under_bf16_autocast_equals_spandrel():
+    """Autocast makes the attention scores bf16 and the mask fp32: the sums must promote as the
+    original's do, not round into bf16 in place."""
+    original, prepared = swinir_pair()
+    x = photo(height=24, width=40)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(prepared(x), original(x))
+
+
+def test_swinir_form_is_not_a_different_model():
+    """A changed position bias or mask region must change the output (the test above can fail)."""
+    original, prepared = swinir_pair()
+    x = photo(height=40, width=40)
+    with torch.no_grad():
+        before = prepared(x)
+        prepared.layers[0].residual_group.blocks[1].attn.relative_position_bias_table.add_(0.5)
+        assert not torch.equal(prepared(x), before)
+
+
+def test_swinir_training_and_tracing_use_the_original_forward():
+    original, prepared = swinir_pair()
+    x = photo(height=32, width=40)
+    grads = []
+    for model in (original, prepared):
+        model.zero_grad()
+        model(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

@@ -1,0 +1,57 @@
+"""Shifted-window partition by gathers, for window-attention blocks without autograd.
+
+Swin-style blocks zero-pad (when needed), roll the feature map by `-shift`, cut it into
+`ws x ws` windows, attend, then undo all three. Written with `pad`, `roll` and reshapes that is
+about ten copies of the feature map per block; as one `index_select` each way it is two, and
+the numbers are the same (pure data movement). Used by ParagonSR2's attention and by the
+inference form of spandrel's SwinIR block (`engine/inference_forms.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class WindowOrder:
+    source: torch.Tensor  # (windows * ws * ws,): image token behind each window slot (any, for padding)
+    padding: torch.Tensor | None  # window slots that hold zero padding
+    back: torch.Tensor  # (H * W,): window slot of each image token
+
+
+@functools.lru_cache(maxsize=8)
+def window_order(h: int, w: int, ws: int, shift: int, device: torch.device) -> WindowOrder:
+    """Gather indices for zero-pad to a multiple of `ws`, roll by `-shift`, split into windows.
+
+    Window slot (row r, column c, y i, x j), in that order, holds padded pixel
+    ((r*ws + i + shift) mod Hp, (c*ws + j + shift) mod Wp), as `torch.roll`'s definition; image
+    pixel (y, x) returns from the slot of ((y - shift) mod Hp, (x - shift) mod Wp).
+    """
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    ys = ((torch.arange(hp) + shift) % hp).view(hp // ws, 1, ws, 1)
+    xs = ((torch.arange(wp) + shift) % wp).view(1, wp // ws, 1, ws)
+    pad = ((ys >= h) | (xs >= w)).flatten()
+    source = (ys.clamp(max=h - 1) * w + xs.clamp(max=w - 1)).flatten()
+    wy, wx = (torch.arange(h) - shift) % hp, (torch.arange(w) - shift) % wp
+    slot_y = (wy // ws * (wp // ws) * ws * ws + wy % ws * ws).view(h, 1)
+    slot_x = (wx // ws * ws * ws + wx % ws).view(1, w)
+    padding = pad.nonzero().flatten() if pad.any() else None
+    to = functools.partial(torch.Tensor.to, device=device)
+    return WindowOrder(to(source), None if padding is None else to(padding), to((slot_y + slot_x).flatten()))
+
+
+def to_windows(tokens: torch.Tensor, order: WindowOrder, n: int) -> torch.Tensor:
+    """(B, H*W, C) image tokens -> (B * windows, n, C) window tokens, padding slots zeroed."""
+    b, _, c = tokens.shape
+    windows = tokens.index_select(1, order.source)
+    if order.padding is not None:
+        windows.index_fill_(1, order.padding, 0)
+    return windows.view(-1, n, c)
+
+
+def from_windows(windows: torch.Tensor, order: WindowOrder, batch: int) -> torch.Tensor:
+    """(B * windows, n, C) -> (B, H*W, C) image tokens (padding slots dropped)."""
+    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, order.back)

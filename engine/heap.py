@@ -73,9 +73,9 @@ def reusing_heap() -> Iterator[None]:
     from .cpu_cache import caching
     from .pipeline import available_memory
 
-    with caching(int(CACHE_SHARE * (available_memory(torch.device("cpu")) or 0))):
-        with _glibc_thresholds():
-            yield
+    # the cache inside: its kept blocks go back to the heap before the heap is trimmed
+    with _glibc_thresholds(), caching(int(CACHE_SHARE * (available_memory(torch.device("cpu")) or 0))):
+        yield
 
 
 @contextlib.contextmanager

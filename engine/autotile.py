@@ -33,7 +33,7 @@ import weakref
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import heap
+from . import cpu_cache, heap
 from .precision import forward_fn, model_on
 
 PROBE = 64
@@ -104,6 +104,11 @@ def resident_bytes() -> int:
 
 def _rss_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -> float:
     """Peak resident-memory growth per input pixel during one 128 x 128 forward (0 if unknown)."""
+    with cpu_cache.paused():  # memory kept by the cache would hide the growth
+        return _sampled_growth(forward, descriptor, dtype)
+
+
+def _sampled_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -> float:
     import gc
 
     size = 128

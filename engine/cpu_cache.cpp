@@ -59,6 +59,17 @@ class CachingCPUAllocator final : public c10::Allocator {
     stats_.runs++;
   }
 
+  // While paused (for memory measurements), large blocks behave as without this allocator.
+  void pause(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (on) {
+      paused_++;
+      drop_kept();
+    } else if (paused_ > 0) {
+      paused_--;
+    }
+  }
+
   void leave() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (depth_ > 0 && --depth_ == 0) drop_kept();
@@ -79,7 +90,7 @@ class CachingCPUAllocator final : public c10::Allocator {
   // run is active (the wrapped allocator then serves the request).
   void* take(size_t n) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (depth_ == 0) return nullptr;
+    if (depth_ == 0 || paused_ > 0) return nullptr;
     auto it = kept_.lower_bound(n);
     if (it != kept_.end() && it->first <= n + n / 8) {
       void* block = it->second;
@@ -120,7 +131,7 @@ class CachingCPUAllocator final : public c10::Allocator {
       if (it != self->sizes_.end()) {
         size_t n = it->second;
         self->live_bytes_ -= n;
-        if (self->depth_ > 0 && self->kept_bytes_ + n <= self->limit_) {
+        if (self->depth_ > 0 && self->paused_ == 0 && self->kept_bytes_ + n <= self->limit_) {
           self->kept_.emplace(n, block);
           self->kept_bytes_ += n;
           return;
@@ -153,6 +164,7 @@ class CachingCPUAllocator final : public c10::Allocator {
   size_t peak_live_ = 0;   // the most live_bytes_ (plus a request) since the outermost run began
   size_t limit_ = 0;
   int depth_ = 0;
+  int paused_ = 0;
   Stats stats_{};
 };
 
@@ -178,6 +190,8 @@ int tilewise_cache_install() {
 void tilewise_cache_enter(size_t limit) { CachingCPUAllocator::instance->enter(limit); }
 
 void tilewise_cache_leave() { CachingCPUAllocator::instance->leave(); }
+
+void tilewise_cache_pause(int on) { CachingCPUAllocator::instance->pause(on != 0); }
 
 void tilewise_cache_stats(size_t* out) {
   Stats s = CachingCPUAllocator::instance->stats();

@@ -107,6 +107,7 @@ def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.tilewise_cache_install.restype = ctypes.c_int
     lib.tilewise_cache_enter.argtypes = (ctypes.c_size_t,)
+    lib.tilewise_cache_pause.argtypes = (ctypes.c_int,)
     lib.tilewise_cache_stats.argtypes = (ctypes.POINTER(ctypes.c_size_t),)
     if not lib.tilewise_cache_install():
         raise RuntimeError("another CPU allocator took precedence")
@@ -145,6 +146,22 @@ def caching(limit: int) -> Iterator[bool]:
         yield True
     finally:
         lib.tilewise_cache_leave()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Inside the block large blocks behave as without the cache (the kept ones are freed on
+    entry): memory measurements (`autotile`'s RSS probe) then see what they would see without
+    it, so tile plans do not depend on whether the cache could be built."""
+    lib = _lib
+    if lib is None:
+        yield
+        return
+    lib.tilewise_cache_pause(1)
+    try:
+        yield
+    finally:
+        lib.tilewise_cache_pause(0)
 
 
 def stats() -> dict[str, int] | None:

@@ -184,3 +184,39 @@ def test_switched_off_by_the_environment(tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "TILEWISE_CPU_CACHE=0" in done.stdout
+
+
+def test_paused_blocks_behave_as_without_the_cache(lib):
+    with cpu_cache.caching(64 * MIB):
+        kept = floats(4)
+        del kept
+        before = cpu_cache.stats()
+        with cpu_cache.paused():
+            assert cpu_cache.stats()["kept_bytes"] == 0  # freed on entry
+            again = floats(4)
+            del again
+            assert cpu_cache.stats()["kept_bytes"] == 0
+        assert (cpu_cache.stats()["hits"], cpu_cache.stats()["misses"]) == (before["hits"], before["misses"])
+        kept = floats(4)
+        del kept
+        assert cpu_cache.stats()["kept_bytes"] == 4 * MIB  # caching again after the pause
+
+
+def test_the_memory_probe_sees_growth_the_cache_would_hide(lib):
+    """autotile's RSS probe must measure as without the cache, or tile plans would depend on
+    whether a compiler was there to build it."""
+    from tilewise.engine import autotile
+
+    block = 64 * MIB // 4
+
+    def forward(_x):
+        return torch.empty(block).fill_(1.0)
+
+    class Descriptor:
+        input_channels = 3
+
+    with heap.reusing_heap():
+        warm = torch.empty(block).fill_(1.0)
+        del warm  # kept by the cache: an unpaused probe would reuse it and see no growth
+        growth = autotile._rss_growth(forward, Descriptor(), torch.float32) * 128 * 128
+    assert growth > 32 * MIB

@@ -61,18 +61,29 @@ def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtyp
     size = -(-size // max(1, descriptor.size_requirements.multiple_of)) * max(1, descriptor.size_requirements.multiple_of)
     x = torch.rand(1, descriptor.input_channels, size, size, device=device).to(dtype)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        with torch.no_grad():
-            forward(x)
-        torch.cuda.synchronize(device)
-        measured = (torch.cuda.max_memory_allocated(device) - before) / (size * size)
+        measured = _cuda_peak(forward, x, device) / (size * size)
     else:
         measured = max(_hooked_estimate(model, forward, x) / (size * size), _rss_growth(forward, descriptor, dtype))
     with _lock:
         _cache.setdefault(descriptor.model, {})[key] = measured
     return measured
+
+
+def _cuda_peak(forward, x: torch.Tensor, device: torch.device) -> int:
+    """Bytes one forward needs on a CUDA device: the peak of PyTorch's allocator, plus what the
+    device lost outside that allocator (onnxruntime's arena for `.onnx` models, library
+    workspaces), which the allocator's statistics cannot see. An arena that grows in large
+    steps makes this an over-estimate for a small probe, which errs on the safe side."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    free = torch.cuda.mem_get_info(device)[0]
+    with torch.no_grad():
+        forward(x)
+    torch.cuda.synchronize(device)
+    inside = torch.cuda.max_memory_allocated(device) - allocated
+    outside = (free - torch.cuda.mem_get_info(device)[0]) - (torch.cuda.memory_reserved(device) - reserved)
+    return inside + max(0, outside)
 
 
 def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:

@@ -120,3 +120,53 @@ def test_probe_is_cached():
 def test_cuda_probe_uses_allocator_peak():
     model = describe(ConvNet())
     assert autotile.bytes_per_pixel(model, torch.device("cuda"), torch.float16) > 0
+
+
+class FakeCuda:
+    """The torch.cuda memory queries `_cuda_peak` makes, over a simulated device: a forward
+    allocates `torch_bytes` through PyTorch (reserved from the device) and `external_bytes`
+    directly from the device, as onnxruntime's arena does."""
+
+    def __init__(self, free: int):
+        self.free, self.allocated, self.peak, self.reserved = free, 0, 0, 0
+
+    def forward(self, torch_bytes: int, external_bytes: int):
+        def run(_x):
+            self.peak = max(self.peak, self.allocated + torch_bytes)
+            self.reserved += torch_bytes
+            self.free -= torch_bytes + external_bytes
+
+        return run
+
+    def install(self, monkeypatch):
+        for name, fn in {
+            "synchronize": lambda device=None: None,
+            "reset_peak_memory_stats": lambda device=None: setattr(self, "peak", self.allocated),
+            "memory_allocated": lambda device=None: self.allocated,
+            "max_memory_allocated": lambda device=None: self.peak,
+            "memory_reserved": lambda device=None: self.reserved,
+            "mem_get_info": lambda device=None: (self.free, 8 << 30),
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+
+@pytest.mark.parametrize("torch_bytes, external_bytes", [(64 << 20, 0), (4 << 20, 96 << 20), (0, 32 << 20)])
+def test_cuda_probe_counts_memory_outside_the_torch_allocator(monkeypatch, torch_bytes, external_bytes):
+    """The logic of the CUDA probe, on a simulated device: an onnxruntime model's arena is
+    device memory torch's statistics never see, and must count."""
+    fake = FakeCuda(free=6 << 30)
+    fake.install(monkeypatch)
+    peak = autotile._cuda_peak(fake.forward(torch_bytes, external_bytes), torch.zeros(1), torch.device("cuda"))
+    assert peak == torch_bytes + external_bytes
+
+
+def test_cuda_probe_does_not_count_memory_torch_already_reserved(monkeypatch):
+    """Memory torch's caching allocator reserved during the probe is counted once, as its peak."""
+    fake = FakeCuda(free=6 << 30)
+    fake.install(monkeypatch)
+    fake.reserved = 256 << 20  # cached from earlier work: reused, the device loses nothing
+
+    def forward(_x):
+        fake.peak = 128 << 20
+
+    assert autotile._cuda_peak(forward, torch.zeros(1), torch.device("cuda")) == 128 << 20

@@ -109,7 +109,13 @@ def _swinir_forms() -> dict[type, type]:
                 mask = self.attn_mask
             else:
                 mask = _swin_region_labels(h, w, ws, shift, x.device)
-            attended = _swin_attention(self.attn, windows, mask, stored_mask=stored)
+            # The original builds this mask in fp32 whatever the model's dtype, so a bf16 or fp16
+            # model fails at any size but the stored one (whose buffer was cast with the model).
+            # Built in the model's dtype instead (its -100 and 0 are exact there), casting to
+            # that dtype works as the stored size does; under autocast it stays fp32 as the
+            # original's, whose promotion autocast relies on.
+            mask_dtype = None if _autocasting(x.device) else self.attn.relative_position_bias_table.dtype
+            attended = _swin_attention(self.attn, windows, mask, stored_mask=stored, mask_dtype=mask_dtype)
             out = _sum(from_windows(attended, order, b), x)
             hidden = self.mlp.fc1(self.norm2(out))
             act = self.mlp.act
@@ -140,7 +146,14 @@ def _sum(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return fresh + other
 
 
-def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, stored_mask: bool) -> torch.Tensor:
+def _autocasting(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
+
+
+def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, stored_mask: bool, mask_dtype: torch.dtype | None = None) -> torch.Tensor:
     """spandrel's SwinIR `WindowAttention.forward`, step by step over windows, same operations.
 
     `labels` is the block's stored (windows, N, N) mask when `stored_mask`, else per-slot
@@ -150,6 +163,12 @@ def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, st
     bias = attn.relative_position_bias_table[attn.relative_position_index.view(-1)].view(n, n, -1)
     bias = bias.permute(2, 0, 1).contiguous().unsqueeze(0)
     per_image = labels.shape[0] if labels is not None else 1
+    # Windows inside one region get an all-zero mask; adding zeros changes no softmax (at most
+    # a -0.0 score turns +0.0), so steps without a window on the wrapped border skip the mask
+    # unless the sum would promote the scores' dtype (autocast), which the original relies on.
+    uniform = None
+    if labels is not None and not stored_mask and mask_dtype is not None:
+        uniform = (labels == labels[:, :1]).all(dim=1).tolist()
     out = None
     for start in range(0, total, SWIN_WINDOWS_PER_STEP):
         stop = min(start + SWIN_WINDOWS_PER_STEP, total)
@@ -157,7 +176,10 @@ def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, st
         qkv = attn.qkv(chunk).reshape(stop - start, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = _sum((q * attn.scale) @ k.transpose(-2, -1), bias)
-        if labels is not None:
+        needs_mask = labels is not None and (
+            uniform is None or scores.dtype != mask_dtype or not all(uniform[i % per_image] for i in range(start, stop))
+        )
+        if needs_mask:
             index = torch.arange(start, stop, device=windows.device) % per_image
             if stored_mask:
                 mask = labels.index_select(0, index)
@@ -165,6 +187,8 @@ def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, st
                 regions = labels.index_select(0, index)
                 mask = regions.unsqueeze(1) - regions.unsqueeze(2)
                 mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+                if mask_dtype is not None:
+                    mask = mask.to(mask_dtype)
             scores = _sum(scores, mask.unsqueeze(1))
         scores = scores.softmax(dim=-1)
         step = attn.proj((scores @ v).transpose(1, 2).reshape(stop - start, n, c))

@@ -151,7 +151,8 @@ def run_mode(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> tuple[torc
     """(dtype of weights and input, autocast dtype or None) for a run asked in `dtype`.
 
     Casting the whole model is the fast path. Some models flagged bf16/fp16-capable still mix
-    dtypes inside (spandrel's SwinIR adds an fp32 attention mask to bf16 logits and fails); for
+    dtypes inside (spandrel's SwinIR adds an fp32 attention mask to bf16 logits and fails, unless
+    its inference form from `inference_forms` builds that mask in the model's dtype); for
     them the runner falls back to autocast, which keeps fp32 weights and runs matmuls and
     convolutions in `dtype` (SwinIR bf16 on CPU: 1.2x over fp32 rather than 1.0x), and only
     if that fails too, to fp32. The outcome is remembered per model.

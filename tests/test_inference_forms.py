@@ -185,3 +185,21 @@ def test_swinir_training_and_tracing_use_the_original_forward():
         model(x).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_swinir_in_plain_bf16_runs_at_any_size_and_matches_the_stored_size():
+    """spandrel's SwinIR cast to bf16 fails at every size but its `img_size` (an fp32 mask meets
+    bf16 scores); the form builds the mask in the model's dtype, as the stored buffer is. At the
+    stored size both agree bit for bit; elsewhere the form stays within bf16 rounding of fp32."""
+    original, prepared = swinir_pair()
+    fp32 = copy.deepcopy(prepared)
+    original, prepared = original.to(torch.bfloat16), prepared.to(torch.bfloat16)
+    with torch.inference_mode():
+        stored = photo(height=32, width=32).to(torch.bfloat16)
+        assert torch.equal(prepared(stored), original(stored))
+        other = photo(height=40, width=56)
+        with pytest.raises(RuntimeError):
+            original(other.to(torch.bfloat16))
+        out = prepared(other.to(torch.bfloat16))
+        assert out.dtype == torch.bfloat16
+        assert (out.float() - fp32(other)).abs().max().item() < 0.05

@@ -11,6 +11,10 @@ forward computes exactly what the original computes (same operations in the same
 the same dtypes; the tests compare bitwise against spandrel) and whose training forward is the
 original one. State dicts, parameters and `isinstance` checks are unchanged. It is idempotent
 and is applied wherever the engine takes a model to run (`precision.model_on`).
+
+One deliberate difference: spandrel's SwinIR builds its shifted-window mask in fp32 whatever the
+model's dtype and so fails when cast to bf16 or fp16 (except at its stored size); its form builds
+the mask in the model's dtype, and equals the original wherever the original runs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+
+from ..archs.windows import from_windows, to_windows, window_order
 
 _prepared: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 _lock = threading.Lock()
@@ -88,14 +94,12 @@ def _swinir_forms() -> dict[type, type]:
         """Same numbers, less memory traffic: shift and partition by gathers (`archs.windows`),
         the shifted-window mask rebuilt per step from cached region labels instead of a full
         (windows, N, N) tensor per block and forward, attention in steps of
-        `SWIN_WINDOWS_PER_STEP` windows with the bias, mask and softmax applied in place, and
-        the residual sums and GELU written into their fresh temporaries."""
+        `SWIN_WINDOWS_PER_STEP` windows with the bias and mask added in place, and the
+        residual sums and GELU written into their fresh temporaries."""
 
         def forward(self, x: torch.Tensor, x_size):
             if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
                 return super().forward(x, x_size)
-            from ..archs.windows import from_windows, to_windows, window_order
-
             h, w = x_size
             b, _, c = x.shape
             ws, shift = self.window_size, self.shift_size

@@ -47,7 +47,7 @@ from torch import nn
 
 from .base import LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from .magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
-from .windows import from_windows, to_windows, window_order
+from .windows import from_windows, gathers_allowed, to_windows, window_order
 
 VARIANTS = ("realtime", "stream", "photo", "pro")
 DEFAULT_UPSAMPLER_ALPHA = 0.0
@@ -135,7 +135,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _eager_inference():
+        if gathers_allowed():
             return self._gathered(x)
         b, h, w, c = x.shape
         ws = self.window_size
@@ -173,13 +173,6 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(windows).reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)
         return self.proj(from_windows(attended, order, b)).reshape(b, h, w, c)
-
-
-def _eager_inference() -> bool:
-    """True in a plain eager forward without autograd: where the blocks may take their lean
-    forms. Training, tracing (ONNX export: the gather indices would be frozen to one size)
-    and torch.compile see the plain, upstream-shaped forms."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def _window_attend(norm: RMSNorm, attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 import torch
 
 
+def gathers_allowed() -> bool:
+    """True in a plain eager forward without autograd, where the gathered forms may run.
+    Training, tracing (ONNX export: the gather indices would be frozen to one size) and
+    torch.compile see the plain, upstream-shaped forms."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 @dataclass(frozen=True)
 class WindowOrder:
     source: torch.Tensor  # (windows * ws * ws,): image token behind each window slot (any, for padding)

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .cpu_cache import caching
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Large enough that no tensor is mmap-ed during a run (the largest value mallopt accepts).
@@ -70,8 +72,7 @@ def reusing_heap() -> Iterator[None]:
     Also activates the caching CPU allocator (`cpu_cache`), which does for blocks of 1 MiB and
     more what the glibc thresholds cannot do outside the main thread.
     """
-    from .cpu_cache import caching
-    from .pipeline import available_memory
+    from .pipeline import available_memory  # pipeline imports this module
 
     # the cache inside: its kept blocks go back to the heap before the heap is trimmed
     with _glibc_thresholds(), caching(int(CACHE_SHARE * (available_memory(torch.device("cpu")) or 0))):

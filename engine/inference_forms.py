@@ -26,7 +26,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from ..archs.windows import from_windows, to_windows, window_order
+from ..archs.windows import from_windows, gathers_allowed, to_windows, window_order
 
 _prepared: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 _lock = threading.Lock()
@@ -98,7 +98,7 @@ def _swinir_forms() -> dict[type, type]:
         residual sums and GELU written into their fresh temporaries."""
 
         def forward(self, x: torch.Tensor, x_size):
-            if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            if self.training or not gathers_allowed():
                 return super().forward(x, x_size)
             h, w = x_size
             b, _, c = x.shape
@@ -107,19 +107,18 @@ def _swinir_forms() -> dict[type, type]:
             order = window_order(h, w, ws, shift, x.device)
             windows = to_windows(self.norm1(x), order, n)
             stored = shift > 0 and self.input_resolution == tuple(x_size)  # the original uses its buffer
-            if shift == 0:
-                mask = None
-            elif stored:
+            mask, uniform = None, None
+            if stored:
                 mask = self.attn_mask
-            else:
-                mask = _swin_region_labels(h, w, ws, shift, x.device)
+            elif shift > 0:
+                mask, uniform = _swin_region_labels(h, w, ws, shift, x.device)
             # The original builds this mask in fp32 whatever the model's dtype, so a bf16 or fp16
             # model fails at any size but the stored one (whose buffer was cast with the model).
             # Built in the model's dtype instead (its -100 and 0 are exact there), casting to
             # that dtype works as the stored size does; under autocast it stays fp32 as the
             # original's, whose promotion autocast relies on.
             mask_dtype = None if _autocasting(x.device) else self.attn.relative_position_bias_table.dtype
-            attended = _swin_attention(self.attn, windows, mask, stored_mask=stored, mask_dtype=mask_dtype)
+            attended = _swin_attention(self.attn, windows, mask, stored, mask_dtype, uniform)
             out = _sum(from_windows(attended, order, b), x)
             hidden = self.mlp.fc1(self.norm2(out))
             act = self.mlp.act
@@ -130,15 +129,17 @@ def _swinir_forms() -> dict[type, type]:
 
 
 @functools.lru_cache(maxsize=8)
-def _swin_region_labels(h: int, w: int, ws: int, shift: int, device: torch.device) -> torch.Tensor:
+def _swin_region_labels(h: int, w: int, ws: int, shift: int, device: torch.device) -> tuple[torch.Tensor, tuple[bool, ...]]:
     """SwinIR's `calculate_mask` regions per window slot, (windows, ws*ws) float: in the rolled
-    frame, rows [0, H-ws), [H-ws, H-shift), [H-shift, H) times the same for columns."""
+    frame, rows [0, H-ws), [H-ws, H-shift), [H-shift, H) times the same for columns; and per
+    window whether all its slots share one region (its mask is then all zeros)."""
     def bands(size: int) -> torch.Tensor:
         index = torch.arange(size)
         return (index >= size - ws).long() + (index >= size - shift).long()
 
     rows, cols = bands(h).view(h // ws, 1, ws, 1), bands(w).view(1, w // ws, 1, ws)
-    return (rows * 3 + cols).float().reshape(-1, ws * ws).to(device)
+    labels = (rows * 3 + cols).float().reshape(-1, ws * ws)
+    return labels.to(device), tuple((labels == labels[:, :1]).all(dim=1).tolist())
 
 
 def _sum(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -157,11 +158,15 @@ def _autocasting(device: torch.device) -> bool:
         return torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
 
 
-def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, stored_mask: bool, mask_dtype: torch.dtype | None = None) -> torch.Tensor:
+def _swin_attention(
+    attn, windows: torch.Tensor, labels: torch.Tensor | None, stored_mask: bool,
+    mask_dtype: torch.dtype | None, uniform: tuple[bool, ...] | None,
+) -> torch.Tensor:  # fmt: skip
     """spandrel's SwinIR `WindowAttention.forward`, step by step over windows, same operations.
 
     `labels` is the block's stored (windows, N, N) mask when `stored_mask`, else per-slot
-    region labels from which each step's mask rows are built as `calculate_mask` builds them."""
+    region labels from which each step's mask rows are built as `calculate_mask` builds them;
+    `uniform` flags the windows whose mask is all zeros (None: build every step's mask)."""
     total, n, c = windows.shape
     heads = attn.num_heads
     bias = attn.relative_position_bias_table[attn.relative_position_index.view(-1)].view(n, n, -1)
@@ -170,9 +175,8 @@ def _swin_attention(attn, windows: torch.Tensor, labels: torch.Tensor | None, st
     # Windows inside one region get an all-zero mask; adding zeros changes no softmax (at most
     # a -0.0 score turns +0.0), so steps without a window on the wrapped border skip the mask
     # unless the sum would promote the scores' dtype (autocast), which the original relies on.
-    uniform = None
-    if labels is not None and not stored_mask and mask_dtype is not None:
-        uniform = (labels == labels[:, :1]).all(dim=1).tolist()
+    if mask_dtype is None:
+        uniform = None
     out = None
     for start in range(0, total, SWIN_WINDOWS_PER_STEP):
         stop = min(start + SWIN_WINDOWS_PER_STEP, total)

@@ -22,7 +22,7 @@ from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, fi
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
-from .tiling import Tile, plan_tiles, split_tile
+from .tiling import Tile, plan_tiles, split_tile, window_shape
 from .transfer import Pending, Transfers
 
 log = logging.getLogger("tilewise")
@@ -37,12 +37,13 @@ MIN_TILE = 16
 
 @dataclass(frozen=True)
 class TileSettings:
-    """How to tile. `tile`: window length fed to the model (0 = auto, -1 = whole image);
+    """How to tile. `tile`: window length fed to the model, or its (height, width) (0 = auto:
+    the largest window that fits memory, shaped for the least margin; -1 = whole image);
     `pad`: context margin in input pixels (None = the model's receptive radius, see `receptive`);
     `batch`: tiles per forward; `merge`: crop (exact) or blend (feathered margins);
     `channels_last`: run convolution-dominated models in NHWC layout (faster, same results to rounding)."""
 
-    tile: int = 0
+    tile: int | tuple[int, int] = 0
     pad: int | None = None
     merge: Merge = "crop"
     batch: int = 4
@@ -181,9 +182,15 @@ def run_tiled(
 class RunPlan:
     tiles: list[Tile]
     pad: int
-    tile: int  # window length in use (-1: whole image)
+    tile: int  # window length asked for, halved after out-of-memory (-1: whole image)
     align: int
     batch: int = 4  # windows per forward
+    shape: tuple[int, int] = (-1, -1)  # the (height, width) tile `plan_tiles` planned with
+
+    @property
+    def settings_tile(self) -> int | tuple[int, int]:
+        """The `TileSettings.tile` that plans these windows again (per-frame runs of a video)."""
+        return self.shape if self.tile > 0 else -1
 
 
 def model_dtype(descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
@@ -218,7 +225,9 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             if device.type == "cpu":  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
             tile = auto_tile_size(descriptor, device, dtype, batch)
-    if global_context and 0 < tile < max(ph, pw):
+    tile_y, tile_x = tile if isinstance(tile, tuple) else (tile, tile)
+    tiled = 0 < tile_y < ph or 0 < tile_x < pw
+    if global_context and tiled:
         name = descriptor.architecture.name
         if name not in _warned_global:
             _warned_global.add(name)
@@ -226,11 +235,14 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
                 "Tilewise: %s uses global context, so tiles differ slightly from a whole-image run; "
                 "use tile size -1 (whole image) if memory allows.", name,
             )
-    tiled = 0 < tile < max(ph, pw)
     if not tiled:
         return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align, batch)
     pad = context_pad(descriptor, settings, device, align)
-    return RunPlan(plan_tiles(ph, pw, tile, pad, align, descriptor.size_requirements.square), pad, tile, align, batch)
+    square = descriptor.size_requirements.square
+    if settings.tile == 0 and not square:  # auto: the window shape with the least margin
+        tile_y, tile_x = window_shape(ph, pw, tile_y, pad, align)
+    tiles = plan_tiles(ph, pw, (tile_y, tile_x), pad, align, square)
+    return RunPlan(tiles, pad, tile if isinstance(tile, int) else max(tile), align, batch, (tile_y, tile_x))
 
 
 def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:

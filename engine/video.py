@@ -356,7 +356,7 @@ class VideoUpscaler:
     def _fixed_options(self, height: int, width: int) -> UpscaleOptions:
         """Per-frame options whose tiling is the planned grid (no per-frame auto decisions)."""
         plan = self.plan(height, width)
-        tiles = replace(self.options.upscale.tiles, tile=plan.tile if plan.tile > 0 else -1, pad=plan.pad)
+        tiles = replace(self.options.upscale.tiles, tile=plan.settings_tile, pad=plan.pad)
         return replace(self.options.upscale, tiles=tiles)
 
     # -- frames ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
 from tilewise.engine import autotile
 from tilewise.engine.runner import plan_run
+from tilewise.engine.tiling import plan_tiles
 
 CPU = torch.device("cpu")
 
@@ -46,7 +47,8 @@ def test_cpu_windows_keep_their_working_set_bounded(monkeypatch):
     assert autotile.auto_tile_size(model, torch.device("cuda"), torch.float32) == autotile.MAX_AUTO_TILE
     assert autotile.auto_tile_size(model, CPU, torch.float32, cap=False) > autotile.MAX_AUTO_TILE
     plan = plan_run(model, 1500, 1200, TileSettings(tile=0), CPU)
-    assert plan.tile == 512 and len(plan.tiles) == 9 and plan.batch == 1
+    assert plan.tile == 512 and plan.batch == 1
+    assert max(t.window.height * t.window.width for t in plan.tiles) <= 512 * 512
     assert plan_run(_global(describe(ConvNet())), 1500, 1200, TileSettings(tile=0), CPU).tile == -1
     monkeypatch.setattr(autotile, "free_memory", lambda device: int(4096 * 300 * 300 / autotile.SAFETY))
     assert autotile.auto_tile_size(model, CPU, torch.float32) == 296  # free memory rules when smaller
@@ -58,6 +60,29 @@ def test_auto_tiling_is_seamless_when_memory_is_short(monkeypatch):
     image = photo("coffee", 0, 0, 300, 280)
     plan = plan_run(model, 300, 280, TileSettings(tile=0), CPU)
     assert len(plan.tiles) > 1 and plan.tile == autotile.MIN_AUTO_TILE
+    whole = run_tiled(model, image, settings=TileSettings(tile=-1))
+    assert (run_tiled(model, image, settings=TileSettings(tile=0)) - whole).abs().max().item() <= 1e-5
+
+
+def test_auto_windows_take_the_shape_with_the_least_margin(monkeypatch):
+    """Auto windows hold the same pixel budget as the square tile but compute fewer pixels
+    (here full-height strips), still exactly the untiled result; a video's per-frame runs
+    (`settings_tile`) plan the same windows again."""
+    model = describe(ConvNet())
+    per_pixel = autotile.bytes_per_pixel(model, CPU, torch.float32)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(per_pixel * 200 * 200 / autotile.SAFETY))
+    image = photo("coffee", 0, 0, 180, 400)
+    plan = plan_run(model, 180, 400, TileSettings(tile=0), CPU)
+    square = plan_tiles(180, 400, plan.tile, plan.pad)
+
+    def computed(tiles):
+        return sum(t.window.height * t.window.width for t in tiles)
+
+    assert plan.tile == 200 and computed(plan.tiles) < computed(square)
+    assert all(t.window.height == 180 for t in plan.tiles)
+    assert max(t.window.height * t.window.width for t in plan.tiles) <= 200 * 200
+    again = plan_run(model, 180, 400, TileSettings(tile=plan.settings_tile, pad=plan.pad), CPU)
+    assert again.tiles == plan.tiles
     whole = run_tiled(model, image, settings=TileSettings(tile=-1))
     assert (run_tiled(model, image, settings=TileSettings(tile=0)) - whole).abs().max().item() <= 1e-5
 

@@ -104,7 +104,7 @@ def test_window_shape_computes_the_fewest_pixels(height, width, side, pad, align
     assert _computed(chosen) <= _computed(square)
 
 
-def test_window_shape_prefers_full_width_strips_to_squares():
+def test_window_shape_prefers_strips_to_squares():
     from tilewise.engine.tiling import window_shape
 
     shape = window_shape(872, 900, 712, 18)

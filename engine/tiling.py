@@ -158,7 +158,11 @@ def window_shape(height: int, width: int, side: int, pad: int, align: int = 1) -
 
 
 def _axis_options(length: int, side: int, pad: int, align: int) -> list[tuple[int, tuple[int, int]]]:
-    """Tile lengths giving each distinct (pieces, window length) of `plan_axis` along one axis."""
+    """Tile lengths giving each distinct (pieces, window length) of `plan_axis` along one axis.
+
+    Piece counts stop at cores of 8 pixels (or `align`): each extra piece adds two margins, so
+    thinner cores only matter for budgets far below `autotile.MIN_AUTO_TILE`², where the
+    square plan is kept."""
     unit = max(align, 8)
     tiles = {length, side}
     tiles.update(-(-length // n) + 2 * pad + align - 1 for n in range(2, -(-length // unit) + 1))

@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .. import native
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_cache.cpp")
-BUILD_TIMEOUT = 300  # seconds
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -42,54 +40,13 @@ _tried = False
 _reason = ""
 
 
-def cache_dir() -> Path:
-    """Where built helpers are kept: $TILEWISE_CACHE_DIR, else the user cache directory."""
-    explicit = os.environ.get("TILEWISE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tilewise"
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-def _command(compiler: str, output: Path) -> list[str]:
-    # c10's headers and library only (not torch.utils.cpp_extension, which probes for CUDA)
+def _build_flags() -> tuple[list[str], list[str]]:
+    """Compiler and link options: c10's headers and library only (not torch.utils.cpp_extension,
+    which probes for CUDA), with torch's C++ ABI."""
     root = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        f"-I{root / 'include'}", str(SOURCE), f"-L{root / 'lib'}", "-lc10", f"-Wl,-rpath,{root / 'lib'}",
-        "-o", str(output),
-    ]  # fmt: skip
-
-
-def _library_path(compiler: str) -> Path:
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(f"{torch.__version__}|{torch._C._GLIBCXX_USE_CXX11_ABI}|{compiler}|{sys.platform}".encode())
-    return cache_dir() / f"cpu_cache-{key.hexdigest()[:16]}.so"
-
-
-def _build(compiler: str, target: Path) -> None:
-    """Compiles into a temporary file and renames it into place (safe against a parallel build)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run(_command(compiler, Path(tmp)), capture_output=True, text=True, timeout=BUILD_TIMEOUT)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}")
-        os.replace(tmp, target)
-        for stale in target.parent.glob("cpu_cache-*.so"):  # builds for other sources or torch versions
-            if stale != target:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    flags = ["-O2", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{root / 'include'}"]
+    return flags, [f"-L{root / 'lib'}", "-lc10", f"-Wl,-rpath,{root / 'lib'}"]
 
 
 def _load() -> ctypes.CDLL:
@@ -97,14 +54,8 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError("switched off by TILEWISE_CPU_CACHE=0")
     if not sys.platform.startswith("linux"):
         raise RuntimeError("only built on Linux")
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
-    path = _library_path(compiler)
-    if not path.exists():
-        log.info("building the caching CPU allocator into %s (once per torch version)", path)
-        _build(compiler, path)
-    lib = ctypes.CDLL(str(path))
+    flags, link = _build_flags()
+    lib = ctypes.CDLL(str(native.library("cpu_cache", SOURCE, flags, link, key=torch.__version__)))
     lib.tilewise_cache_install.restype = ctypes.c_int
     lib.tilewise_cache_enter.argtypes = (ctypes.c_size_t,)
     lib.tilewise_cache_pause.argtypes = (ctypes.c_int,)

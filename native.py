@@ -1,0 +1,90 @@
+"""Builds Tilewise's small C++ helpers with the system compiler, once, into the user cache.
+
+Two helpers are compiled on the user's machine rather than shipped: the caching CPU allocator
+(`engine/cpu_cache.cpp`, against torch's c10 headers) and the window-attention kernel
+(`archs/window_attention.cpp`, plain C++ tuned with `-march=native`). Each build is keyed by
+its source, flags, compiler, platform and CPU features, so an upgraded torch, an edited source
+or a home directory shared between machines never loads a stale or foreign library; builds for
+other keys are removed. Without a compiler a helper is simply unavailable and its caller takes
+the pure-PyTorch path (the callers log why, once).
+
+This module imports nothing from the rest of Tilewise, so `archs` and `engine` can both use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILD_TIMEOUT = 300  # seconds
+
+
+def cache_dir() -> Path:
+    """Where built helpers are kept: $TILEWISE_CACHE_DIR, else the user cache directory."""
+    explicit = os.environ.get("TILEWISE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tilewise"
+
+
+def compiler() -> str | None:
+    """$CXX, else the first of c++, g++, clang++ on PATH."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def cpu_features() -> str:
+    """The CPU's feature flags as the kernel reports them (Linux), else the machine name: part of
+    a `-march=native` build's key."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def library(name: str, source: Path, flags: Sequence[str], link: Sequence[str] = (), key: str = "") -> Path:
+    """The shared library `name-<digest>.so` built from `source` with compiler `flags` and
+    `link` options (placed after the source), compiling it now if it is not in the cache yet;
+    `key` adds whatever else the build depends on. Raises RuntimeError (with the compiler's
+    last line) or subprocess.SubprocessError when it cannot be built."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+    digest = hashlib.sha256(source.read_bytes())
+    digest.update("|".join([*flags, *link, key, cxx, sys.platform]).encode())
+    target = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        log.info("building %s into %s (once)", source.name, target)
+        _build([cxx, *flags, "-shared", "-fPIC", str(source), *link], target, name)
+    return target
+
+
+def _build(command: list[str], target: Path, name: str) -> None:
+    """Compiles into a temporary file and renames it into place (safe against a parallel build)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}")
+        os.replace(tmp, target)
+        for stale in target.parent.glob(f"{name}-*.so"):  # builds for other sources, flags or machines
+            if stale != target:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -48,7 +48,7 @@ from torch import nn
 from .base import LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from .magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
 from . import window_kernel
-from .windows import from_windows, gathers_allowed, to_windows, window_order
+from .windows import from_windows, gathers_allowed, in_place_allowed, to_windows, window_order
 
 VARIANTS = ("realtime", "stream", "photo", "pro")
 DEFAULT_UPSAMPLER_ALPHA = 0.0
@@ -80,7 +80,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean_square = x.float().square().mean(dim=1, keepdim=True)
         rms = torch.sqrt(mean_square + self.eps).to(x.dtype)
-        if torch.is_grad_enabled():
+        if not in_place_allowed():
             return self.scale * x / rms + self.bias
         return (self.scale * x).div_(rms).add_(self.bias)  # the same arithmetic, one feature map
 
@@ -108,7 +108,7 @@ def _residual(x: torch.Tensor, layer_scale: LayerScale | None, update: torch.Ten
     which saves two feature maps per block: on a CPU each new one costs page faults, in a host's
     worker thread on every forward.
     """
-    if torch.is_grad_enabled() or update.dtype != x.dtype or update.stride() != x.stride() or update.shape != x.shape:
+    if not in_place_allowed() or update.dtype != x.dtype or update.stride() != x.stride() or update.shape != x.shape:
         return x + _scaled(layer_scale, update)
     if layer_scale is not None:
         update.mul_(layer_scale.gamma)
@@ -199,7 +199,7 @@ class _ConvMixer(nn.Module):
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.dw(self.conv1(x))
-        return self.conv2(F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden))
+        return self.conv2(torch.ops.aten.gelu_(hidden) if in_place_allowed() else F.gelu(hidden))
 
 
 class NanoBlock(_ConvMixer):

@@ -9,17 +9,42 @@ inference form of spandrel's SwinIR block (`engine/inference_forms.py`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def plain_forms() -> Iterator[None]:
+    """Inside the block, in this thread, our modules run their plain, upstream-shaped forms even
+    without autograd (no gathers, no fused kernel, no in-place residuals): what the model's own
+    reference code computes. The speed benchmark's naive baseline runs in it, so that only the
+    upstream implementation's speed is compared with ours, as for spandrel's models."""
+    before = getattr(_plain, "on", False)
+    _plain.on = True
+    try:
+        yield
+    finally:
+        _plain.on = before
+
+
+def in_place_allowed() -> bool:
+    """True without autograd, outside `plain_forms`: results may be written into temporaries."""
+    return not (torch.is_grad_enabled() or getattr(_plain, "on", False))
+
+
 def gathers_allowed() -> bool:
-    """True in a plain eager forward without autograd, where the gathered forms may run.
-    Training, tracing (ONNX export: the gather indices would be frozen to one size) and
-    torch.compile see the plain, upstream-shaped forms."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    """True in a plain eager forward without autograd (outside `plain_forms`), where the
+    gathered forms may run. Training, tracing (ONNX export: the gather indices would be frozen
+    to one size) and torch.compile see the plain, upstream-shaped forms."""
+    return in_place_allowed() and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 For Compact, ESRGAN (RRDB), SPAN, ParagonSR2 photo and SwinIR with seeded weights, on a real
 photograph (scikit-image's hubble_deep_field; `--megapixels` crops it), prints per model:
   naive      ComfyUI core's scheme: 512-px tiles, 32-px feathered overlap, one tile at a time,
-             fp32, default memory layout (the baseline, ratio 1.00)
+             fp32, default memory layout, the model's upstream code: spandrel's module, or for
+             our own architectures their plain forms (the baseline, ratio 1.00)
+  naive+ours (our architectures only) the same scheme with the module's fast forms
   default    `upscale` with default options (auto tile, channels-last where the model gains,
              fp32 on CPU)
   fp32 fast  the fastest exact fp32 path: default plus NHWC input forced for every model
@@ -38,6 +40,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
 
+from tilewise.archs.windows import plain_forms  # noqa: E402
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
 from tilewise.engine.autotile import resident_bytes  # noqa: E402
 from tilewise.engine.precision import cpu_has_native_bf16, prefers_channels_last  # noqa: E402
@@ -124,14 +127,18 @@ def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bo
     # The naive scheme runs spandrel's module as the host's core node would. The engine swaps
     # inference forms into `descriptor.model` in place (`inference_forms.prepare`), which would
     # speed up a baseline sharing that module; it gets an untouched copy made before any run.
+    # Our own architectures carry their fast forms in the module itself (gathered windows, the
+    # fused attention kernel, in-place residuals); `plain_forms` runs their upstream-shaped code.
     plain = copy.deepcopy(descriptor)
     untiled = run_tiled(descriptor, image, settings=TileSettings(tile=-1, channels_last=False))
     schemes = {
-        "naive": lambda: naive_tiled(plain, image),
+        "naive": lambda: _upstream(lambda: naive_tiled(plain, image)),
         "default": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu)),
         "fp32 fast": lambda: _forced_nhwc_upscale(descriptor, image),
         "bf16": lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, precision="bf16")),
     }
+    if type(descriptor.model).__module__.startswith("tilewise."):
+        schemes["naive+ours"] = lambda: naive_tiled(plain, image)  # the same scheme with our forms
     if compile_:
         schemes["compiled"] = lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, tiles=TileSettings(compile=True)))
     params = sum(p.numel() for p in descriptor.model.parameters())
@@ -146,6 +153,11 @@ def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bo
         "nhwc": lambda: _forced_nhwc(descriptor, lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))),
     }, repeats)
     CHANNELS_LAST[name] = layouts["nchw"][1] / layouts["nhwc"][1]
+
+
+def _upstream(run):
+    with plain_forms():
+        return run()
 
 
 def _forced_nhwc_upscale(descriptor, image):

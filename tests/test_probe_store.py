@@ -1,0 +1,125 @@
+"""CPU memory probes kept between processes (`engine/probe_store.py`), so that every process on
+a machine plans the same auto windows for the same model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tilewise.engine import autotile, probe_store
+from test_runner import ConvNet, describe
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TILEWISE_PROBE_CACHE", "1")
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path))
+    return tmp_path / probe_store.FILE
+
+
+@pytest.fixture
+def varying_probe(monkeypatch):
+    """A probe whose figure changes on every call, as the resident-memory one does between
+    processes; returns the list of figures it gave."""
+    given: list[float] = []
+
+    def probe(descriptor, device, dtype):
+        given.append(1000.0 + 100 * len(given))
+        return given[-1]
+
+    monkeypatch.setattr(autotile, "_probe", probe)
+    return given
+
+
+def new_process_view(model: ConvNet):
+    """The same weights in a fresh module, as another process would load them."""
+    autotile._cache.clear()
+    twin = ConvNet()
+    twin.load_state_dict(model.state_dict())
+    return describe(twin)
+
+
+def test_a_later_process_plans_with_the_first_probe(store, varying_probe):
+    first = describe(ConvNet())
+    assert autotile.bytes_per_pixel(first, CPU, torch.float32) == 1000.0
+    again = new_process_view(first.model)
+    assert autotile.bytes_per_pixel(again, CPU, torch.float32) == 1000.0
+    assert varying_probe == [1000.0]  # probed once
+    assert autotile.auto_tile_size(first, CPU, torch.float32) == autotile.auto_tile_size(again, CPU, torch.float32)
+    assert list(json.loads(store.read_text()).values()) == [1000.0]
+
+
+def test_without_the_store_each_process_probes(monkeypatch, varying_probe, tmp_path):
+    monkeypatch.setenv("TILEWISE_PROBE_CACHE", "0")
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(tmp_path))
+    first = describe(ConvNet())
+    autotile.bytes_per_pixel(first, CPU, torch.float32)
+    autotile.bytes_per_pixel(new_process_view(first.model), CPU, torch.float32)
+    assert varying_probe == [1000.0, 1100.0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_other_weights_and_dtypes_are_probed_apart(store, varying_probe):
+    model = describe(ConvNet())
+    autotile.bytes_per_pixel(model, CPU, torch.float32)
+    autotile.bytes_per_pixel(model, CPU, torch.bfloat16)
+    other = ConvNet()
+    with torch.no_grad():
+        other.load_state_dict(model.model.state_dict())
+        next(other.parameters()).view(-1)[0] += 1e-3
+    autotile.bytes_per_pixel(describe(other), CPU, torch.float32)
+    assert len(varying_probe) == 3
+    assert len(json.loads(store.read_text())) == 3
+
+
+def test_a_module_without_state_is_not_kept():
+    assert probe_store.key(torch.nn.Identity(), "x") is None  # no state: nothing to key on
+
+
+def test_first_writer_wins_between_processes(store):
+    assert probe_store.put("k", 5.0) == 5.0
+    assert probe_store.put("k", 7.0) == 5.0  # another process stored it meanwhile
+    assert probe_store.get("k") == 5.0
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": "x", "j": -1, "n": NaN}', ""])
+def test_a_corrupt_file_is_ignored_and_rewritten(store, content):
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(content)
+    assert probe_store.get("k") is None
+    assert probe_store.put("k", 3.0) == 3.0
+    assert json.loads(store.read_text()) == {"k": 3.0}
+
+
+def test_an_unwritable_cache_only_means_probing_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("TILEWISE_PROBE_CACHE", "1")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("TILEWISE_CACHE_DIR", str(blocker / "below"))  # a directory under a file
+    assert probe_store.put("k", 2.0) == 2.0
+    assert probe_store.get("k") is None
+
+
+def test_real_probes_agree_across_processes(tmp_path: Path):
+    code = (
+        "import torch\n"
+        "from tilewise.engine import autotile\n"
+        "from test_runner import ConvNet, describe\n"
+        "torch.manual_seed(0)\n"
+        "model = describe(ConvNet())\n"
+        "print(autotile.bytes_per_pixel(model, torch.device('cpu'), torch.float32))\n"
+    )
+    env = {**os.environ, "TILEWISE_PROBE_CACHE": "1", "TILEWISE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    figures = [float(run.stdout.split()[-1]) for run in runs]
+    assert figures[0] == figures[1] > 0
+    assert len(json.loads((tmp_path / probe_store.FILE).read_text())) == 1

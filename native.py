@@ -14,6 +14,7 @@ This module imports nothing from the rest of Tilewise, so `archs` and `engine` c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -22,7 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -88,3 +90,28 @@ def _build(command: list[str], target: Path, name: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class Helper:
+    """A helper library loaded (and built if need be) on the first `load()`; when that fails,
+    `load()` gives None from then on and the reason is logged once, as `warning % reason`."""
+
+    def __init__(self, loader: Callable[[], ctypes.CDLL], warning: str, logger: logging.Logger):
+        self._loader = loader
+        self._warning = warning
+        self._log = logger
+        self._lock = threading.Lock()
+        self._tried = False
+        self.library: ctypes.CDLL | None = None  # None until loaded, or for good after a failure
+        self.reason = ""  # why it is unavailable ('' when loaded or not asked yet)
+
+    def load(self) -> ctypes.CDLL | None:
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    self.library = self._loader()
+                except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                    self.reason = str(error)
+                    self._log.warning(self._warning, self.reason)
+        return self.library

@@ -22,8 +22,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
@@ -37,11 +35,6 @@ HEAD_DIMS = (16, 32)
 MAX_TOKENS = 4096  # per window; a 64 x 64 window keeps each thread's buffers near 1 MiB
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread")
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_reason = ""
-
 
 def _load() -> ctypes.CDLL:
     if os.environ.get("TILEWISE_CPU_KERNELS", "1") == "0":
@@ -54,23 +47,17 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
+_helper = native.Helper(_load, "Tilewise's CPU window-attention kernel is unavailable (%s); PyTorch's attention is used, which is slower", log)
+
+
 def load() -> ctypes.CDLL | None:
     """The kernel's library, building it on first call; None if unavailable (reason logged once)."""
-    global _lib, _tried, _reason
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _lib = _load()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-                _reason = str(error)
-                log.warning("Tilewise's CPU window-attention kernel is unavailable (%s); PyTorch's attention is used, which is slower", _reason)
-    return _lib
+    return _helper.load()
 
 
 def unavailable_reason() -> str:
     """Why `load()` gave None ('' when it did not, or was not asked yet)."""
-    return _reason
+    return _helper.reason
 
 
 def supports(qkv: torch.Tensor, heads: int) -> bool:

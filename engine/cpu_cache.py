@@ -20,9 +20,7 @@ import contextlib
 import ctypes
 import logging
 import os
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,12 +31,6 @@ from .. import native
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_cache.cpp")
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_reason = ""
-
 
 def _build_flags() -> tuple[list[str], list[str]]:
     """Compiler and link options: c10's headers and library only (not torch.utils.cpp_extension,
@@ -65,23 +57,17 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
+_helper = native.Helper(_load, "Tilewise runs without its caching CPU allocator (%s); CPU runs in host worker threads are slower", log)
+
+
 def load() -> ctypes.CDLL | None:
     """The installed allocator's library, building it on first call; None if unavailable."""
-    global _lib, _tried, _reason
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _lib = _load()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-                _reason = str(error)
-                log.warning("Tilewise runs without its caching CPU allocator (%s); CPU runs in host worker threads are slower", _reason)
-    return _lib
+    return _helper.load()
 
 
 def unavailable_reason() -> str:
     """Why `load()` gave None ('' when it did not, or was not asked yet)."""
-    return _reason
+    return _helper.reason
 
 
 @contextlib.contextmanager
@@ -104,7 +90,7 @@ def paused() -> Iterator[None]:
     """Inside the block large blocks behave as without the cache (the kept ones are freed on
     entry): memory measurements (`autotile`'s RSS probe) then see what they would see without
     it, so tile plans do not depend on whether the cache could be built."""
-    lib = _lib
+    lib = _helper.library
     if lib is None:
         yield
         return
@@ -118,8 +104,9 @@ def paused() -> Iterator[None]:
 def stats() -> dict[str, int] | None:
     """Counters since start: reused blocks (hits), new blocks (misses), bytes kept now, blocks
     in use now, runs entered; None when the allocator is not loaded."""
-    if _lib is None:
+    lib = _helper.library
+    if lib is None:
         return None
     out = (ctypes.c_size_t * 5)()
-    _lib.tilewise_cache_stats(out)
+    lib.tilewise_cache_stats(out)
     return dict(zip(("hits", "misses", "kept_bytes", "live_blocks", "runs"), out))

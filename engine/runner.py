@@ -11,7 +11,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, fi
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
-from .tiling import Tile, plan_tiles, split_tile, window_shape
+from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
 from .transfer import Pending, Transfers
 
 log = logging.getLogger("tilewise")
@@ -264,16 +264,21 @@ def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:
 
 
 def _shrink_after_oom(tile: int, group: list, device: torch.device) -> int:
-    current = tile if tile > 0 else max(max(t.window.height, t.window.width) for t, _ in group)
+    smaller = halved_tile(tile, [t.window for t, _ in group], device, "free memory (close other programs), use a smaller model or image, or run on the CPU.")
+    log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", smaller * 2, smaller)
+    return smaller
+
+
+def halved_tile(tile: int, windows: Iterable[Rect], device: torch.device, advice: str) -> int:
+    """The tile length to retry with after running out of memory: half the current one, or half
+    the longest window side when the run was untiled (`tile` <= 0). Raises TilewiseError, ending
+    with `advice`, when that would be below `MIN_TILE`. Shared by images and video."""
+    current = tile if tile > 0 else max(max(w.height, w.width) for w in windows)
     smaller = current // 2
     if smaller < MIN_TILE:
-        raise TilewiseError(
-            f"out of memory even with {current}-pixel tiles on {device}; free memory (close other programs), "
-            "use a smaller model or image, or run on the CPU."
-        )
+        raise TilewiseError(f"out of memory even with {current}-pixel tiles on {device}; {advice}")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", current, smaller)
     return smaller
 
 

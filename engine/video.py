@@ -45,7 +45,7 @@ from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
 from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
 from .resize import resize
 from .heap import reusing_heap
-from .runner import MIN_TILE, CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, plan_run
+from .runner import CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, halved_tile, plan_run
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
 TEMPORAL_MODES: tuple[str, ...] = ("off", "auto", "feedback", "stabilize")
@@ -417,12 +417,11 @@ class VideoUpscaler:
                 return self._feedback_attempt(frame, progress, cancel)
             except _OutOfMemory:
                 plan = self.plan(*frame.shape[-2:])
-                current = plan.tile if plan.tile > 0 else max(t.window.height for t in plan.tiles)
-                if current // 2 < MIN_TILE or self.descriptor.tiling == ModelTiling.INTERNAL:
-                    raise TilewiseError(f"out of memory even with {current}-pixel tiles on {self.device}; use a smaller model, video size or the CPU.") from None
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                settings = replace(self.options.upscale.tiles, tile=current // 2, pad=plan.pad if plan.tile > 0 else None)
+                advice = "use a smaller model, video size or the CPU."
+                if self.descriptor.tiling == ModelTiling.INTERNAL:  # tiles itself: nothing to halve
+                    raise TilewiseError(f"out of memory on {self.device}; {advice}") from None
+                smaller = halved_tile(plan.tile, [t.window for t in plan.tiles], self.device, advice)
+                settings = replace(self.options.upscale.tiles, tile=smaller, pad=plan.pad if plan.tile > 0 else None)
                 self._plans[tuple(frame.shape[-2:])] = plan_run(self.descriptor, *frame.shape[-2:], settings, self.device, self.dtype)
 
     def _feedback_attempt(self, frame: torch.Tensor, progress, cancel) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
-from tilewise.engine import TileSettings, UpscaleOptions, describe_state_dict, load_model, upscale
+from tilewise.engine import TileSettings, TilewiseError, UpscaleOptions, describe_state_dict, load_model, upscale
 from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,6 +88,43 @@ def test_tiled_feedback_equals_untiled_feedback(name):
     assert (tiled - whole).abs().max().item() <= 1e-5
     per_frame = upscale_frames(descriptor, clip, options("off"))
     assert (whole[1:] - per_frame[1:]).abs().max().item() > 1e-3  # the feedback did change frames 2..4
+
+
+@needs_fixtures
+def test_feedback_resumes_with_smaller_tiles_after_out_of_memory(monkeypatch, caplog):
+    """A whole-frame forward runs out of memory: the frame is re-planned with half its longest
+    side (110 -> 55) and later frames keep that plan; the result still equals the untiled one."""
+    descriptor = paragon("realtime_x2")
+    clip = panning_clip(3)
+    whole = upscale_frames(descriptor, clip, options("feedback", tile=-1))
+    model = descriptor.model
+    forward = model.forward
+    sizes = []
+
+    def limited(x, *args, **kwargs):
+        sizes.append(tuple(x.shape[-2:]))
+        if tuple(x.shape[-2:]) == (90, 110):
+            raise torch.OutOfMemoryError("CPU out of memory. Tried to allocate 2.00 GiB")
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", limited)
+    runner = VideoUpscaler(descriptor, options("feedback", tile=-1))
+    resumed = torch.cat([runner.process(clip[i : i + 1]) for i in range(3)])
+    assert sizes[0] == (90, 110) and (90, 110) not in sizes[1:]
+    assert runner.plan(90, 110).tile == 55 and len(runner.plan(90, 110).tiles) > 1
+    assert (resumed - whole).abs().max().item() <= 1e-5
+
+
+@needs_fixtures
+def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypatch):
+    descriptor = paragon("realtime_x2")
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CPU out of memory")
+
+    monkeypatch.setattr(descriptor.model, "forward", exhausted)
+    with pytest.raises(TilewiseError, match=r"out of memory even with 27-pixel tiles on cpu; use a smaller model, video size or the CPU"):
+        upscale_frames(descriptor, panning_clip(1), options("feedback", tile=-1))
 
 
 @needs_fixtures

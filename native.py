@@ -8,13 +8,15 @@ or a home directory shared between machines never loads a stale or foreign libra
 other keys are removed. Without a compiler a helper is simply unavailable and its caller takes
 the pure-PyTorch path (the callers log why, once).
 
-This module imports nothing from the rest of Tilewise, so `archs` and `engine` can both use it.
+This module imports nothing from the rest of Tilewise, so `archs` and `engine` can both use it;
+for that reason it also holds `replacing`, the package's one way to write a file atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
+@functools.cache
 def cpu_features() -> str:
     """The CPU's feature flags as the kernel reports them (Linux), else the machine name: part of
     a `-march=native` build's key."""
@@ -73,23 +76,31 @@ def library(name: str, source: Path, flags: Sequence[str], link: Sequence[str] =
     return target
 
 
-def _build(command: list[str], target: Path, name: str) -> None:
-    """Compiles into a temporary file and renames it into place (safe against a parallel build)."""
+@contextlib.contextmanager
+def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary file beside `target` to write; it is renamed onto `target` when the block
+    completes and removed if the block raises, so `target` is never seen half-written (and two
+    writers racing leave one whole file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tilewise-", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _build(command: list[str], target: Path, name: str) -> None:
+    """Compiles into a temporary file and renames it into place (safe against a parallel build)."""
+    with replacing(target, ".so") as tmp:
+        done = subprocess.run([*command, "-o", str(tmp)], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}")
-        os.replace(tmp, target)
-        for stale in target.parent.glob(f"{name}-*.so"):  # builds for other sources, flags or machines
-            if stale != target:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    for stale in target.parent.glob(f"{name}-*.so"):  # builds for other sources, flags or machines
+        if stale != target:
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 class Helper:

@@ -8,8 +8,6 @@ renamed into place, so an interrupted or failed run never leaves a half-written 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .. import native
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".npy")
@@ -153,15 +152,8 @@ def write_image(path: str | Path, tensor: torch.Tensor, bits: int = 8, quality: 
     suffix = path.suffix.lower()
     if suffix not in WRITE_EXTENSIONS:
         raise ImageError(f"{path}: cannot write '{path.suffix}' images; use one of {', '.join(WRITE_EXTENSIONS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tilewise-", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        _write(Path(temporary), suffix, tensor, bits, quality)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with native.replacing(path, suffix) as temporary:
+        _write(temporary, suffix, tensor, bits, quality)
     return path
 
 

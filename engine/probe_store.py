@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -76,15 +75,6 @@ def put(key: str, value: float) -> float:
         entries[key] = float(value)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
-        with contextlib.suppress(OSError):
-            target = path()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".json", dir=target.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(entries, f)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        with contextlib.suppress(OSError), native.replacing(path(), ".json") as tmp:
+            tmp.write_text(json.dumps(entries))
         return float(value)

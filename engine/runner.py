@@ -264,22 +264,22 @@ def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:
 
 
 def _shrink_after_oom(tile: int, group: list, device: torch.device) -> int:
-    smaller = halved_tile(tile, [t.window for t, _ in group], device, "free memory (close other programs), use a smaller model or image, or run on the CPU.")
-    log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", smaller * 2, smaller)
+    current, smaller = halved_tile(tile, [t.window for t, _ in group], device, "free memory (close other programs), use a smaller model or image, or run on the CPU.")
+    log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", current, smaller)
     return smaller
 
 
-def halved_tile(tile: int, windows: Iterable[Rect], device: torch.device, advice: str) -> int:
-    """The tile length to retry with after running out of memory: half the current one, or half
-    the longest window side when the run was untiled (`tile` <= 0). Raises TilewiseError, ending
-    with `advice`, when that would be below `MIN_TILE`. Shared by images and video."""
+def halved_tile(tile: int, windows: Iterable[Rect], device: torch.device, advice: str) -> tuple[int, int]:
+    """(current, next) tile length after running out of memory: the current tile, or the longest
+    window side when the run was untiled (`tile` <= 0), and half of it. Raises TilewiseError,
+    ending with `advice`, when the half would be below `MIN_TILE`. Shared by images and video."""
     current = tile if tile > 0 else max(max(w.height, w.width) for w in windows)
     smaller = current // 2
     if smaller < MIN_TILE:
         raise TilewiseError(f"out of memory even with {current}-pixel tiles on {device}; {advice}")
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return smaller
+    return current, smaller
 
 
 def _resplit_queue(queue: deque, height: int, width: int, tile: int, pad: int, align: int) -> None:

@@ -420,7 +420,7 @@ class VideoUpscaler:
                 advice = "use a smaller model, video size or the CPU."
                 if self.descriptor.tiling == ModelTiling.INTERNAL:  # tiles itself: nothing to halve
                     raise TilewiseError(f"out of memory on {self.device}; {advice}") from None
-                smaller = halved_tile(plan.tile, [t.window for t in plan.tiles], self.device, advice)
+                _, smaller = halved_tile(plan.tile, [t.window for t in plan.tiles], self.device, advice)
                 settings = replace(self.options.upscale.tiles, tile=smaller, pad=plan.pad if plan.tile > 0 else None)
                 self._plans[tuple(frame.shape[-2:])] = plan_run(self.descriptor, *frame.shape[-2:], settings, self.device, self.dtype)
 

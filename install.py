@@ -21,6 +21,7 @@ REQUIREMENTS = (
     ("einops", "einops"),
     ("spandrel", "spandrel>=0.4.1,<0.5"),
     ("png", "pypng>=0.20220715"),
+    ("psutil", "psutil>=5.8"),
 )
 #: Never installed or upgraded by this file, whatever happens.
 HOST_OWNED = ("torch", "torchvision", "pillow", "xformers")

@@ -47,7 +47,6 @@ from torch import nn
 
 from .base import LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from .magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
-from . import window_kernel
 from .windows import from_windows, gathers_allowed, in_place_allowed, to_windows, window_order
 
 VARIANTS = ("realtime", "stream", "photo", "pro")
@@ -164,8 +163,7 @@ class WindowAttention(nn.Module):
 
         The plain form above copies the feature map about ten times per block (pad, two rolls
         each way, partition, head split, merge); on a CPU, where every fresh feature map is
-        also paid for in page faults, that cost as much as the attention itself. On the CPU the
-        attention itself is the fused kernel of `window_kernel` where it applies. Same
+        also paid for in page faults, that cost as much as the attention itself. Same
         operations on the same windows, so the same numbers to fp32 rounding (tested against
         the plain form).
         """
@@ -175,10 +173,8 @@ class WindowAttention(nn.Module):
         # as one matrix: Linear on (windows, n, C) took a path 2.7x slower in fp32 (370 against
         # 135 ms at 0.78 MP; no difference at SwinIR's step sizes)
         qkv = self.qkv(to_windows(x.reshape(b, h * w, c), order, n).view(-1, c)).view(-1, n, 3 * c)
-        attended = window_kernel.attend(qkv, self.num_heads)
-        if attended is None:
-            q, k, v = qkv.reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-            attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)
+        q, k, v = qkv.reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)
         return self.proj(from_windows(attended, order, b)).reshape(b, h, w, c)
 
 

@@ -24,7 +24,7 @@ _plain = threading.local()
 @contextlib.contextmanager
 def plain_forms() -> Iterator[None]:
     """Inside the block, in this thread, our modules run their plain, upstream-shaped forms even
-    without autograd (no gathers, no fused kernel, no in-place residuals): what the model's own
+    without autograd (no gathers, no in-place residuals): what the model's own
     reference code computes. The speed benchmark's naive baseline runs in it, so that only the
     upstream implementation's speed is compared with ours, as for spandrel's models."""
     before = getattr(_plain, "on", False)

@@ -4,6 +4,7 @@ Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module expo
 """
 
 from ..archs import LoadHints
+from .devices import DeviceError, DevicePolicy
 from .catalog import CatalogEntry, find_model_files, model_names_in, scan_folder
 from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, ModelRunError, TilewiseError, UnknownArchitectureError, UnsafeModelError
 from .files import MODEL_EXTENSIONS, ONNX_EXTENSIONS, canonicalize, read_state_dict
@@ -15,7 +16,7 @@ from .runner import TileSettings, plan_run, run_tiled
 from .video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [
-    "ALPHA_MODES", "CancelledError", "CatalogEntry", "find_model_files", "model_names_in", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
+    "ALPHA_MODES", "CancelledError", "DeviceError", "DevicePolicy", "CatalogEntry", "find_model_files", "model_names_in", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
     "MODEL_EXTENSIONS", "ONNX_EXTENSIONS", "ModelFileError", "ModelRunError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TilewiseError",
     "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
     "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",

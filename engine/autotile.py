@@ -1,27 +1,31 @@
 """Automatic tile size: the largest window whose forward fits the device's free memory.
 
 A model's working memory grows linearly with the window's pixel count, so one small probe
-forward per (model, device, dtype) gives bytes per input pixel:
-- CUDA: the allocator's peak during a 64 x 64 forward, over its pixel count (exact);
+forward per (model, device, dtype) gives bytes per input pixel, measured as the device allows
+(the device policy, `devices`, says what the device is):
+- CUDA, XPU: the allocator's peak during a 64 x 64 forward, over its pixel count, plus device
+  memory lost outside the allocator (exact);
 - CPU: the allocator keeps no statistics, so the probe takes the larger of two estimates:
   forward hooks' output sizes (the two largest layers live at once plus the final output,
   times `CPU_OVERHEAD` for temporaries) and the resident-memory growth sampled during a
-  128 x 128 forward (large buffers are mmap-ed, so RSS sees them). Either alone missed by up
-  to 4x on some architecture (hooks on SPAN, whose re-parameterised kernels are not outputs;
-  RSS on models whose buffers the allocator reuses); their maximum over-estimates Compact,
-  RRDB and SPAN, the safe side.
+  128 x 128 forward (psutil). Either alone missed by up to 4x on some architecture (hooks on
+  SPAN, whose re-parameterised kernels are not outputs; RSS on models whose buffers the
+  allocator reuses); their maximum over-estimates Compact, RRDB and SPAN, the safe side;
+- MPS, DirectML and other devices without allocator statistics: the hook estimate, run on
+  the device itself.
 The window is then sqrt(free * SAFETY / (bytes per pixel * tiles per batch)), aligned to 8 and
-clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE]. An out-of-memory error still halves the tile.
+clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE], where `free` is the policy's free memory (the host's
+own figure inside ComfyUI). An out-of-memory error still halves the tile.
 
 On a CPU a window also keeps its estimated working set under `CPU_WORKING_SET`. Memory that a
 forward touches for the first time costs a page fault and a zeroed page per 4 KiB, and in a
-worker thread (where ComfyUI and A1111 run us) glibc maps large blocks afresh for every forward
-whatever `heap.reusing_heap` asks, so a whole-image window paid that for all of its activations.
-Measured in a worker thread, 0.78 MP photo, fp32, 2 threads, seconds for the old auto window
-(whole image; RRDB about 630 px) / 768 / 512 / 384 / 256-px windows: Compact 4.48 / 2.92 /
-2.92 / 3.19 / 3.49, SPAN 6.21 / 3.08 / 2.91 / 2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 /
-25.1. With 1 GiB the windows come out at 712 (Compact), 424 (SPAN) and 200 (RRDB) pixels,
-each at or next to its best (RRDB at 200: 28.1 s).
+worker thread (where ComfyUI and A1111 run us) the C library maps large blocks afresh for every
+forward, so a whole-image window paid that for all of its activations. Measured in a worker
+thread, 0.78 MP photo, fp32, 2 threads, seconds for the old auto window (whole image; RRDB
+about 630 px) / 768 / 512 / 384 / 256-px windows: Compact 4.48 / 2.92 / 2.92 / 3.19 / 3.49,
+SPAN 6.21 / 3.08 / 2.91 / 2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 / 25.1. With 1 GiB the
+windows come out at 712 (Compact), 424 (SPAN) and 200 (RRDB) pixels, each at or next to its
+best (RRDB at 200: 28.1 s).
 """
 
 from __future__ import annotations
@@ -33,8 +37,7 @@ import weakref
 import torch
 from spandrel import ImageModelDescriptor
 
-from .. import native
-from . import cpu_cache, heap, probe_store
+from . import devices, probe_store
 from .precision import forward_fn, model_on
 
 PROBE = 64
@@ -73,12 +76,17 @@ def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.
     forward = forward_fn(descriptor, model)
     size = max(PROBE, descriptor.size_requirements.minimum)
     size = -(-size // max(1, descriptor.size_requirements.multiple_of)) * max(1, descriptor.size_requirements.multiple_of)
-    x = torch.rand(1, descriptor.input_channels, size, size, device=device).to(dtype)
-    if device.type == "cuda":
-        measured = _cuda_peak(forward, x, device) / (size * size)
-    else:
-        measured = max(_hooked_estimate(model, forward, x) / (size * size), _rss_growth(forward, descriptor, dtype))
-    return measured
+    x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
+    policy = devices.active()
+    meter = policy.peak_memory(device)
+    if meter is not None:
+        with meter, torch.no_grad():
+            forward(x)
+        return meter.bytes / (size * size)
+    hooked = _hooked_estimate(model, forward, x) / (size * size)
+    if policy.is_cpu(device):
+        return max(hooked, _rss_growth(forward, descriptor, device, dtype))
+    return hooked
 
 
 def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -88,26 +96,9 @@ def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: t
     about 1e-6, not bitwise, so the CLI and a host could differ in a rare 8-bit step. Keeping the
     first probe per (weights, dtype, torch, CPU) makes every later process on the machine plan
     the same windows, and skips the probe. CUDA's allocator peak is exact and not kept."""
-    if device.type != "cpu":
+    if not devices.active().is_cpu(device):
         return None
-    return probe_store.key(descriptor.model, f"{descriptor.architecture.id}|{dtype}|{torch.__version__}|{native.cpu_features()}")
-
-
-def _cuda_peak(forward, x: torch.Tensor, device: torch.device) -> int:
-    """Bytes one forward needs on a CUDA device: the peak of PyTorch's allocator, plus what the
-    device lost outside that allocator (onnxruntime's arena for `.onnx` models, library
-    workspaces), which the allocator's statistics cannot see. An arena that grows in large
-    steps makes this an over-estimate for a small probe, which errs on the safe side."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
-    free = torch.cuda.mem_get_info(device)[0]
-    with torch.no_grad():
-        forward(x)
-    torch.cuda.synchronize(device)
-    inside = torch.cuda.max_memory_allocated(device) - allocated
-    outside = (free - torch.cuda.mem_get_info(device)[0]) - (torch.cuda.memory_reserved(device) - reserved)
-    return inside + max(0, outside)
+    return probe_store.key(descriptor.model, f"{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}")
 
 
 def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
@@ -128,31 +119,20 @@ def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
     return CPU_OVERHEAD * (sum(largest) + out.numel() * out.element_size())
 
 
-def resident_bytes() -> int:
-    """This process's resident memory (Linux /proc; raises OSError elsewhere)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+resident_bytes = devices.resident_bytes
 
 
-def _rss_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -> float:
-    """Peak resident-memory growth per input pixel during one 128 x 128 forward (0 if unknown)."""
-    with cpu_cache.paused():  # memory kept by the cache would hide the growth
-        return _sampled_growth(forward, descriptor, dtype)
-
-
-def _sampled_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtype) -> float:
+def _rss_growth(forward, descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+    """Peak resident-memory growth per input pixel during one 128 x 128 forward on the CPU
+    `device` (0 if unknown)."""
     import gc
 
     size = 128
-    x = torch.rand(1, descriptor.input_channels, size, size).to(dtype)
+    x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
     try:
         gc.collect()
-        heap.trim()  # free memory kept in the heap (see `heap`) would hide the growth
         base = resident_bytes()
-    except OSError:
+    except Exception:  # noqa: BLE001 - psutil cannot read this process: no estimate
         return 0.0
     peak = [base]
     done = threading.Event()
@@ -174,9 +154,8 @@ def _sampled_growth(forward, descriptor: ImageModelDescriptor, dtype: torch.dtyp
 
 
 def free_memory(device: torch.device) -> int | None:
-    from .pipeline import available_memory
-
-    return available_memory(device)
+    """The device policy's free memory on `device` (None: unknown)."""
+    return devices.active().free_memory(device)
 
 
 def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, limit: float | None = None) -> float | None:
@@ -206,7 +185,7 @@ def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype
     `cap=False` drops `MAX_AUTO_TILE` and `CPU_WORKING_SET`, for models with global context,
     where a larger window is not only no slower but also closer to the whole-image result.
     """
-    limit = CPU_WORKING_SET * batch if cap and device.type == "cpu" else None
+    limit = CPU_WORKING_SET * batch if cap and devices.active().is_cpu(device) else None
     budget = pixel_budget(descriptor, device, dtype, limit)
     if budget is None:
         return 512

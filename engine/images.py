@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .. import native
+from . import storage
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".npy")
@@ -152,7 +152,7 @@ def write_image(path: str | Path, tensor: torch.Tensor, bits: int = 8, quality: 
     suffix = path.suffix.lower()
     if suffix not in WRITE_EXTENSIONS:
         raise ImageError(f"{path}: cannot write '{path.suffix}' images; use one of {', '.join(WRITE_EXTENSIONS)}")
-    with native.replacing(path, suffix) as temporary:
+    with storage.replacing(path, suffix) as temporary:
         _write(temporary, suffix, tensor, bits, quality)
     return path
 

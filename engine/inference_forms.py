@@ -9,8 +9,10 @@ whole-image run of SPAN spent more time in the kernel than in half of its convol
 `prepare(model)` swaps the class of each such submodule, in place, for a subclass whose eval
 forward computes exactly what the original computes (same operations in the same order, on
 the same dtypes; the tests compare bitwise against spandrel) and whose training forward is the
-original one. State dicts, parameters and `isinstance` checks are unchanged. It is idempotent
-and is applied wherever the engine takes a model to run (`precision.model_on`).
+original one. State dicts, parameters and `isinstance` checks are unchanged. It is idempotent.
+It is only ever applied to Tilewise's *private copy* of a model (`precision.model_on` copies
+any model for which `applies` is true): the module a host loaded is shared with its core
+nodes and other packs, which must keep running spandrel's own classes.
 
 One deliberate difference: spandrel's SwinIR builds its shifted-window mask in fp32 whatever the
 model's dtype and so fails when cast to bf16 or fp16 (except at its stored size); its form builds
@@ -48,7 +50,9 @@ def _span_forms() -> dict[type, type]:
             return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.training or torch.compiler.is_compiling():  # the compiler traces the original
+            # autograd (the receptive-radius probe) must not meet a kernel derived under
+            # inference mode; the compiler traces the original
+            if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
                 return super().forward(x)
             sources = self._sources()
             if getattr(self, "_fused_from", None) != sources:
@@ -226,8 +230,15 @@ def forms() -> dict[type, type]:
     return _FORMS
 
 
+def applies(model: torch.nn.Module) -> bool:
+    """Whether `model` has a submodule with an inference form (so it is run from a private copy)."""
+    table = forms()
+    return any(type(module) in table for module in model.modules())
+
+
 def prepare(model: torch.nn.Module) -> int:
-    """Swaps every submodule with an inference form to that form; returns how many were swapped."""
+    """Swaps every submodule with an inference form to that form, in place; returns how many
+    were swapped. Only for a module Tilewise owns (a private copy; see the module docstring)."""
     with _lock:
         if model in _prepared:
             return 0

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from spandrel import ImageModelDescriptor
 
+from . import devices
 from .autotile import bytes_per_pixel
 from .pipeline import UpscaleOptions
 from .precision import resolve_device, resolve_dtype
@@ -34,6 +35,11 @@ def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: 
     Counts the weights in the working dtype and the largest forward of the first model pass
     (later passes of larger targets use the same windows).
     """
+    with devices.using(options.devices):
+        return _estimate(descriptor, height, width, options, images)
+
+
+def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions, images: int) -> int:
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, descriptor, device)
     element = torch.empty((), dtype=dtype).element_size()

@@ -8,7 +8,6 @@ exact target  ->  the image's own channel layout again.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
+from . import devices as devices_
 from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from .errors import ImageError
 from .precision import resolve_device, resolve_dtype
 from .resize import FILTERS, resize
-from .heap import reusing_heap
 from .runner import CancelFn, ProgressFn, TileSettings, plan_run, run_tiled
 
 AlphaMode = Literal["resize", "model", "discard"]
@@ -86,12 +85,15 @@ class UpscaleOptions:
 
     tiles: TileSettings = field(default_factory=TileSettings)
     precision: str = "auto"
-    device: str | None = None  # None/"auto": CUDA when present
+    device: str | None = None  # None/"auto": the device policy's default (the host's device)
     output_device: str = "cpu"
     target: ScaleTarget = field(default_factory=ScaleTarget)
     resample: str = "lanczos"  # filter for the final resize to the exact target
     alpha: AlphaMode = "resize"  # alpha upscaled with `resample`, run through the model as gray, or dropped
     max_passes: int = MAX_PASSES
+    #: The host's answers about devices (free memory, precisions, out-of-memory); None: plain
+    #: PyTorch (`devices.DevicePolicy`). Not part of equality: it decides plans, not pixels.
+    devices: devices_.DevicePolicy | None = field(default=None, compare=False, repr=False)
 
 
 def passes_needed(scale: int, current: tuple[int, int], target: tuple[int, int], limit: int = MAX_PASSES) -> int:
@@ -105,7 +107,6 @@ def passes_needed(scale: int, current: tuple[int, int], target: tuple[int, int],
     return passes
 
 
-@reusing_heap()
 def upscale(
     descriptor: ImageModelDescriptor,
     image: torch.Tensor,
@@ -119,6 +120,11 @@ def upscale(
     Returns (B, C, H', W') float32 on `options.output_device`; (H', W') from `options.target`.
     NaN becomes 0 and values outside [0, 1] are clipped before the model sees them.
     """
+    with devices_.using(options.devices):
+        return _upscale(descriptor, image, options, progress, cancel)
+
+
+def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
     image = _validated(image)
     if options.resample not in FILTERS:
         raise ValueError(f"resampling filter must be one of {', '.join(FILTERS)}, got '{options.resample}'")
@@ -159,19 +165,8 @@ def output_bytes(batch: int, channels: int, size: tuple[int, int], target: tuple
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free on `device` now, or None when unknown."""
-    try:
-        if device.type == "cuda":
-            return torch.cuda.mem_get_info(device)[0]
-        if device.type == "cpu":
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, RuntimeError, AttributeError):
-        return None
-    return None
+    """Bytes free on `device` now (the active device policy's answer), or None when unknown."""
+    return devices_.active().free_memory(device)
 
 
 def check_memory(batch, channels, size, target, scale, passes, device: torch.device) -> None:

@@ -2,8 +2,9 @@
 
 Precision is always explicit: inputs and weights are cast to the working dtype and the model is
 never run under an ambient autocast region (a host's autocast turned fp32-only models into NaNs
-in the past). `auto` picks fp16 on CUDA where the architecture supports it, bf16 where only that
-is supported, else fp32; on CPU it picks fp32.
+in the past). `auto` picks fp16 where the architecture supports it and the device policy
+(`devices`: the host's judgement) says fp16 runs well there, bf16 where only that is supported
+and the policy allows it, else fp32; the CPU is always fp32 under `auto`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable, Literal
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import inference_forms
+from . import devices, inference_forms
 
 log = logging.getLogger("tilewise")
 
@@ -28,28 +29,29 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`auto`/None -> first CUDA device if present, else CPU; also accepts `cpu`, `cuda`, `cuda:1`, `mps`."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    """`auto`/None -> the active device policy's default (the host's device; else the current
+    accelerator, else the CPU); also `cpu`, `cuda`, `cuda:1`, `mps`, `xpu`, which must exist."""
+    return devices.active().resolve(device)
 
 
 def resolve_dtype(precision: str, descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
     """The working dtype for `precision`; a precision the model cannot run falls back to fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    policy = devices.active()
     if precision == "auto":
-        if device.type == "cuda":
-            if descriptor.supports_half:
-                return torch.float16
-            if descriptor.supports_bfloat16 and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
+        if policy.is_cpu(device):
+            return torch.float32
+        if descriptor.supports_half and policy.fp16(device):
+            return torch.float16
+        if descriptor.supports_bfloat16 and policy.bf16(device):
+            return torch.bfloat16
         return torch.float32
     dtype = _DTYPES[precision]
     if dtype == torch.float16 and not descriptor.supports_half or dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
         log.warning("Tilewise: %s does not support %s; running in fp32.", descriptor.architecture.name, precision)
         return torch.float32
-    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+    if dtype == torch.bfloat16 and policy.is_cpu(device) and devices.cpu_has_native_bf16() is False:
         log.warning("Tilewise: this CPU has no native bf16; bf16 will be slower than fp32 here.")
     return dtype
 
@@ -76,16 +78,6 @@ def prefers_channels_last(model: torch.nn.Module) -> bool:
     return has_conv
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 _variants: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
 _variants_lock = threading.Lock()
 
@@ -110,12 +102,17 @@ def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torc
 
 
 def model_on_unlocked(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """`model_on` without the lock. The shared module is returned only when it already sits on
+    `device` in `dtype` and has no inference form to apply; otherwise a private copy, cast and
+    moved, gets the forms (`inference_forms`), so the module the host shares with other nodes
+    and packs keeps its own classes and placement."""
     model = descriptor.model
-    inference_forms.prepare(model)  # before any copy, so that copies inherit the forms
     first = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
-    if first is None or (same_device(first.device, device) and first.dtype == dtype):
+    if first is None:
+        return model
+    if same_device(first.device, device) and first.dtype == dtype and not inference_forms.applies(model):
         return model
     key = (str(device), dtype)
     variants = _variants.setdefault(model, {})
@@ -123,18 +120,14 @@ def model_on_unlocked(descriptor: ImageModelDescriptor, device: torch.device, dt
         variant = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         for parameter in variant.parameters():
             parameter.requires_grad_(False)
+        inference_forms.prepare(variant)
         variants[key] = variant
     return variants[key]
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
-    """`cuda` and `cuda:0` are the same device when 0 is the current one."""
-    if a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    """`cuda` and `cuda:0` (or `xpu` and `xpu:0`) are the same device when 0 is the current one."""
+    return devices.active().same_device(a, b)
 
 
 _failing: "weakref.WeakKeyDictionary[torch.nn.Module, dict[torch.dtype, str]]" = weakref.WeakKeyDictionary()
@@ -201,15 +194,14 @@ def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module, autoca
 
 
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disables any autocast region a host may have opened around us."""
-    if device.type in ("cuda", "cpu"):
+    """Disables any autocast region a host may have opened around us (on backends with autocast)."""
+    try:
         return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+    except (RuntimeError, ValueError):  # a backend without autocast (meta, some private ones)
+        return contextlib.nullcontext()
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA OOM, or a CPU allocator failure (which torch raises as a plain RuntimeError)."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, (RuntimeError, MemoryError)) and ("out of memory" in text or "can't allocate memory" in text or isinstance(error, MemoryError))
+    """Whether `error` is an out-of-memory error, as the active device policy recognises them
+    (CUDA, MPS, XPU, DirectML, CPU allocation failures, and the host's own OOM exception)."""
+    return devices.active().is_out_of_memory(error)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import native
+from . import storage
 
 FILE = "memory_probes.json"
 MAX_ENTRIES = 512  # oldest dropped beyond this
@@ -32,7 +32,7 @@ def enabled() -> bool:
 
 
 def path() -> Path:
-    return native.cache_dir() / FILE
+    return storage.cache_dir() / FILE
 
 
 def key(model: torch.nn.Module, settings: str) -> str | None:
@@ -75,6 +75,6 @@ def put(key: str, value: float) -> float:
         entries[key] = float(value)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
-        with contextlib.suppress(OSError), native.replacing(path(), ".json") as tmp:
+        with contextlib.suppress(OSError), storage.replacing(path(), ".json") as tmp:
             tmp.write_text(json.dumps(entries))
         return float(value)

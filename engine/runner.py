@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
-from .heap import reusing_heap
+from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
-from .transfer import Pending, Transfers
+from .transfer import FastPathError, Pending, Transfers
 
 log = logging.getLogger("tilewise")
 
@@ -54,7 +54,6 @@ class TileSettings:
 _warned_global: set[str] = set()
 
 
-@reusing_heap()
 def run_tiled(
     descriptor: ImageModelDescriptor,
     image: torch.Tensor,
@@ -96,10 +95,17 @@ def run_tiled(
     done, per_forward = 0, plan.batch
 
     def finish(item: Pending) -> None:
-        """Pastes a finished batch (re-running it in fp32 if low precision overflowed)."""
+        """Pastes a finished batch (re-running it in fp32 if low precision overflowed, and on the
+        plain copy path if the fast path's copy failed)."""
         nonlocal done
-        item.wait()
-        result = item.result
+        try:
+            item.wait()
+            result = item.result
+        except FastPathError:
+            with torch.inference_mode():
+                redone = forward(transfers.upload(item.windows, dtype, layout))
+                item = transfers.download(item.group, item.windows, redone, check_finite=item.finite is not None)
+            result = item.result
         if item.overflowed():
             log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", asked)
             with torch.inference_mode():
@@ -126,6 +132,13 @@ def run_tiled(
                     result = forward(transfers.upload(torch.cat([windows, filler]), dtype, layout))[: len(group)]
                 else:
                     result = forward(transfers.upload(windows, dtype, layout))
+                expected = (len(group), out_channels, windows.shape[-2] * scale, windows.shape[-1] * scale)
+                if tuple(result.shape) != expected:
+                    raise _WrongShape(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
+                # the download clamps in place; on the fast path it allocates device memory too
+                current = transfers.download(group, windows, result, check_finite=dtype != torch.float32 or autocast is not None)
+        except _WrongShape:
+            raise
         except Exception as error:
             if pending is not None:  # what is already computed stays valid
                 previous, pending = pending, None
@@ -160,11 +173,6 @@ def run_tiled(
                 queue.appendleft(item)
             _resplit_queue(queue, ph, pw, tile, pad, align)
             continue
-        expected = (len(group), out_channels, windows.shape[-2] * scale, windows.shape[-1] * scale)
-        if tuple(result.shape) != expected:
-            raise TilewiseError(f"{descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
-        with torch.inference_mode():  # the download clamps in place
-            current = transfers.download(group, windows, result, check_finite=dtype != torch.float32 or autocast is not None)
         if transfers.deferred:  # paste the previous batch while this one computes and copies
             previous, pending = pending, current
             if previous is not None:
@@ -176,6 +184,10 @@ def run_tiled(
     if weights is not None:
         output /= weights.clamp_min(1e-12)
     return output[..., : (ph - pad_bottom) * scale, : (pw - pad_right) * scale]
+
+
+class _WrongShape(TilewiseError):
+    """The model returned a result of the wrong shape (a bug in it, or an unsupported input)."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +234,7 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             batch = 1
             tile = -1 if whole_image_fits(descriptor, device, dtype, ph, pw) else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
-            if device.type == "cpu":  # one large window per forward: batching buys nothing on a CPU,
+            if devices.active().is_cpu(device):  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
             tile = auto_tile_size(descriptor, device, dtype, batch)
     tile_y, tile_x = tile if isinstance(tile, tuple) else (tile, tile)
@@ -277,8 +289,7 @@ def halved_tile(tile: int, windows: Iterable[Rect], device: torch.device, advice
     smaller = current // 2
     if smaller < MIN_TILE:
         raise TilewiseError(f"out of memory even with {current}-pixel tiles on {device}; {advice}")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    devices.active().empty_cache(device)
     return current, smaller
 
 

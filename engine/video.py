@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
+from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
 from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
 from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
 from .resize import resize
-from .heap import reusing_heap
 from .runner import CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, halved_tile, plan_run
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
@@ -322,9 +322,10 @@ class VideoUpscaler:
         if options.scene_cut is not None and options.scene_cut < 0:
             raise ValueError(f"scene-cut threshold must be 0 or more, got {options.scene_cut}")
         up = options.upscale
-        self.device = resolve_device(up.device)
-        self.dtype = resolve_dtype(up.precision, descriptor, self.device)
-        self.output_device = resolve_device(up.output_device)
+        with devices.using(up.devices):
+            self.device = resolve_device(up.device)
+            self.dtype = resolve_dtype(up.precision, descriptor, self.device)
+            self.output_device = resolve_device(up.output_device)
         if self.mode == "feedback":
             default = float(getattr(descriptor.model, "temporal_alpha", 0.2))
             self.alpha = default if options.strength is None else float(options.strength)
@@ -350,7 +351,8 @@ class VideoUpscaler:
         if key not in self._plans:
             if len(self._plans) > 4:  # a stream that keeps changing size should not grow this
                 self._plans.clear()
-            self._plans[key] = plan_run(self.descriptor, height, width, self.options.upscale.tiles, self.device, self.dtype)
+            with devices.using(self.options.upscale.devices):
+                self._plans[key] = plan_run(self.descriptor, height, width, self.options.upscale.tiles, self.device, self.dtype)
         return self._plans[key]
 
     def _fixed_options(self, height: int, width: int) -> UpscaleOptions:
@@ -361,8 +363,11 @@ class VideoUpscaler:
 
     # -- frames ---------------------------------------------------------------------------
 
-    @reusing_heap()
     def process(self, frames: torch.Tensor, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+        with devices.using(self.options.upscale.devices):
+            return self._process(frames, progress, cancel)
+
+    def _process(self, frames: torch.Tensor, progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
         frames = _validated(frames)
         batch, _, height, width = frames.shape
         cuts = [self._check_cut(frames[i : i + 1]) for i in range(batch)]

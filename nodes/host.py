@@ -1,5 +1,5 @@
-"""What the Tilewise nodes need from ComfyUI itself: devices, memory, progress, interrupts,
-the model-folder list and the model patcher of newer hosts.
+"""What the Tilewise nodes need from ComfyUI itself: devices, memory, precision, progress,
+interrupts, the model-folder list and the model patcher of newer hosts.
 
 Only this package imports ComfyUI; the numbers all come from the engine.
 """
@@ -18,7 +18,7 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 
-from ..engine import builtin_names
+from ..engine import DevicePolicy, builtin_names
 from ..engine.precision import release_variants
 
 log = logging.getLogger("tilewise")
@@ -67,6 +67,58 @@ def attach_patcher(descriptor: ImageModelDescriptor) -> None:
         descriptor.patcher = factory(descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
     except Exception as error:  # the pack's own nodes never need it: keep the model usable
         log.warning("Tilewise: could not attach a ComfyUI model patcher (%s); the core upscale node may not accept this model.", error)
+
+
+class ComfyDevices(DevicePolicy):
+    """ComfyUI's own answers about devices (`comfy.model_management`), for the engine.
+
+    `auto` is ComfyUI's device (its --cpu, --directml, MPS, XPU ... choice); free memory is
+    ComfyUI's figure (which counts memory its allocator holds but does not use); fp16/bf16 under
+    `auto` follow ComfyUI's `should_use_fp16`/`should_use_bf16` (which know, e.g., GTX 16xx);
+    its OOM exception (and `is_oom` where the host has it) counts as out of memory; cache
+    emptying is ComfyUI's `soft_empty_cache`. Whatever ComfyUI does not answer falls back to
+    plain PyTorch (the base class). Functions are looked up at call time: ComfyUI's main.py and
+    its tests may rebind them."""
+
+    name = "ComfyUI"
+
+    def __init__(self, management=None):
+        self.mm = management or mm
+        oom = getattr(self.mm, "OOM_EXCEPTION", None)
+        # ComfyUI sets OOM_EXCEPTION to Exception where torch has no OOM type: that is not a filter
+        self.oom_errors = (oom,) if isinstance(oom, type) and issubclass(oom, BaseException) and oom is not Exception else ()
+
+    def default_device(self) -> torch.device:
+        return self.mm.get_torch_device()
+
+    def free_memory(self, device: torch.device) -> int | None:
+        try:
+            return int(self.mm.get_free_memory(device))
+        except Exception:  # noqa: BLE001 - the host cannot tell: ask PyTorch
+            return super().free_memory(device)
+
+    def fp16(self, device: torch.device) -> bool:
+        return not self.is_cpu(device) and bool(self.mm.should_use_fp16(device=device))
+
+    def bf16(self, device: torch.device) -> bool:
+        return not self.is_cpu(device) and bool(self.mm.should_use_bf16(device=device))
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        is_oom = getattr(self.mm, "is_oom", None)
+        if callable(is_oom):
+            with contextlib.suppress(Exception):
+                if is_oom(error):
+                    return True
+        return super().is_out_of_memory(error)
+
+    def empty_cache(self, device: torch.device) -> None:
+        if not self.is_cpu(device):
+            self.mm.soft_empty_cache()
+
+
+def devices() -> ComfyDevices:
+    """The device policy the nodes pass to the engine."""
+    return ComfyDevices()
 
 
 def processing_device(choice: str) -> torch.device:

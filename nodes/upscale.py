@@ -115,6 +115,7 @@ class TilewiseUpscale(io.ComfyNode):
             tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
             precision=precision,
             device=str(run_device),
+            devices=host.devices(),
             output_device=str(host.result_device(output_device, run_device)),
             target=scale_target(scale_mode, scale_factor, width, height, longest_side, megapixels),
             resample=resample,

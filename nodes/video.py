@@ -91,6 +91,7 @@ def video_options(
         tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
         precision=precision,
         device=str(run_device),
+        devices=host.devices(),
         output_device=str(run_device),
     )
     return run_device, VideoOptions(

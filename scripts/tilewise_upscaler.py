@@ -251,6 +251,7 @@ def upscale_options():
         precision=precision,
         device=_device(),
         target=tw.ScaleTarget("native"),
+        devices=web_ui_devices(),
     )
 
 
@@ -265,6 +266,57 @@ def _device() -> str:
         pass
     device = device or getattr(shared, "device", None)
     return str(device) if device is not None else "auto"
+
+
+def web_ui_devices():
+    """The engine's device policy answered by the host: its upscaler device for `auto`, fp32
+    under `--no-half` / `--precision full`, Forge's free-memory figure where Forge has one, and
+    the host's `devices.torch_gc()` to hand cached memory back. The rest is plain PyTorch."""
+
+    class WebUIDevices(tw.DevicePolicy):
+        name = "A1111/Forge"
+
+        def default_device(self):
+            device = _device()
+            return super().default_device() if device == "auto" else super().resolve(device)
+
+        def free_memory(self, device):
+            forge = _forge_memory_management()
+            if forge is not None and not self.is_cpu(device):
+                try:
+                    return int(forge.get_free_memory(device))
+                except Exception:
+                    pass
+            return super().free_memory(device)
+
+        def fp16(self, device):
+            return not _full_precision() and super().fp16(device)
+
+        def bf16(self, device):
+            return not _full_precision() and super().bf16(device)
+
+        def empty_cache(self, device):
+            try:
+                from modules import devices
+
+                devices.torch_gc()
+            except Exception:
+                super().empty_cache(device)
+
+    return WebUIDevices()
+
+
+def _full_precision() -> bool:
+    options = getattr(shared, "cmd_opts", None)
+    return bool(getattr(options, "no_half", False)) or getattr(options, "precision", "autocast") == "full"
+
+
+def _forge_memory_management():
+    """Forge's memory manager (`backend.memory_management`), None on A1111."""
+    try:
+        return importlib.import_module("backend.memory_management")
+    except Exception:
+        return None
 
 
 def interrupted() -> bool:

@@ -36,6 +36,8 @@ def comfy(tmp_path_factory):
     models = base / "models" / "upscale_models"
     models.mkdir(parents=True)
     ZOO["Compact"].save(models / "compact_x2.safetensors", seed=0, scale=2)
+    ZOO["SPAN"].save(models / "span_x2.safetensors", seed=0, scale=2)
+    ZOO["SwinIR"].save(models / "swinir_x2.safetensors", seed=0, scale=2)
     (models / "broken.pth").write_text(HTML_PAGE)
 
     sys.path.insert(0, str(COMFY_DIR))
@@ -218,6 +220,32 @@ def test_tilewise_model_works_in_core_upscale(comfy, compact):
     out = comfy.nodes["ImageUpscaleWithModel"].execute(compact, pixels)[0]
     assert out.shape == (1, 80, 112, 3)
     assert torch.allclose(out, engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=-1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("file", ["span_x2.safetensors", "swinir_x2.safetensors"])
+def test_core_node_after_tilewise_runs_spandrels_own_classes_with_the_same_pixels(comfy, file):
+    """SPAN and SwinIR have inference forms in Tilewise; they must apply to Tilewise's private
+    copy only, never to the UPSCALE_MODEL ComfyUI's core node (and other packs) share."""
+    model = comfy.nodes["UpscaleModelLoader"].execute(file)[0]
+    pixels = image(height=48, width=40)
+    classes = [type(m) for m in model.model.modules()]
+    before = comfy.nodes["ImageUpscaleWithModel"].execute(model, pixels)[0]
+    ours = comfy.nodes["TilewiseUpscale"].execute(model, pixels, tile_size=-1)[0]
+    after = comfy.nodes["ImageUpscaleWithModel"].execute(model, pixels)[0]
+    assert [type(m) for m in model.model.modules()] == classes
+    assert torch.equal(before, after)
+    assert (ours - before).abs().max() < 1e-3  # the same model (the core node feathers 512-px tiles)
+
+
+def test_node_passes_comfyuis_device_policy(comfy, compact, monkeypatch):
+    """Free memory, precision and cache emptying come from comfy.model_management."""
+    seen = []
+    monkeypatch.setattr(comfy.mm, "get_free_memory", lambda dev=None, torch_free_too=False: seen.append(dev) or 1 << 34)
+    comfy.nodes["TilewiseUpscale"].execute(compact, image(height=200, width=200))
+    assert seen, "the engine asked ComfyUI for free memory"
+    policy = comfy.host.devices()
+    assert policy.free_memory(torch.device("cpu")) == 1 << 34
+    assert policy.default_device() == comfy.mm.get_torch_device()
 
 
 def test_rejects_what_is_not_an_image_model(comfy):

@@ -295,6 +295,47 @@ def test_settings_live_in_the_upscaling_section_and_reach_the_engine(host, monke
     assert (seen[-1].tiles.tile, seen[-1].tiles.pad, seen[-1].precision) == (-1, None, "fp32")
 
 
+def test_the_host_decides_devices_precision_and_cache_emptying(host, zoo_models, monkeypatch):
+    """`modules.devices` and the command line answer the engine's device questions."""
+    import torch
+    from modules import devices as host_devices
+
+    model = host.add(zoo_models.compact2)
+    host.start()
+    emptied = []
+    monkeypatch.setattr(host_devices, "torch_gc", lambda: emptied.append(1))
+    policy = host.module.upscale_options().devices
+    assert policy.default_device() == host_devices.device_esrgan
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert policy.fp16(cuda) and policy.bf16(cuda)
+    host.shared.cmd_opts.no_half = True
+    assert not policy.fp16(cuda) and not policy.bf16(cuda)
+    policy.empty_cache(cuda)
+    assert emptied == [1]
+    # an out-of-memory error in a run reaches the host's cache emptying, and the run recovers
+    entry = host.entry(model)
+    descriptor = entry.scaler.load_model(entry.data_path)
+    calls = []
+
+    def runs_out_once(module, args):
+        if not calls:
+            calls.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    host.set(tilewise_tile=-1, tilewise_tile_pad=8, tilewise_precision="fp32")
+    want = entry.scaler.do_upscale(_photo(64, 64), entry.data_path)
+    hook = descriptor.model.register_forward_pre_hook(runs_out_once)
+    try:
+        got = entry.scaler.do_upscale(_photo(64, 64), entry.data_path)
+    finally:
+        hook.remove()
+    assert calls and len(emptied) == 2
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_settings_change_the_tiles_run(host, zoo_models):
     model = host.add(zoo_models.compact2)
     host.start()

@@ -9,7 +9,7 @@ from conftest import photo
 from model_zoo import ZOO
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
-from tilewise.engine import autotile
+from tilewise.engine import autotile, devices
 from tilewise.engine.runner import plan_run
 from tilewise.engine.tiling import plan_tiles
 
@@ -147,8 +147,15 @@ def test_cuda_probe_uses_allocator_peak():
     assert autotile.bytes_per_pixel(model, torch.device("cuda"), torch.float16) > 0
 
 
+def _cuda_peak(forward, device=torch.device("cuda")) -> int:
+    meter = devices.DevicePolicy().peak_memory(device)
+    with meter:
+        forward(None)
+    return meter.bytes
+
+
 class FakeCuda:
-    """The torch.cuda memory queries `_cuda_peak` makes, over a simulated device: a forward
+    """The torch.cuda memory queries the CUDA probe (`devices.PeakMeter`) makes, over a simulated device: a forward
     allocates `torch_bytes` through PyTorch (reserved from the device) and `external_bytes`
     directly from the device, as onnxruntime's arena does."""
 
@@ -171,6 +178,7 @@ class FakeCuda:
             "max_memory_allocated": lambda device=None: self.peak,
             "memory_reserved": lambda device=None: self.reserved,
             "mem_get_info": lambda device=None: (self.free, 8 << 30),
+            "is_available": lambda: True,
         }.items():
             monkeypatch.setattr(torch.cuda, name, fn)
 
@@ -181,7 +189,7 @@ def test_cuda_probe_counts_memory_outside_the_torch_allocator(monkeypatch, torch
     device memory torch's statistics never see, and must count."""
     fake = FakeCuda(free=6 << 30)
     fake.install(monkeypatch)
-    peak = autotile._cuda_peak(fake.forward(torch_bytes, external_bytes), torch.zeros(1), torch.device("cuda"))
+    peak = _cuda_peak(fake.forward(torch_bytes, external_bytes))
     assert peak == torch_bytes + external_bytes
 
 
@@ -194,4 +202,4 @@ def test_cuda_probe_does_not_count_memory_torch_already_reserved(monkeypatch):
     def forward(_x):
         fake.peak = 128 << 20
 
-    assert autotile._cuda_peak(forward, torch.zeros(1), torch.device("cuda")) == 128 << 20
+    assert _cuda_peak(forward) == 128 << 20

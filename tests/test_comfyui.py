@@ -408,4 +408,4 @@ def test_nodes_in_process(comfy):
         cwd=comfy.base, env=env, capture_output=True, text=True, timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-    assert "36 passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # every check ran
+    assert "39 passed" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]  # every check ran

@@ -108,23 +108,28 @@ def test_training_and_gradients_use_the_original_forward():
     assert torch.equal(x_grad[0].grad, x_grad[1].grad)
 
 
-def test_the_engine_runs_prepared_models_and_copies_inherit_the_forms(monkeypatch):
+def test_the_engine_runs_the_forms_on_a_private_copy_only(monkeypatch):
+    """The shared module (the host's, also used by its core nodes and other packs) keeps
+    spandrel's classes; the engine runs a private copy with the forms, and gets the same bits."""
     original, _ = span_pair()
     state = original.state_dict()
     image = photo(height=48, width=40)
     settings = TileSettings(tile=24, pad=8, channels_last=True)
     descriptor = ModelLoader().load_from_state_dict(state)
+    classes = [type(m) for m in descriptor.model.modules()]
     result = run_tiled(descriptor, image, settings=settings)
-    assert type(descriptor.model.conv_1) is not Conv3XC
+    assert [type(m) for m in descriptor.model.modules()] == classes and type(descriptor.model.conv_1) is Conv3XC
+    private = model_on(descriptor, torch.device("cpu"), torch.float32)
+    assert private is not descriptor.model and type(private.conv_1) is not Conv3XC and isinstance(private.conv_1, Conv3XC)
     with monkeypatch.context() as patch:  # the reference: the same engine run with spandrel's own classes
         patch.setattr("tilewise.engine.inference_forms.prepare", lambda model: 0)
         plain = ModelLoader().load_from_state_dict(state)
         expected = run_tiled(plain, image, settings=settings)
-        assert type(plain.model.conv_1) is Conv3XC
+        assert type(model_on(plain, torch.device("cpu"), torch.float32).conv_1) is Conv3XC
     assert 0.9 < ((result > 0) & (result < 1)).float().mean()  # not a clamped, saturated image
     assert torch.equal(result, expected)
     variant = model_on(descriptor, torch.device("cpu"), torch.bfloat16)
-    assert variant is not descriptor.model and type(variant.block_2) is type(descriptor.model.block_2)
+    assert variant is not private and type(variant.block_2) is type(private.block_2) is not type(descriptor.model.block_2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from spandrel import MAIN_REGISTRY, SizeRequirements
 
 from conftest import PARAGONSR2_FIXTURES as FIXTURES
-from tilewise.archs import window_kernel
+from tilewise.archs import paragonsr2
 from tilewise.archs.windows import plain_forms
 from tilewise.archs.base import LoadHints, RecognisedButUnsupportedError
 from tilewise.archs.paragonsr2 import (
@@ -135,9 +135,7 @@ def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_in_place_residuals_equal_the_plain_expressions_bitwise(entry, layout, monkeypatch):
     """Without autograd the blocks write `x + gamma * update`, the norm and the GELU into their
-    temporaries; with autograd on they run the plain expressions. Both give the same bits.
-    (With the fused attention kernel off: it rounds differently from SDPA, see test_window_kernel.)"""
-    monkeypatch.setattr(window_kernel, "attend", lambda qkv, heads: None)
+    temporaries; with autograd on they run the plain expressions. Both give the same bits."""
     sd, io = weights(entry["file"]), vectors(entry["io_file"])
     model = ParagonSR2Arch().load(sd, LoadHints(upsampler_alpha=entry["video_alpha"])).model.eval()
     x = io["input"].contiguous(memory_format=layout)
@@ -151,10 +149,10 @@ def test_in_place_residuals_equal_the_plain_expressions_bitwise(entry, layout, m
 
 def test_plain_forms_run_the_upstream_shaped_code_in_this_thread_only(monkeypatch):
     """Inside `plain_forms` an inference forward is the autograd forward, bit for bit, and the
-    fused kernel is not called; another thread meanwhile keeps the fast forms."""
+    window gathers are not used; another thread meanwhile keeps the fast forms."""
     calls = []
-    attend = window_kernel.attend
-    monkeypatch.setattr(window_kernel, "attend", lambda qkv, heads: calls.append(threading.current_thread()) or attend(qkv, heads))
+    gather = paragonsr2.to_windows
+    monkeypatch.setattr(paragonsr2, "to_windows", lambda *args: calls.append(threading.current_thread()) or gather(*args))
     model = ParagonSR2Arch().load(weights("paragonsr2_photo_x2.safetensors")).model.eval()
     x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(2))
     plain = model(x).detach()

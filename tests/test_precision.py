@@ -15,13 +15,29 @@ def test_auto_is_fp32_on_cpu():
     assert resolve_dtype("auto", describe(ConvNet()), torch.device("cpu")) == torch.float32
 
 
+def _simulated_gpu(monkeypatch, name: str, capability: tuple[int, int], bf16: bool) -> None:
+    """What torch.cuda answers about a GPU, for the plain policy's decisions (no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+
+
 def test_auto_prefers_fp16_then_bf16_on_cuda(monkeypatch):
     cuda = torch.device("cuda")
+    _simulated_gpu(monkeypatch, "NVIDIA GeForce RTX 3060", (8, 6), bf16=True)
     assert resolve_dtype("auto", describe(ConvNet()), cuda) == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_dtype("auto", describe(ConvNet(), supports_half=False), cuda) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    _simulated_gpu(monkeypatch, "Tesla P100", (6, 0), bf16=False)
+    assert resolve_dtype("auto", describe(ConvNet()), cuda) == torch.float32
     assert resolve_dtype("auto", describe(ConvNet(), supports_half=False), cuda) == torch.float32
+
+
+def test_auto_avoids_fp16_on_gtx_16xx(monkeypatch):
+    """Turing GTX 16xx cards compute NaNs or black images in fp16 (ComfyUI avoids it too)."""
+    _simulated_gpu(monkeypatch, "NVIDIA GeForce GTX 1660 SUPER", (7, 5), bf16=False)
+    assert resolve_dtype("auto", describe(ConvNet()), torch.device("cuda")) == torch.float32
+    _simulated_gpu(monkeypatch, "NVIDIA GeForce RTX 2060", (7, 5), bf16=False)
+    assert resolve_dtype("auto", describe(ConvNet()), torch.device("cuda")) == torch.float16
 
 
 def test_unsupported_precision_falls_back_to_fp32(caplog):

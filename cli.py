@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--model-scale", type=int, metavar="N")
     onnx.add_argument("--upsampler-alpha", type=float, metavar="A")
 
+    doctor = commands.add_parser("doctor", help="check this machine: versions, devices, and a self-check of the engine (attach its output to bug reports)")
+    doctor.add_argument("--device", default="auto", help="device to check: auto (default), cpu, cuda, cuda:N, mps, xpu")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
     info = commands.add_parser("info", help="show what a model file is")
     info.add_argument("model", help="model file (weights or .onnx) or built-in name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
@@ -115,11 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _doctor(args) -> int:
+    """Exit 0 only when every check passed."""
+    from .engine import doctor
+
+    report = doctor.run(args.device)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if report.passed else EXIT_FAILURE
+    print("Tilewise doctor")
+    for name, version in report.versions.items():
+        print(f"  {name:<12} {version}")
+    print("devices:")
+    for entry in report.devices:
+        free = "unknown" if entry["free_memory_gib"] is None else f"{entry['free_memory_gib']:.1f} GiB free"
+        print(f"  {entry['device']:<8} {entry['name']}; precisions {', '.join(entry['precisions'])}; {free}")
+    print(f"self-check on {report.device} with {doctor.MODEL}:")
+    for check in report.checks:
+        print(f"  [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
+    print("all checks passed" if report.passed else "some checks FAILED: please attach this output to a bug report")
+    return 0 if report.passed else EXIT_FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "info":
             return _info(args)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "export-onnx":
             return _export_onnx(args)
         if args.command == "upscale-video":

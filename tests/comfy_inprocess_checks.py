@@ -240,7 +240,11 @@ def test_core_node_after_tilewise_runs_spandrels_own_classes_with_the_same_pixel
 def test_node_passes_comfyuis_device_policy(comfy, compact, monkeypatch):
     """Free memory, precision and cache emptying come from comfy.model_management."""
     seen = []
-    monkeypatch.setattr(comfy.mm, "get_free_memory", lambda dev=None, torch_free_too=False: seen.append(dev) or 1 << 34)
+    def get_free_memory(dev=None, torch_free_too=False):
+        seen.append(dev)
+        return (1 << 34, 1 << 30) if torch_free_too else 1 << 34
+
+    monkeypatch.setattr(comfy.mm, "get_free_memory", get_free_memory)
     comfy.nodes["TilewiseUpscale"].execute(compact, image(height=200, width=200))
     assert seen, "the engine asked ComfyUI for free memory"
     policy = comfy.host.devices()

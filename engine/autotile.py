@@ -44,6 +44,10 @@ PROBE = 64
 SAFETY = 0.5  # use at most half of what is free
 CPU_WORKING_SET = 1 << 30  # estimated bytes per forward for a CPU auto window (see above)
 CPU_OVERHEAD = 3.0
+#: On a CPU, a forward whose largest tensor exceeds this runs about `LARGE_TENSOR_PENALTY` times
+#: slower per pixel in a host's worker thread (see `largest_tensor_per_pixel`).
+LARGE_TENSOR = 31 << 20
+LARGE_TENSOR_PENALTY = 1.45
 MIN_AUTO_TILE = 128
 #: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.
 MAX_AUTO_TILE = 2048
@@ -191,6 +195,53 @@ def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype
         return 512
     side = int(math.sqrt(budget / max(1, batch))) // 8 * 8
     return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side) if cap else side)
+
+
+_largest: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = weakref.WeakKeyDictionary()
+
+
+def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+    """Bytes per input pixel of the largest tensor one forward creates (any operation's result,
+    seen through `torch.overrides.TorchFunctionMode` on a 64 x 64 forward; cached per model).
+
+    Why it matters on a CPU: C libraries hand large blocks to the operating system on free and
+    map them afresh on the next allocation (glibc above its mmap threshold, at most 32 MiB;
+    Windows' heap above 512 KiB), so every forward whose largest tensors exceed that pays a page
+    fault and a zeroed page per 4 KiB for them. Measured in a worker thread (Compact 64x16 x4,
+    NHWC, 2 threads): fp32 6.1-6.4 s/MP up to 360² windows (31.6 MiB feature maps) and 8.9-9.1
+    s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
+    key = (str(device), dtype)
+    with _lock:
+        known = _largest.get(descriptor.model, {}).get(key)
+    if known is not None:
+        return known
+    model = model_on(descriptor, device, dtype)
+    forward = forward_fn(descriptor, model)
+    multiple = max(1, descriptor.size_requirements.multiple_of)
+    size = -(-max(PROBE, descriptor.size_requirements.minimum) // multiple) * multiple
+    x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
+    meter = _LargestResult()
+    with torch.no_grad(), meter:
+        forward(x)
+    measured = meter.largest / (size * size)
+    with _lock:
+        _largest.setdefault(descriptor.model, {})[key] = measured
+    return measured
+
+
+class _LargestResult(torch.overrides.TorchFunctionMode):
+    """Records the size of the largest tensor any torch function returns inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel() * value.element_size())
+        return result
 
 
 def whole_image_fits(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int) -> bool:

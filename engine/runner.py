@@ -20,7 +20,7 @@ from spandrel import ImageModelDescriptor, ModelTiling
 from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
-from .autotile import MIN_AUTO_TILE, auto_tile_size, whole_image_fits
+from .autotile import LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, auto_tile_size, largest_tensor_per_pixel, whole_image_fits
 from .receptive import has_global_context, model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
 from .transfer import FastPathError, Pending, Transfers
@@ -234,9 +234,12 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             batch = 1
             tile = -1 if whole_image_fits(descriptor, device, dtype, ph, pw) else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
-            if devices.active().is_cpu(device):  # one large window per forward: batching buys nothing on a CPU,
+            cpu = devices.active().is_cpu(device)
+            if cpu:  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
             tile = auto_tile_size(descriptor, device, dtype, batch)
+            if cpu:
+                tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, tile, align)
     tile_y, tile_x = tile if isinstance(tile, tuple) else (tile, tile)
     tiled = 0 < tile_y < ph or 0 < tile_x < pw
     if global_context and tiled:
@@ -255,6 +258,30 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
         tile_y, tile_x = window_shape(ph, pw, tile_y, pad, align)
     tiles = plan_tiles(ph, pw, (tile_y, tile_x), pad, align, square)
     return RunPlan(tiles, pad, tile if isinstance(tile, int) else max(tile), align, batch, (tile_y, tile_x))
+
+
+def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int) -> int:
+    """The auto window budget on a CPU: `tile` (what memory allows), or a smaller one whose
+    largest tensor stays under `autotile.LARGE_TENSOR`, whichever computes less once the
+    large-tensor slowdown is counted: more margin against slower pixels. Compact x4 on 640²
+    (fp32, pad 18): full-width strips of ~200 rows instead of the whole image."""
+    per_pixel = largest_tensor_per_pixel(descriptor, device, dtype)
+    small = int(math.sqrt(LARGE_TENSOR / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
+    if small >= tile or small < MIN_AUTO_TILE or height * width * per_pixel <= LARGE_TENSOR:
+        return tile
+    pad = context_pad(descriptor, settings, device, align)
+    square = descriptor.size_requirements.square
+
+    def cost(side: int) -> float:
+        if side >= height and side >= width:
+            windows = [height * width]
+        else:
+            shape = (side, side) if square else window_shape(height, width, side, pad, align)
+            windows = [t.window.height * t.window.width for t in plan_tiles(height, width, shape, pad, align, square)]
+        slow = max(windows) * per_pixel > LARGE_TENSOR
+        return sum(windows) * (LARGE_TENSOR_PENALTY if slow else 1.0)
+
+    return small if cost(small) < cost(tile) else tile
 
 
 def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:

@@ -203,3 +203,39 @@ def test_cuda_probe_does_not_count_memory_torch_already_reserved(monkeypatch):
         fake.peak = 128 << 20
 
     assert _cuda_peak(forward) == 128 << 20
+
+
+class CatsInside(torch.nn.Module):
+    """The largest tensor of its forward is a concatenation, which no module returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.tail = torch.nn.Conv2d(40, 3 * 4, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x):
+        return self.shuffle(self.tail(torch.cat([self.head(x)] * 10, dim=1)))
+
+
+def test_largest_tensor_counts_every_operation_not_only_module_outputs():
+    assert autotile.largest_tensor_per_pixel(describe(ConvNet()), CPU, torch.float32) == 12 * 4  # the pre-shuffle map
+    assert autotile.largest_tensor_per_pixel(describe(CatsInside()), CPU, torch.float32) == 40 * 4
+    assert autotile.largest_tensor_per_pixel(describe(CatsInside()), CPU, torch.bfloat16) == 40 * 2
+
+
+@pytest.mark.parametrize("pad, tiled", [(3, True), (40, False)])
+def test_cpu_auto_weighs_large_tensors_against_margins(monkeypatch, pad, tiled):
+    """Windows whose largest tensor stays small run faster per pixel on a CPU; auto takes them
+    when their margins cost less than the large tensors' slowdown, else the larger window."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
+    monkeypatch.setattr("tilewise.engine.runner.LARGE_TENSOR", 48 * 136 * 136)  # 136² windows of ConvNet
+    plan = plan_run(model, 300, 320, TileSettings(tile=0, pad=pad), CPU)
+    biggest = max(t.window.height * t.window.width for t in plan.tiles)
+    if tiled:
+        assert len(plan.tiles) > 1 and biggest <= 136 * 136
+        computed = sum(t.window.height * t.window.width for t in plan.tiles)
+        assert computed < 300 * 320 * 1.45
+    else:
+        assert len(plan.tiles) == 1, "margins of 40 px would cost more than the slowdown"

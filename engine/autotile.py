@@ -25,7 +25,8 @@ thread, 0.78 MP photo, fp32, 2 threads, seconds for the old auto window (whole i
 about 630 px) / 768 / 512 / 384 / 256-px windows: Compact 4.48 / 2.92 / 2.92 / 3.19 / 3.49,
 SPAN 6.21 / 3.08 / 2.91 / 2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 / 25.1. With 1 GiB the
 windows come out at 712 (Compact), 424 (SPAN) and 200 (RRDB) pixels, each at or next to its
-best (RRDB at 200: 28.1 s).
+best (RRDB at 200: 28.1 s). The runner then weighs a smaller window whose largest tensor stays
+under `LARGE_TENSOR` against that one (`largest_tensor_per_pixel`, `runner._cheaper_cpu_tile`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ def test_reports_versions_devices_and_passing_checks(report):
     assert recovery.detail.startswith(("1 ", "2 ", "3 ")) and recovery.value == 0.0
 
 
-def test_cli_json_and_exit_status(capsys):
+def test_cli_json_and_exit_status(report, monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "run", lambda device: report)  # the module's run, printed
     assert main(["doctor", "--device", "cpu", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["passed"] is True and data["device"] == "cpu"

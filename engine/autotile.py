@@ -216,6 +216,20 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
         known = _largest.get(descriptor.model, {}).get(key)
     if known is not None:
         return known
+    try:
+        measured = _largest_result(descriptor, device, dtype)
+    except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
+        try:
+            element = torch.empty((), dtype=dtype).element_size()
+            measured = _largest_result(descriptor, device, torch.float32) * element / 4
+        except Exception:  # noqa: BLE001 - no measurement: no large-tensor preference
+            measured = 0.0
+    with _lock:
+        _largest.setdefault(descriptor.model, {})[key] = measured
+    return measured
+
+
+def _largest_result(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
     model = model_on(descriptor, device, dtype)
     forward = forward_fn(descriptor, model)
     multiple = max(1, descriptor.size_requirements.multiple_of)
@@ -224,10 +238,7 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     meter = _LargestResult()
     with torch.no_grad(), meter:
         forward(x)
-    measured = meter.largest / (size * size)
-    with _lock:
-        _largest.setdefault(descriptor.model, {})[key] = measured
-    return measured
+    return meter.largest / (size * size)
 
 
 class _LargestResult(torch.overrides.TorchFunctionMode):

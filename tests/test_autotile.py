@@ -239,3 +239,13 @@ def test_cpu_auto_weighs_large_tensors_against_margins(monkeypatch, pad, tiled):
         assert computed < 300 * 320 * 1.45
     else:
         assert len(plan.tiles) == 1, "margins of 40 px would cost more than the slowdown"
+
+
+def test_largest_tensor_of_a_model_failing_in_its_dtype_is_sized_from_fp32():
+    class FailsInBf16(ConvNet):
+        def forward(self, x):
+            if x.dtype == torch.bfloat16:
+                raise RuntimeError("expected scalar type Float but found BFloat16")
+            return super().forward(x)
+
+    assert autotile.largest_tensor_per_pixel(describe(FailsInBf16()), CPU, torch.bfloat16) == 12 * 2

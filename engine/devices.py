@@ -40,6 +40,10 @@ BACKENDS = ("cpu", "cuda", "mps", "xpu", "privateuseone")
 #: Fragments of out-of-memory messages raised as plain RuntimeError (or torch.AcceleratorError):
 #: CPU allocation failures, MPS, XPU, and DirectML's "not enough GPU video memory".
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough gpu video memory", "failed to allocate memory")
+#: torch.OutOfMemoryError appeared in PyTorch 2.5; older hosts (A1111 pins 2.1) have only CUDA's.
+OOM_TYPES: tuple[type[BaseException], ...] = tuple(
+    {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type)}
+)
 
 
 class DeviceError(TilewiseError, ValueError):
@@ -161,7 +165,7 @@ class DevicePolicy:
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         """Whether `error` means the device (or the CPU) ran out of memory."""
-        if isinstance(error, (MemoryError, torch.OutOfMemoryError, *self.oom_errors)):
+        if isinstance(error, (MemoryError, *OOM_TYPES, *self.oom_errors)):
             return True
         return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in OOM_MESSAGES)
 
@@ -198,7 +202,10 @@ class DevicePolicy:
         kind = self.backend(device)
         with contextlib.suppress(Exception):
             if kind == "cuda":
-                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+                try:
+                    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+                except TypeError:  # PyTorch before 2.3 has no emulation to exclude
+                    return bool(torch.cuda.is_bf16_supported())
             if kind == "xpu":
                 return bool(torch.xpu.is_bf16_supported())
             if kind == "mps":

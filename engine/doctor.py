@@ -189,7 +189,7 @@ class _RunsOutOfMemoryAbove(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] * x.shape[-1] > self.pixels:
             self.raised += 1
-            raise torch.OutOfMemoryError("simulated out of memory (tilewise doctor)")
+            raise devices.OOM_TYPES[0]("simulated out of memory (tilewise doctor)")
         return self.inner(x)
 
 

@@ -17,16 +17,15 @@ The window is then sqrt(free * SAFETY / (bytes per pixel * tiles per batch)), al
 clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE], where `free` is the policy's free memory (the host's
 own figure inside ComfyUI). An out-of-memory error still halves the tile.
 
-On a CPU a window also keeps its estimated working set under `CPU_WORKING_SET`. Memory that a
-forward touches for the first time costs a page fault and a zeroed page per 4 KiB, and in a
-worker thread (where ComfyUI and A1111 run us) the C library maps large blocks afresh for every
-forward, so a whole-image window paid that for all of its activations. Measured in a worker
-thread, 0.78 MP photo, fp32, 2 threads, seconds for the old auto window (whole image; RRDB
-about 630 px) / 768 / 512 / 384 / 256-px windows: Compact 4.48 / 2.92 / 2.92 / 3.19 / 3.49,
-SPAN 6.21 / 3.08 / 2.91 / 2.84 / 3.00, RRDB 29.1 / 29.3 / 29.9 / 29.4 / 25.1. With 1 GiB the
-windows come out at 712 (Compact), 424 (SPAN) and 200 (RRDB) pixels, each at or next to its
-best (RRDB at 200: 28.1 s). The runner then weighs a smaller window whose largest tensor stays
-under `LARGE_TENSOR` against that one (`largest_tensor_per_pixel`, `runner._cheaper_cpu_tile`).
+On a CPU the cost of a plan is the pixels its windows compute (margins included), weighted
+by how fast those pixels run: a forward whose largest tensor exceeds `LARGE_TENSOR` runs about
+`LARGE_TENSOR_PENALTY` times slower per pixel (`largest_tensor_per_pixel`). The runner compares
+the memory-limited window with the largest window below that size and takes the cheaper
+(`runner._cheaper_cpu_tile`). This replaced a hard 1 GiB cap on a window's working set, which
+made RRDB-like models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the
+image's pixels where the whole image fitted: re-measured without the removed allocator tricks
+(worker thread, RRDB 4 blocks x4, 480², fp32), eight 256 x 136 windows under the cap 13.6 s,
+the whole image 13.8 s.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from .precision import forward_fn, model_on
 
 PROBE = 64
 SAFETY = 0.5  # use at most half of what is free
-CPU_WORKING_SET = 1 << 30  # estimated bytes per forward for a CPU auto window (see above)
 CPU_OVERHEAD = 3.0
 #: On a CPU, a forward whose largest tensor exceeds this runs about `LARGE_TENSOR_PENALTY` times
 #: slower per pixel in a host's worker thread (see `largest_tensor_per_pixel`).
@@ -187,11 +185,10 @@ def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
 def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1, cap: bool = True) -> int:
     """The window length for `tile=0` (auto): the largest square whose `batch` windows fit.
 
-    `cap=False` drops `MAX_AUTO_TILE` and `CPU_WORKING_SET`, for models with global context,
-    where a larger window is not only no slower but also closer to the whole-image result.
+    `cap=False` drops `MAX_AUTO_TILE`, for models with global context, where a larger window
+    is not only no slower but also closer to the whole-image result.
     """
-    limit = CPU_WORKING_SET * batch if cap and devices.active().is_cpu(device) else None
-    budget = pixel_budget(descriptor, device, dtype, limit)
+    budget = pixel_budget(descriptor, device, dtype)
     if budget is None:
         return 512
     side = int(math.sqrt(budget / max(1, batch))) // 8 * 8

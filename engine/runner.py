@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Literal
 
 import torch
@@ -257,7 +257,33 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
     if settings.tile == 0 and not square:  # auto: the window shape with the least margin
         tile_y, tile_x = window_shape(ph, pw, tile_y, pad, align)
     tiles = plan_tiles(ph, pw, (tile_y, tile_x), pad, align, square)
+    if settings.tile != 0:
+        _warn_if_costly(descriptor, settings, tiles, pad, height, width, device, dtype)
     return RunPlan(tiles, pad, tile if isinstance(tile, int) else max(tile), align, batch, (tile_y, tile_x))
+
+
+#: A chosen tile whose windows compute more than this many times the image's pixels is warned about.
+COSTLY_TILE = 2.0
+_warned_costly: set[tuple] = set()
+
+
+def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: int, height: int, width: int, device, dtype) -> None:
+    """One warning line when a tile length the user chose makes margins dominate the work
+    (RRDB, margin 79 px, at tile 64: 256 windows, about 20x the pixels), with auto's figure."""
+    computed = sum(t.window.height * t.window.width for t in tiles) / (height * width)
+    key = (descriptor.architecture.name, settings.tile, pad)
+    if computed <= COSTLY_TILE or key in _warned_costly:
+        return
+    _warned_costly.add(key)
+    try:
+        auto = plan_run(descriptor, height, width, replace(settings, tile=0), device, dtype)
+        instead = f"; automatic tiling computes {sum(t.window.height * t.window.width for t in auto.tiles) / (height * width):.2f}x (tile size 0 / --tile auto)"
+    except Exception:  # noqa: BLE001 - the warning must not fail the run
+        instead = "; use automatic tiling (tile size 0 / --tile auto) or a larger tile"
+    log.warning(
+        "Tilewise: %s-px tiles with a %d-px margin make %s compute %.1fx the image's pixels%s.",
+        settings.tile if isinstance(settings.tile, int) else "x".join(map(str, settings.tile)), pad, descriptor.architecture.name, computed, instead,
+    )
 
 
 def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int) -> int:

@@ -36,22 +36,22 @@ def test_tile_follows_free_memory(monkeypatch):
     assert autotile.auto_tile_size(model, CPU, torch.float32, cap=False) > autotile.MAX_AUTO_TILE
 
 
-def test_cpu_windows_keep_their_working_set_bounded(monkeypatch):
-    """On a CPU the window's estimated working set stays under CPU_WORKING_SET (fresh memory
-    costs page faults every forward); a GPU and global-context models are not capped so."""
+def test_cpu_auto_runs_whole_when_it_fits_and_margins_would_cost_more(monkeypatch):
+    """An RRDB-like model (25 kB per pixel of working memory, a 79-px margin) on 320²: the whole
+    image fits, so auto runs it whole; a working-set cap once chose 42-px cores in 200-px
+    windows (about 20x the pixels). Free memory still rules when it is short."""
     model = describe(ConvNet())
-    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 4096.0)
+    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
+    plan = plan_run(model, 320, 320, TileSettings(tile=0, pad=79), CPU)
+    assert len(plan.tiles) == 1 and plan.batch == 1
     monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 50)
-    assert autotile.auto_tile_size(model, CPU, torch.float32) == 512  # sqrt(2**30 / 4096)
-    assert autotile.auto_tile_size(model, CPU, torch.float32, batch=4) == 512  # per window
-    assert autotile.auto_tile_size(model, torch.device("cuda"), torch.float32) == autotile.MAX_AUTO_TILE
     assert autotile.auto_tile_size(model, CPU, torch.float32, cap=False) > autotile.MAX_AUTO_TILE
-    plan = plan_run(model, 1500, 1200, TileSettings(tile=0), CPU)
-    assert plan.tile == 512 and plan.batch == 1
-    assert max(t.window.height * t.window.width for t in plan.tiles) <= 512 * 512
     assert plan_run(_global(describe(ConvNet())), 1500, 1200, TileSettings(tile=0), CPU).tile == -1
-    monkeypatch.setattr(autotile, "free_memory", lambda device: int(4096 * 300 * 300 / autotile.SAFETY))
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(25152 * 300 * 300 / autotile.SAFETY))
     assert autotile.auto_tile_size(model, CPU, torch.float32) == 296  # free memory rules when smaller
+    plan = plan_run(model, 1000, 900, TileSettings(tile=0, pad=79), CPU)
+    assert len(plan.tiles) > 1 and max(t.window.height * t.window.width for t in plan.tiles) <= 300 * 300
 
 
 def test_auto_tiling_is_seamless_when_memory_is_short(monkeypatch):
@@ -249,3 +249,20 @@ def test_largest_tensor_of_a_model_failing_in_its_dtype_is_sized_from_fp32():
             return super().forward(x)
 
     assert autotile.largest_tensor_per_pixel(describe(FailsInBf16()), CPU, torch.bfloat16) == 12 * 2
+
+
+def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog):
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
+    monkeypatch.setattr("tilewise.engine.runner._warned_costly", set())
+    with caplog.at_level("WARNING", logger="tilewise"):
+        plan = plan_run(model, 320, 320, TileSettings(tile=64, pad=79), CPU)
+        plan_run(model, 320, 320, TileSettings(tile=64, pad=79), CPU)
+    computed = sum(t.window.height * t.window.width for t in plan.tiles) / (320 * 320)
+    lines = [r.getMessage() for r in caplog.records if "image's pixels" in r.getMessage()]
+    assert computed > 2 and len(lines) == 1
+    assert f"compute {computed:.1f}x the image's pixels; automatic tiling computes 1.00x" in lines[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tilewise"):
+        plan_run(model, 320, 320, TileSettings(tile=256, pad=8), CPU)
+    assert not [r for r in caplog.records if "image's pixels" in r.getMessage()]

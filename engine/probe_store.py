@@ -1,8 +1,10 @@
-"""Memory probes kept between processes: a small JSON file in the user cache directory.
+"""Probe results kept between processes: a small JSON file in the user cache directory.
 
-`autotile` keeps its CPU probe results here under a key made of the model's weights and the
+`autotile` keeps its CPU memory probes here under a key made of the model's weights and the
 run's settings, so every process on a machine plans the same auto windows for the same model
-(see `autotile._stored_key`). The file is only an optimisation: unreadable, corrupt or missing,
+(see `autotile._stored_key`); `receptive` keeps each model's tile margin (a probe that costs a
+deep RRDB many forwards), so only the first process that uses a model file pays for it.
+Values are positive numbers or small records of numbers. The file is only an optimisation: unreadable, corrupt or missing,
 it is ignored (and rewritten); `TILEWISE_PROBE_CACHE=0` switches it off (the test suite does,
 so that each test probes afresh). Deleting it makes the next run probe again.
 """
@@ -52,29 +54,41 @@ def key(model: torch.nn.Module, settings: str) -> str | None:
     return digest.hexdigest()
 
 
-def _read() -> dict[str, float]:
+Value = float | dict[str, float]
+
+
+def _valid(value) -> bool:
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if isinstance(value, dict):
+        return 0 < len(value) <= 8 and all(isinstance(k, str) and number(v) for k, v in value.items())
+    return number(value) and value > 0
+
+
+def _read() -> dict[str, Value]:
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(path().read_text())
         if isinstance(data, dict):
-            return {k: float(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
+            return {k: (v if isinstance(v, dict) else float(v)) for k, v in data.items() if isinstance(k, str) and _valid(v)}
     return {}
 
 
-def get(key: str) -> float | None:
+def get(key: str) -> Value | None:
     with _lock:
         return _read().get(key)
 
 
-def put(key: str, value: float) -> float:
+def put(key: str, value: Value) -> Value:
     """Adds an entry unless another process stored one meanwhile, and returns the kept value
     (best effort: a read-only cache directory only means probing again)."""
     with _lock:
         entries = _read()
         if key in entries:
             return entries[key]
-        entries[key] = float(value)
+        entries[key] = value if isinstance(value, dict) else float(value)
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
         with contextlib.suppress(OSError), storage.replacing(path(), ".json") as tmp:
             tmp.write_text(json.dumps(entries))
-        return float(value)
+        return entries[key]

@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 from spandrel import ImageModelDescriptor
 
+from . import probe_store
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 #: Largest radius (input pixels) the exact probe looks for; beyond it a model counts as deep.
@@ -81,15 +83,29 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
     elif isinstance(hint, int):  # the architecture knows its effective reach (e.g. shifted-window attention)
         context = Context(hint, exact=False)
     else:
-        if has_inference_weights(model):  # loaded under inference mode (ComfyUI): no gradients through it
-            forward = _GradientCapableForward(descriptor, device)
-        context = _probe(descriptor, forward, device, align)
+        stored = _stored_key(descriptor, align)
+        kept = probe_store.get(stored) if stored else None
+        if isinstance(kept, dict) and {"pad", "exact", "bounded"} <= set(kept) and kept["pad"] >= 0:
+            context = Context(int(kept["pad"]), bool(kept["exact"]), bool(kept["bounded"]))
+        else:
+            if has_inference_weights(model):  # loaded under inference mode (ComfyUI): no gradients through it
+                forward = _GradientCapableForward(descriptor, device)
+            context = _probe(descriptor, forward, device, align)
+            if stored:
+                probe_store.put(stored, {"pad": context.pad, "exact": int(context.exact), "bounded": int(context.bounded)})
         minimum = getattr(model, "min_tile_margin", None)
         if isinstance(minimum, int) and minimum > context.pad:
             context = Context(minimum, exact=False, bounded=context.bounded)
     with _lock:
         _cache[model] = context
     return context
+
+
+def _stored_key(descriptor: ImageModelDescriptor, align: int) -> str | None:
+    """The key the probed margin is kept under between processes (`probe_store`): the weights,
+    the architecture, the alignment and the probe's settings; None when keeping is off."""
+    settings = f"receptive|{descriptor.architecture.id}|{align}|{EXACT_PROBE_RADIUS}|{EFFECTIVE_PROBE_RADIUS}|{PROBE_TOLERANCE}|{SAFETY}|{torch.__version__}"
+    return probe_store.key(descriptor.model, settings)
 
 
 def has_inference_weights(module: torch.nn.Module) -> bool:

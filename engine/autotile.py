@@ -21,11 +21,13 @@ On a CPU the cost of a plan is the pixels its windows compute (margins included)
 by how fast those pixels run: a forward whose largest tensor exceeds `LARGE_TENSOR` runs about
 `LARGE_TENSOR_PENALTY` times slower per pixel (`largest_tensor_per_pixel`). The runner compares
 the memory-limited window with the largest window below that size and takes the cheaper
-(`runner._cheaper_cpu_tile`). This replaced a hard 1 GiB cap on a window's working set, which
-made RRDB-like models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the
-image's pixels where the whole image fitted: re-measured without the removed allocator tricks
-(worker thread, RRDB 4 blocks x4, 480², fp32), eight 256 x 136 windows under the cap 13.6 s,
-the whole image 13.8 s.
+(`runner._cheaper_cpu_tile`). A window whose estimated working set exceeds `CPU_WORKING_SET`
+costs `WORKING_SET_PENALTY` more. That working set was once a hard cap, which made RRDB-like
+models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the image's pixels
+where the whole image fitted; as a cost it still picks windows for RRDB with narrow margins.
+Re-measured without the removed allocator tricks (worker thread, RRDB 4 blocks x4, pad 8,
+fp32): 480², eight 256 x 136 windows 13.6 s, whole 13.8 s; 640², 200-px windows 22.8 s, whole
+26.2 s.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ CPU_OVERHEAD = 3.0
 #: slower per pixel in a host's worker thread (see `largest_tensor_per_pixel`).
 LARGE_TENSOR = 31 << 20
 LARGE_TENSOR_PENALTY = 1.45
+#: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
+#: about `WORKING_SET_PENALTY` times slower per pixel again (RRDB x4 4 blocks, worker thread,
+#: fp32: 1.17x at 480², 1.39x at 640², against windows under it; Compact stays under it).
+CPU_WORKING_SET = 1 << 30
+WORKING_SET_PENALTY = 1.25
 MIN_AUTO_TILE = 128
 #: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.
 MAX_AUTO_TILE = 2048

@@ -20,7 +20,8 @@ from spandrel import ImageModelDescriptor, ModelTiling
 from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
-from .autotile import LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, auto_tile_size, largest_tensor_per_pixel, whole_image_fits
+from . import autotile
+from .autotile import CPU_WORKING_SET, LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, WORKING_SET_PENALTY, auto_tile_size, whole_image_fits
 from .receptive import has_global_context, model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
 from .transfer import FastPathError, Pending, Transfers
@@ -287,13 +288,25 @@ def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: 
 
 
 def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int) -> int:
-    """The auto window budget on a CPU: `tile` (what memory allows), or a smaller one whose
-    largest tensor stays under `autotile.LARGE_TENSOR`, whichever computes less once the
-    large-tensor slowdown is counted: more margin against slower pixels. Compact x4 on 640²
-    (fp32, pad 18): full-width strips of ~200 rows instead of the whole image."""
-    per_pixel = largest_tensor_per_pixel(descriptor, device, dtype)
-    small = int(math.sqrt(LARGE_TENSOR / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
-    if small >= tile or small < MIN_AUTO_TILE or height * width * per_pixel <= LARGE_TENSOR:
+    """The auto window budget on a CPU: the cheapest of `tile` (what memory allows), the largest
+    window whose working set stays under `autotile.CPU_WORKING_SET` and the largest whose biggest
+    tensor stays under `autotile.LARGE_TENSOR`. A plan costs the pixels its windows compute,
+    margins included, times the slowdown of windows over either size: more margin against
+    slower pixels. Compact x4 on 640² (fp32, pad 18): four full-height strips instead of the
+    whole image; an RRDB with 79-px margins: the whole image where it fits."""
+    largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype)
+    try:
+        working = autotile.bytes_per_pixel(descriptor, device, dtype)
+    except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
+        working = 0.0
+    if height * width * max(largest, 1.0) <= LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
+        return tile  # the whole image runs at the fast rate
+    sides = {tile}
+    for limit, per_pixel in ((LARGE_TENSOR, largest), (CPU_WORKING_SET, working)):
+        side = int(math.sqrt(limit / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
+        if MIN_AUTO_TILE <= side < tile:
+            sides.add(side)
+    if len(sides) == 1:
         return tile
     pad = context_pad(descriptor, settings, device, align)
     square = descriptor.size_requirements.square
@@ -304,10 +317,11 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
         else:
             shape = (side, side) if square else window_shape(height, width, side, pad, align)
             windows = [t.window.height * t.window.width for t in plan_tiles(height, width, shape, pad, align, square)]
-        slow = max(windows) * per_pixel > LARGE_TENSOR
-        return sum(windows) * (LARGE_TENSOR_PENALTY if slow else 1.0)
+        biggest = max(windows)
+        rate = (LARGE_TENSOR_PENALTY if biggest * largest > LARGE_TENSOR else 1.0) * (WORKING_SET_PENALTY if biggest * working > CPU_WORKING_SET else 1.0)
+        return sum(windows) * rate
 
-    return small if cost(small) < cost(tile) else tile
+    return min(sorted(sides, reverse=True), key=cost)  # ties: the larger window
 
 
 def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:

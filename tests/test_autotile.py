@@ -266,3 +266,18 @@ def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog
     with caplog.at_level("WARNING", logger="tilewise"):
         plan_run(model, 320, 320, TileSettings(tile=256, pad=8), CPU)
     assert not [r for r in caplog.records if "image's pixels" in r.getMessage()]
+
+
+@pytest.mark.parametrize("pad, tiled", [(8, True), (79, False)])
+def test_cpu_auto_weighs_the_working_set_against_margins(monkeypatch, pad, tiled):
+    """RRDB-like working memory (25 kB per pixel) on 640²: with narrow margins, windows under
+    the working-set size (measured faster per pixel) win; with RRDB's real 79-px margins the
+    whole image does (those windows would compute ~20x the pixels)."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
+    plan = plan_run(model, 640, 640, TileSettings(tile=0, pad=pad), CPU)
+    if tiled:
+        assert len(plan.tiles) > 1 and max(t.window.height * t.window.width for t in plan.tiles) * 25152 <= autotile.CPU_WORKING_SET
+    else:
+        assert len(plan.tiles) == 1

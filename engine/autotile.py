@@ -50,9 +50,10 @@ CPU_OVERHEAD = 3.0
 LARGE_TENSOR = 31 << 20
 LARGE_TENSOR_PENALTY = 1.45
 #: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
-#: about `WORKING_SET_PENALTY` times slower per pixel again (RRDB x4 4 blocks, worker thread,
-#: fp32: 1.17x at 480², 1.39x at 640², against windows under it; Compact stays under it).
-CPU_WORKING_SET = 1 << 30
+#: about `WORKING_SET_PENALTY` times slower per pixel again. RRDB x4, worker thread, fp32, per
+#: computed pixel, whole image against smaller windows: 256² (1.6 GB) no slower, 480² (5.8 GB)
+#: 1.17x, 640² (10 GB) 1.39x; Compact and SPAN stay under it at 640².
+CPU_WORKING_SET = 4 << 30
 WORKING_SET_PENALTY = 1.25
 MIN_AUTO_TILE = 128
 #: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.

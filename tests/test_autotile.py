@@ -272,7 +272,7 @@ def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog
 def test_cpu_auto_weighs_the_working_set_against_margins(monkeypatch, pad, tiled):
     """RRDB-like working memory (25 kB per pixel) on 640²: with narrow margins, windows under
     the working-set size (measured faster per pixel) win; with RRDB's real 79-px margins the
-    whole image does (those windows would compute ~20x the pixels)."""
+    whole image does (those windows would cost more in margins than they save)."""
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)

@@ -66,28 +66,43 @@ _lock = threading.Lock()
 def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
     """Working memory of one forward per input pixel (probed once, cached in the process and,
     on the CPU, on disk: `_stored_key`)."""
+    def measure() -> float:
+        stored = _stored_key(descriptor, device, dtype)
+        measured = probe_store.get(stored) if stored else None
+        if measured is None:
+            measured = _probe(descriptor, device, dtype)
+            if stored:
+                measured = probe_store.put(stored, measured)
+        return measured
+
+    return _memo(_cache, descriptor, device, dtype, measure)
+
+
+def _memo(table: "weakref.WeakKeyDictionary", descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, measure) -> float:
+    """`table`'s figure for (model, device, dtype), from `measure()` the first time."""
     key = (str(device), dtype)
     with _lock:
-        known = _cache.get(descriptor.model, {}).get(key)
+        known = table.get(descriptor.model, {}).get(key)
     if known is not None:
         return known
-    stored = _stored_key(descriptor, device, dtype)
-    measured = probe_store.get(stored) if stored else None
-    if measured is None:
-        measured = _probe(descriptor, device, dtype)
-        if stored:
-            measured = probe_store.put(stored, measured)
+    measured = measure()
     with _lock:
-        _cache.setdefault(descriptor.model, {})[key] = measured
+        table.setdefault(descriptor.model, {})[key] = measured
     return measured
 
 
-def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype):
+    """(module, forward, input, side) for a probe forward: a random PROBE-sized input (at least
+    the model's minimum, a multiple of its `multiple_of`) on `device` in `dtype`."""
     model = model_on(descriptor, device, dtype)
-    forward = forward_fn(descriptor, model)
-    size = max(PROBE, descriptor.size_requirements.minimum)
-    size = -(-size // max(1, descriptor.size_requirements.multiple_of)) * max(1, descriptor.size_requirements.multiple_of)
+    multiple = max(1, descriptor.size_requirements.multiple_of)
+    size = -(-max(PROBE, descriptor.size_requirements.minimum) // multiple) * multiple
     x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
+    return model, forward_fn(descriptor, model), x, size
+
+
+def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+    model, forward, x, size = _probe_input(descriptor, device, dtype)
     policy = devices.active()
     meter = policy.peak_memory(device)
     if meter is not None:
@@ -216,30 +231,21 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     fault and a zeroed page per 4 KiB for them. Measured in a worker thread (Compact 64x16 x4,
     NHWC, 2 threads): fp32 6.1-6.4 s/MP up to 360² windows (31.6 MiB feature maps) and 8.9-9.1
     s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
-    key = (str(device), dtype)
-    with _lock:
-        known = _largest.get(descriptor.model, {}).get(key)
-    if known is not None:
-        return known
-    try:
-        measured = _largest_result(descriptor, device, dtype)
-    except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
+    def measure() -> float:
         try:
-            element = torch.empty((), dtype=dtype).element_size()
-            measured = _largest_result(descriptor, device, torch.float32) * element / 4
-        except Exception:  # noqa: BLE001 - no measurement: no large-tensor preference
-            measured = 0.0
-    with _lock:
-        _largest.setdefault(descriptor.model, {})[key] = measured
-    return measured
+            return _largest_result(descriptor, device, dtype)
+        except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
+            try:
+                element = torch.empty((), dtype=dtype).element_size()
+                return _largest_result(descriptor, device, torch.float32) * element / 4
+            except Exception:  # noqa: BLE001 - no measurement: no large-tensor preference
+                return 0.0
+
+    return _memo(_largest, descriptor, device, dtype, measure)
 
 
 def _largest_result(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    model = model_on(descriptor, device, dtype)
-    forward = forward_fn(descriptor, model)
-    multiple = max(1, descriptor.size_requirements.multiple_of)
-    size = -(-max(PROBE, descriptor.size_requirements.minimum) // multiple) * multiple
-    x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
+    _, forward, x, size = _probe_input(descriptor, device, dtype)
     meter = _LargestResult()
     with torch.no_grad(), meter:
         forward(x)

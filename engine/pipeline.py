@@ -164,15 +164,10 @@ def output_bytes(batch: int, channels: int, size: tuple[int, int], target: tuple
     return 4 * batch * channels * (model_out + target[0] * target[1])
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free on `device` now (the active device policy's answer), or None when unknown."""
-    return devices_.active().free_memory(device)
-
-
 def check_memory(batch, channels, size, target, scale, passes, device: torch.device) -> None:
     """Refuses, before allocating, a result that cannot fit in the output device's free memory."""
     need = output_bytes(batch, channels, size, target, scale, passes)
-    free = available_memory(device)
+    free = devices_.active().free_memory(device)
     if free is not None and need > free:
         raise ImageError(
             f"the result ({target[1]}x{target[0]}, {batch} image(s)) needs about {need / 2**30:.1f} GiB "

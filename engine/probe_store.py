@@ -17,6 +17,7 @@ import json
 import math
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -42,16 +43,34 @@ def key(model: torch.nn.Module, settings: str) -> str | None:
     bytes); None when keeping is switched off or the module has no state."""
     if not enabled():
         return None
-    state = model.state_dict()
-    if not state:  # nothing identifies it (an onnxruntime session's module)
+    weights = _weights_digest(model)
+    if weights is None:  # nothing identifies it (an onnxruntime session's module)
         return None
-    digest = hashlib.blake2b(settings.encode(), digest_size=16)
-    for name, tensor in state.items():
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return hashlib.blake2b(f"{settings}|{weights}".encode(), digest_size=16).hexdigest()
+
+
+_digests: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
+
+
+def _weights_digest(model: torch.nn.Module) -> str | None:
+    """The digest of a model's weights, computed once per model object: the memory probes and
+    the tile margin are both keyed by it, and hashing a 64 MB RRDB twice is time wasted."""
+    with _lock:
+        if model in _digests:
+            return _digests[model]
+    state = model.state_dict()
+    digest = None
+    if state:
+        hasher = hashlib.blake2b(digest_size=16)
+        for name, tensor in state.items():
+            hasher.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            if flat.numel():
+                hasher.update(flat.view(torch.uint8).numpy().tobytes())
+        digest = hasher.hexdigest()
+    with _lock:
+        _digests[model] = digest
+    return digest
 
 
 Value = float | dict[str, float]

@@ -268,17 +268,22 @@ COSTLY_TILE = 2.0
 _warned_costly: set[tuple] = set()
 
 
+def _work(tiles: list[Tile], height: int, width: int) -> float:
+    """Pixels the windows compute, margins included, over the image's own pixels."""
+    return sum(t.window.height * t.window.width for t in tiles) / (height * width)
+
+
 def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: int, height: int, width: int, device, dtype) -> None:
     """One warning line when a tile length the user chose makes margins dominate the work
     (RRDB, margin 79 px, at tile 64: 256 windows, about 20x the pixels), with auto's figure."""
-    computed = sum(t.window.height * t.window.width for t in tiles) / (height * width)
+    computed = _work(tiles, height, width)
     key = (descriptor.architecture.name, settings.tile, pad)
     if computed <= COSTLY_TILE or key in _warned_costly:
         return
     _warned_costly.add(key)
     try:
         auto = plan_run(descriptor, height, width, replace(settings, tile=0), device, dtype)
-        instead = f"; automatic tiling computes {sum(t.window.height * t.window.width for t in auto.tiles) / (height * width):.2f}x (tile size 0 / --tile auto)"
+        instead = f"; automatic tiling computes {_work(auto.tiles, height, width):.2f}x (tile size 0 / --tile auto)"
     except Exception:  # noqa: BLE001 - the warning must not fail the run
         instead = "; use automatic tiling (tile size 0 / --tile auto) or a larger tile"
     log.warning(

@@ -24,6 +24,7 @@ the input unchanged, as the host's own upscalers do.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -268,8 +269,10 @@ def _device() -> str:
     return str(device) if device is not None else "auto"
 
 
+@functools.lru_cache(maxsize=1)
 def web_ui_devices():
-    """The engine's device policy answered by the host: its upscaler device for `auto`, fp32
+    """The engine's device policy answered by the host (one instance: it keeps no state and reads
+    the host's settings at each call): its upscaler device for `auto`, fp32
     under `--no-half` / `--precision full`, Forge's free-memory figure where Forge has one, and
     the host's `devices.torch_gc()` to hand cached memory back. The rest is plain PyTorch."""
 

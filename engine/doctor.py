@@ -21,7 +21,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
 import torch
@@ -30,6 +30,7 @@ from spandrel import ImageModelDescriptor
 from . import devices, transfer
 from .loading import load_model
 from .pipeline import UpscaleOptions, upscale
+from .precision import model_on
 from .runner import TileSettings, plan_run
 
 MODEL = "builtin:paragonsr2-realtime-2x"
@@ -154,14 +155,10 @@ def _tiled(descriptor, image, base: UpscaleOptions, untiled: torch.Tensor) -> Ch
 
 
 def _with_tile(options: UpscaleOptions, tile: int, pad: int | None = None) -> UpscaleOptions:
-    from dataclasses import replace
-
     return replace(options, tiles=replace(options.tiles, tile=tile, pad=pad))
 
 
 def _precisions(descriptor, image, base: UpscaleOptions, untiled, policy, target) -> list[Check]:
-    from dataclasses import replace
-
     checks = []
     for dtype in policy.usable_precisions(target):
         name = _short(dtype)
@@ -234,8 +231,6 @@ def _fast_path(descriptor, image, base: UpscaleOptions, policy, target) -> Check
 
 
 def _speed(descriptor: ImageModelDescriptor, image, base: UpscaleOptions, policy, target) -> Check:
-    from .precision import model_on
-
     options = _with_tile(base, 0)  # auto, as users run it
     model = model_on(descriptor, target, torch.float32)
     x = image.to(target)

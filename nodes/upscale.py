@@ -6,7 +6,6 @@ from comfy_api.latest import io
 from spandrel import ImageModelDescriptor
 
 from ..engine import ALPHA_MODES, FILTERS, PRECISIONS, CancelledError, ImageError, ScaleTarget, TileSettings, UpscaleOptions, upscale
-from ..engine.context import measure_context
 from ..engine.memory import estimate_device_bytes
 from ..engine.runner import MIN_TILE
 from . import host
@@ -124,7 +123,6 @@ class TilewiseUpscale(io.ComfyNode):
         pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
         progress, cancel = host.callbacks()
         with host.run_on(upscale_model, run_device):
-            measure_context(upscale_model, options.tiles, run_device)  # ComfyUI runs nodes in inference mode
             host.make_room(estimate_device_bytes(upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0]), run_device)
             try:
                 result = upscale(upscale_model, pixels, options, progress=progress, cancel=cancel)

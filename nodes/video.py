@@ -46,7 +46,6 @@ import comfy.utils
 import folder_paths
 
 from ..engine import CancelledError, ImageError, UpscaleOptions
-from ..engine.context import measure_context
 from ..engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 from . import host
 from .upscale import TILE_WIDGETS, check_inputs, tile_input, tile_settings
@@ -213,7 +212,6 @@ class TilewiseUpscaleVideo(io.ComfyNode):
         progress, cancel = _FrameTileProgress(frames), host.interrupted
         out: torch.Tensor | None = None
         with host.run_on(upscale_model, run_device):
-            measure_context(upscale_model, options.upscale.tiles, run_device)
             try:
                 for t in range(frames):
                     host.raise_interrupt()  # per frame; the engine also stops between tiles
@@ -294,7 +292,6 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
 
         with tempfile.TemporaryDirectory(dir=folder) as scratch, host.run_on(upscale_model, run_device):
             source = _source_file(video, Path(scratch))
-            measure_context(upscale_model, options.upscale.tiles, run_device)
             host.raise_interrupt()
             try:
                 upscale_video_file(upscale_model, source, destination, options, crf=crf, progress=progress, cancel=host.interrupted)

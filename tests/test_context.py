@@ -7,28 +7,36 @@ import torch
 
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
-from tilewise.engine.context import measure_context
+from tilewise.engine import receptive
 from tilewise.engine.receptive import has_inference_weights
 from tilewise.engine.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
 
 CPU = torch.device("cpu")
 
 
-def test_inference_mode_models_tile_after_measure_context(tmp_path):
+def test_inference_mode_models_get_the_same_margin_and_pixels(tmp_path):
+    """ComfyUI loads models under inference mode, where autograd refuses the weights; the margin
+    probe uses a gradient-capable copy, so the margin and the tiled pixels are the normal ones."""
     path = ZOO["Compact"].save(tmp_path / "compact_x2.safetensors", seed=3, scale=2)
     image = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(0))
     tiled = UpscaleOptions(tiles=TileSettings(tile=24), device="cpu")
     normal = load_model(path, cache=None)
     expected = upscale(normal, image, tiled)
-    expected_pad = measure_context(normal, tiled.tiles, CPU).pad
+    expected_pad = _margin(normal)
+    assert expected_pad > 0
     with torch.inference_mode():
         model = load_model(path, cache=None)
         assert has_inference_weights(model.model) and not has_inference_weights(normal.model)
-        context = measure_context(model, tiled.tiles, CPU)
         result = upscale(model, image, tiled)
-    assert context.pad == expected_pad
+        pad = _margin(model)
+    assert pad == expected_pad
     assert torch.equal(result, expected)
     assert has_inference_weights(model.model), "the model itself is left as it was"
+
+
+def _margin(descriptor) -> int:
+    """The margin the run used: the per-model cache `model_context` filled."""
+    return receptive._cache[descriptor.model].pad
 
 
 def test_inference_mode_models_tile_without_measuring_first(tmp_path):
@@ -44,9 +52,15 @@ def test_inference_mode_models_tile_without_measuring_first(tmp_path):
     assert torch.equal(result, expected)
 
 
-def test_no_measurement_when_the_margin_is_given_or_untileable(tmp_path):
+def test_no_margin_probe_when_the_image_runs_whole_or_the_margin_is_given(tmp_path):
+    """The probe costs forwards, so it runs only when a plan has tiles and no margin was given."""
     model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
-    assert measure_context(model, TileSettings(tile=24, pad=5), CPU) is None
+    image = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(2))
+    upscale(model, image, UpscaleOptions(tiles=TileSettings(tile=0), device="cpu"))
+    upscale(model, image, UpscaleOptions(tiles=TileSettings(tile=24, pad=5), device="cpu"))
+    assert model.model not in receptive._cache
+    upscale(model, image, UpscaleOptions(tiles=TileSettings(tile=24), device="cpu"))
+    assert model.model in receptive._cache
 
 
 def test_memory_estimate_grows_with_tiles_batch_and_images(tmp_path):

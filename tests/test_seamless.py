@@ -14,7 +14,7 @@ from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from model_zoo import ZOO, _esrgan_finish
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
 from tilewise.engine.precision import forward_fn
-from tilewise.engine.receptive import EXACT_PROBE_RADIUS, model_context
+from tilewise.engine.receptive import EFFECTIVE_PROBE_RADIUS, EXACT_PROBE_RADIUS, PROBE_TOLERANCE, effective_radius, model_context, probe_margins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,6 +61,34 @@ def test_deep_model_uses_effective_radius(deep_rrdb):
     context = model_context(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"))
     assert not context.exact and context.bounded
     assert context.pad < 60  # far below the structural radius of ~80 input pixels
+
+
+def test_effective_probe_costs_what_its_radius_needs_and_agrees_with_the_whole_probe(deep_rrdb):
+    """The probe compares each margin with the next instead of the whole 257-px image: its
+    largest forward follows the radius it finds, and the radius still holds against the whole."""
+    forward = forward_fn(deep_rrdb, deep_rrdb.model)
+    size = 2 * EFFECTIVE_PROBE_RADIUS + 1
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(5))
+    sides = []
+
+    def counted(x):
+        sides.append(x.shape[-1])
+        return forward(x)
+
+    radius, bounded = effective_radius(counted, image, deep_rrdb.scale)
+    assert bounded and 4 < radius < 40
+    margins = probe_margins(size // 2 - 1)
+    after = next(m for m in margins if m >= radius)
+    assert max(sides) <= 2 * margins[margins.index(after) + 1] + 1 < size // 2
+    centre, s = size // 2, deep_rrdb.scale
+    with torch.inference_mode():
+        whole = forward(image)[..., centre * s:(centre + 1) * s, centre * s:(centre + 1) * s]
+        crop = forward(image[..., centre - radius:centre + radius + 1, centre - radius:centre + radius + 1])
+        got = crop[..., radius * s:(radius + 1) * s, radius * s:(radius + 1) * s]
+        assert (got - whole).abs().max() <= PROBE_TOLERANCE
+        narrower = forward(image[..., centre - radius // 2:centre + radius // 2 + 1, centre - radius // 2:centre + radius // 2 + 1])
+        half = narrower[..., (radius // 2) * s:(radius // 2 + 1) * s, (radius // 2) * s:(radius // 2 + 1) * s]
+        assert (half - whole).abs().max() > PROBE_TOLERANCE, "the radius is not far larger than needed"
 
 
 @pytest.mark.parametrize("tile,batch", [(48, 1), (72, 2)])

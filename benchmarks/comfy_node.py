@@ -24,8 +24,8 @@ what they were before Tilewise ran (printed).
                                     [--precisions fp32,bf16] [--repeats 2] [--threads 2]
 
 Models: compact (realesr-animevideov3's shape), span (48 features), rrdb6 / rrdb23 (RealESRGAN
-x4plus anime 6B / x4plus shapes), swinir (a light SwinIR x2), paragonsr2 (the built-in realtime
-x2, a bundled file).
+x4plus anime 6B / x4plus shapes), swinir (a light SwinIR x2), dat (a light DAT x2), paragonsr2 (the built-in
+realtime x2, a bundled file), paragonsr2photo (the photo variant x2, window attention).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("compact", "span", "rrdb6", "rrdb23", "swinir", "paragonsr2")
+MODELS = ("compact", "span", "rrdb6", "rrdb23", "swinir", "dat", "paragonsr2", "paragonsr2photo")
 
 
 def build_models(names: list[str], folder: Path) -> None:
@@ -52,7 +52,10 @@ def build_models(names: list[str], folder: Path) -> None:
     from spandrel.architectures.Compact import Compact
     from spandrel.architectures.ESRGAN import ESRGAN
     from spandrel.architectures.SPAN import SPAN
+    from spandrel.architectures.DAT import DAT
     from spandrel.architectures.SwinIR import SwinIR
+
+    from tilewise.archs.paragonsr2 import ParagonSR2
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from tiling import seeded
@@ -63,6 +66,8 @@ def build_models(names: list[str], folder: Path) -> None:
         "rrdb6": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=6, scale=4), 1),
         "rrdb23": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4), 1),
         "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
+        "dat": lambda: seeded(DAT(upscale=2, in_chans=3, img_size=64, img_range=1.0, depth=[6, 6], embed_dim=60, num_heads=[6, 6], expansion_factor=2, split_size=[8, 16], upsampler="pixelshuffledirect", resi_connection="1conv"), 5),
+        "paragonsr2photo": lambda: seeded(ParagonSR2(scale=2, variant="photo"), 6),
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -122,7 +127,7 @@ def inner(args: argparse.Namespace) -> int:
     print(f"  {'model':<11} {'size':>5} {'prec':<5} {'core s':>7} {'first s':>8} {'warm s':>7} {'limit s':>8} {'vs core':>8} {'vs limit':>9} {'first/warm':>11}")
     unchanged = True
     for name in args.models.split(","):
-        loader = "TilewiseModelLoader" if name == "paragonsr2" else "UpscaleModelLoader"  # spandrel lacks ParagonSR2
+        loader = "TilewiseModelLoader" if name.startswith("paragonsr2") else "UpscaleModelLoader"  # spandrel lacks ParagonSR2
         model = in_worker(lambda: mapping[loader].execute(f"{name}.safetensors")[0])
         classes = [type(m) for m in model.model.modules()]
         for size in (int(s) for s in args.sizes.split(",")):

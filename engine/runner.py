@@ -311,9 +311,9 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
         side = int(math.sqrt(limit / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
         if MIN_AUTO_TILE <= side < tile:
             sides.add(side)
-    if len(sides) == 1:
+    if len(sides) == 1 or min(sides) >= max(height, width):  # one plan, or every candidate runs whole
         return tile
-    pad = context_pad(descriptor, settings, device, align)
+    pad = context_pad(descriptor, settings, device, align)  # probed only when some candidate tiles
     square = descriptor.size_requirements.square
 
     def cost(side: int) -> float:

@@ -281,3 +281,19 @@ def test_cpu_auto_weighs_the_working_set_against_margins(monkeypatch, pad, tiled
         assert len(plan.tiles) > 1 and max(t.window.height * t.window.width for t in plan.tiles) * 25152 <= autotile.CPU_WORKING_SET
     else:
         assert len(plan.tiles) == 1
+
+
+def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
+    """RRDB at 256²: its large tensors and working set give smaller candidate windows, but all of
+    them hold the whole image, so the plan needs no margin and the margin probe (forwards of
+    its own) must not run; a larger image that does tile asks for it."""
+    model = describe(ConvNet())
+    asked = []
+    monkeypatch.setattr("tilewise.engine.runner.context_pad", lambda *args: asked.append(args) or 8)
+    monkeypatch.setattr("tilewise.engine.runner.LARGE_TENSOR", 48 * 100 * 100)  # below the smallest auto window
+    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
+    plan = plan_run(model, 256, 256, TileSettings(tile=0), CPU)
+    assert len(plan.tiles) == 1 and not asked
+    plan_run(model, 640, 640, TileSettings(tile=0), CPU)
+    assert asked

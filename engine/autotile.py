@@ -66,16 +66,23 @@ _lock = threading.Lock()
 def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
     """Working memory of one forward per input pixel (probed once, cached in the process and,
     on the CPU, on disk: `_stored_key`)."""
-    def measure() -> float:
-        stored = _stored_key(descriptor, device, dtype)
-        measured = probe_store.get(stored) if stored else None
-        if measured is None:
-            measured = _probe(descriptor, device, dtype)
-            if stored:
-                measured = probe_store.put(stored, measured)
-        return measured
+    return _memo(_cache, descriptor, device, dtype, lambda: _measured(descriptor, device, dtype)["bytes"])
 
-    return _memo(_cache, descriptor, device, dtype, measure)
+
+def _measured(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """{"bytes": working memory per pixel, "largest": largest tensor per pixel (CPU only)}, from
+    the disk store when kept there, else probed; on a CPU one 64² forward gives the hook
+    estimate and the largest tensor together, and both are kept."""
+    stored = _stored_key(descriptor, device, dtype)
+    kept = probe_store.get(stored) if stored else None
+    if isinstance(kept, dict) and {"bytes", "largest"} <= set(kept):
+        return kept
+    measured = _probe(descriptor, device, dtype)
+    if stored:
+        measured = probe_store.put(stored, measured)
+    if "largest" in measured:
+        _memo(_largest, descriptor, device, dtype, lambda: measured["largest"])
+    return measured
 
 
 def _memo(table: "weakref.WeakKeyDictionary", descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, measure) -> float:
@@ -101,18 +108,20 @@ def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
     return model, forward_fn(descriptor, model), x, size
 
 
-def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
+def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     model, forward, x, size = _probe_input(descriptor, device, dtype)
     policy = devices.active()
     meter = policy.peak_memory(device)
     if meter is not None:
         with meter, torch.no_grad():
             forward(x)
-        return meter.bytes / (size * size)
-    hooked = _hooked_estimate(model, forward, x) / (size * size)
+        return {"bytes": meter.bytes / (size * size)}
+    largest = _LargestResult()
+    with largest:
+        hooked = _hooked_estimate(model, forward, x) / (size * size)
     if policy.is_cpu(device):
-        return max(hooked, _rss_growth(forward, descriptor, device, dtype))
-    return hooked
+        return {"bytes": max(hooked, _rss_growth(forward, descriptor, device, dtype)), "largest": largest.largest / (size * size)}
+    return {"bytes": hooked, "largest": largest.largest / (size * size)}
 
 
 def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -124,7 +133,7 @@ def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: t
     the same windows, and skips the probe. CUDA's allocator peak is exact and not kept."""
     if not devices.active().is_cpu(device):
         return None
-    return probe_store.key(descriptor.model, f"{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}")
+    return probe_store.key(descriptor.model, f"memory2|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}")
 
 
 def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
@@ -233,6 +242,8 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
     def measure() -> float:
         try:
+            if _stored_key(descriptor, device, dtype):  # measured with the memory probe, and kept on disk
+                return _measured(descriptor, device, dtype)["largest"]
             return _largest_result(descriptor, device, dtype)
         except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
             try:

@@ -222,6 +222,8 @@ def test_largest_tensor_counts_every_operation_not_only_module_outputs():
     assert autotile.largest_tensor_per_pixel(describe(ConvNet()), CPU, torch.float32) == 12 * 4  # the pre-shuffle map
     assert autotile.largest_tensor_per_pixel(describe(CatsInside()), CPU, torch.float32) == 40 * 4
     assert autotile.largest_tensor_per_pixel(describe(CatsInside()), CPU, torch.bfloat16) == 40 * 2
+    # the memory probe's forward measures it on the way (one forward for both, both kept on disk)
+    assert autotile._probe(describe(CatsInside()), CPU, torch.float32)["largest"] == 40 * 4
 
 
 @pytest.mark.parametrize("pad, tiled", [(3, True), (40, False)])

@@ -290,7 +290,7 @@ def no_proc(monkeypatch):
 def test_memory_and_feature_paths_work_without_proc(no_proc, monkeypatch, caplog):
     cpu = torch.device("cpu")
     assert devices.DevicePolicy().free_memory(cpu) > 0 and devices.resident_bytes() > 0
-    assert autotile._probe(describe(ConvNet()), cpu, torch.float32) > 0
+    assert autotile._probe(describe(ConvNet()), cpu, torch.float32)["bytes"] > 0
     upscale(describe(ConvNet()), photo(height=24, width=24))
     monkeypatch.setattr(devices.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=64 << 20))
     with pytest.raises(ImageError, match="needs about .* GiB but only 0.1 GiB is free on cpu"):

@@ -33,7 +33,7 @@ def varying_probe(monkeypatch):
 
     def probe(descriptor, device, dtype):
         given.append(1000.0 + 100 * len(given))
-        return given[-1]
+        return {"bytes": given[-1], "largest": 48.0}
 
     monkeypatch.setattr(autotile, "_probe", probe)
     return given
@@ -42,6 +42,7 @@ def varying_probe(monkeypatch):
 def new_process_view(model: ConvNet):
     """The same weights in a fresh module, as another process would load them."""
     autotile._cache.clear()
+    autotile._largest.clear()
     twin = ConvNet()
     twin.load_state_dict(model.state_dict())
     return describe(twin)
@@ -54,7 +55,9 @@ def test_a_later_process_plans_with_the_first_probe(store, varying_probe):
     assert autotile.bytes_per_pixel(again, CPU, torch.float32) == 1000.0
     assert varying_probe == [1000.0]  # probed once
     assert autotile.auto_tile_size(first, CPU, torch.float32) == autotile.auto_tile_size(again, CPU, torch.float32)
-    assert list(json.loads(store.read_text()).values()) == [1000.0]
+    assert autotile.largest_tensor_per_pixel(again, CPU, torch.float32) == 48.0  # kept with it, not probed again
+    assert varying_probe == [1000.0]
+    assert list(json.loads(store.read_text()).values()) == [{"bytes": 1000.0, "largest": 48.0}]
 
 
 def test_without_the_store_each_process_probes(monkeypatch, varying_probe, tmp_path):

@@ -13,7 +13,20 @@ def first_line(error: BaseException) -> str:
     """An exception's message reduced to one line of at most 200 characters (its type if empty),
     for quoting inside a user-facing message."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+    return printable((text.splitlines()[0] if text else type(error).__name__), 200)
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """Untrusted text (a key or name from a model file) for a message: control characters and
+    non-ASCII escaped, at most `limit` characters."""
+    text = text[: limit * 4]  # escaping grows text at most 4x (\xNN); never escape more than is kept
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in escaped)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+#: The longest message a model-file error carries (a damaged file can put anything in it).
+MAX_MESSAGE = 2000
 
 
 class TilewiseError(Exception):
@@ -25,9 +38,9 @@ class ModelFileError(TilewiseError):
 
     def __init__(self, path: str | Path, problem: str, advice: str = ""):
         self.path = Path(path)
-        self.problem = problem
+        self.problem = problem = printable(problem, MAX_MESSAGE)
         self.advice = advice
-        text = f"{self.path.name}: {problem}"
+        text = f"{printable(self.path.name, 255)}: {problem}"
         if advice:
             text += f" {advice}"
         super().__init__(text)

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .errors import ModelFileError, UnsafeModelError
+from . import pickle_scan
+from .errors import ModelFileError, UnsafeModelError, printable
 
 StateDict = dict[str, torch.Tensor]
 
@@ -67,6 +68,7 @@ def read_state_dict(path: str | Path) -> StateDict:
             raise ModelFileError(path, f"has an unsupported extension '{path.suffix}'.", f"Use one of {', '.join(WEIGHT_EXTENSIONS)}.")
         if kind == "zip":
             _check_torch_zip(path)
+        _scan_pickles(path, kind)
         raw = _read_torch_pickle(path)
     return canonicalize(raw, path)
 
@@ -174,6 +176,8 @@ def _check_safetensors_extent(path: Path) -> None:
             header = json.loads(f.read(header_len))
         except (ValueError, UnicodeDecodeError):
             raise ModelFileError(path, "is a damaged safetensors file (its header is not valid JSON).", _DOWNLOAD_AGAIN) from None
+        except RecursionError:
+            raise UnsafeModelError(path, "has a safetensors header nested far deeper than any real one; it was refused as malformed or hostile.", _DOWNLOAD_AGAIN) from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "is a damaged safetensors file (its header is not a table of tensors).", _DOWNLOAD_AGAIN)
     end = 0
@@ -181,9 +185,14 @@ def _check_safetensors_extent(path: Path) -> None:
         if name == "__metadata__":
             continue
         try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise ModelFileError(path, f"is a damaged safetensors file (entry '{name}' has no valid offsets).", _DOWNLOAD_AGAIN) from None
+            start, stop = info["data_offsets"]
+            shape = info["shape"]
+            valid = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62 for v in (start, stop, *shape)) and start <= stop
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ModelFileError(path, f"is a damaged safetensors file (entry '{printable(name)}' has no valid offsets or shape).", _DOWNLOAD_AGAIN)
+        end = max(end, stop)
     if 8 + header_len + end > size:
         missing = 8 + header_len + end - size
         raise ModelFileError(path, f"is truncated: {missing} bytes of tensor data are missing.", _DOWNLOAD_AGAIN)
@@ -206,6 +215,44 @@ def _check_torch_zip(path: Path) -> None:
     for member in members:
         if member.compress_type != zipfile.ZIP_STORED and member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1):
             raise UnsafeModelError(path, f"contains a member ('{member.filename}') that inflates {member.file_size} bytes out of {member.compress_size}; refused as a zip bomb.")
+
+
+#: The first pickle of torch's legacy (non-zip) format.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _scan_pickles(path: Path, kind: str) -> None:
+    """Runs `pickle_scan` over every pickle `torch.load` would read, and checks that the tensor
+    data they declare is present, before torch allocates it."""
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                members = {m.filename: m for m in archive.infolist()}
+                pickles = [name for name in members if name.endswith(".pkl")]
+                for name in pickles:
+                    with archive.open(name) as stream:
+                        result = pickle_scan.scan(stream)
+                    prefix = name[: -len("data.pkl")] if name.endswith("data.pkl") else name.rsplit("/", 1)[0] + "/"
+                    for key, storage in result.storages.items():
+                        member = members.get(f"{prefix}data/{key}")
+                        if member is None or member.file_size < storage.nbytes:
+                            raise pickle_scan.PickleRefused(f"declares {storage.nbytes} bytes of tensor data for storage '{pickle_scan._printable(key)}' but holds {member.file_size if member else 0}", unsafe=False)
+        else:
+            size = path.stat().st_size
+            with path.open("rb") as stream:
+                result = pickle_scan.scan(stream)
+                if result.value == _LEGACY_MAGIC:  # then: protocol, system info, the object, storage keys
+                    for _ in range(4):
+                        pickle_scan.scan(stream, result)
+            declared = sum(s.nbytes for s in result.storages.values())
+            if declared > size:
+                raise pickle_scan.PickleRefused(f"declares {declared} bytes of tensor data but the whole file has {size}", unsafe=False)
+    except pickle_scan.PickleRefused as refusal:
+        if refusal.unsafe:
+            raise UnsafeModelError(path, f"{refusal}; it was refused because it is not plain weights.", "Use a .safetensors version of this model, or re-save only its state dict from a trusted Python session.") from None
+        raise ModelFileError(path, f"is a damaged PyTorch file: it {refusal}.", _DOWNLOAD_AGAIN) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ModelFileError(path, f"is a truncated or damaged PyTorch file ({_short(error)}).", _DOWNLOAD_AGAIN) from None
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
@@ -261,7 +308,7 @@ def canonicalize(raw: Any, path: str | Path = "<state dict>") -> StateDict:
                 tensors = {k[len(prefix):]: v for k, v in tensors.items()}
                 changed = True
     if not tensors:
-        keys = ", ".join(list(map(str, state.keys()))[:10])
+        keys = ", ".join(printable(str(k)) for k in list(state.keys())[:10])
         kind = recognise_non_upscaler(map(str, state.keys()))
         problem = f"is {kind}" if kind else "contains no weight tensors"
         raise ModelFileError(path, f"{problem} (top-level keys: {keys or 'none'}).", "It is not an upscaler checkpoint; use the model's weights file.")
@@ -291,7 +338,7 @@ def top_level_keys(state_dict: Mapping[str, Any], limit: int = 10) -> list[str]:
     """Distinct leading key components (`body.0.weight` -> `body`), in file order, for messages."""
     seen: dict[str, None] = {}
     for key in state_dict:
-        seen.setdefault(key.split(".")[0], None)
+        seen.setdefault(printable(str(key).split(".")[0]), None)
         if len(seen) >= limit:
             break
     return list(seen)

@@ -93,10 +93,11 @@ def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>"
         raise UnknownArchitectureError(path, _unknown_reason(state_dict), "If it is an upscaler, its architecture is not supported yet; check for a newer Tilewise or spandrel_extra_arches.")
     arch = support.architecture
     try:
-        if isinstance(arch, NativeArchitecture):
-            descriptor: ModelDescriptor = arch.load(state_dict, hints)
-        else:
-            descriptor = arch.load(state_dict)
+        with _BuildBudget(path, arch.name, state_dict):
+            if isinstance(arch, NativeArchitecture):
+                descriptor: ModelDescriptor = arch.load(state_dict, hints)
+            else:
+                descriptor = arch.load(state_dict)
     except HintNeededError as error:
         raise HintRequiredError(path, str(error)) from None
     except RecognisedButUnsupportedError as error:
@@ -115,6 +116,45 @@ def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>"
     for parameter in descriptor.model.parameters():
         parameter.requires_grad_(False)
     return descriptor
+
+
+#: Memory a model may allocate while it is built, beyond `BUILD_BUDGET_FACTOR` times its weights.
+BUILD_BUDGET_SLACK = 256 << 20
+BUILD_BUDGET_FACTOR = 4
+
+
+class _BuildBudget(torch.overrides.TorchFunctionMode):
+    """Stops building a model that allocates far more than the file's weights.
+
+    Architectures read hyper-parameters from key names (spandrel's Compact takes its depth from
+    the highest `body.N`), so a small file can describe a huge model: a 7.5 KB Compact-shaped
+    file whose highest index is 74002 makes 37 000 convolutions, 6 GB, before strict loading
+    would notice the missing weights. Every tensor a torch function returns while the model is
+    built and loaded is counted (in-place results, which return their input, are not), and
+    building stops with a clear error past `BUILD_BUDGET_FACTOR` x the weights' bytes +
+    `BUILD_BUDGET_SLACK`. The mode is per thread (torch function modes are thread-local), so
+    other threads of the host are not affected.
+    """
+
+    def __init__(self, path, name: str, state_dict: StateDict):
+        super().__init__()
+        weights = sum(t.numel() * t.element_size() for t in state_dict.values() if isinstance(t, torch.Tensor))
+        self.path, self.name = path, name
+        self.budget, self.weights, self.used = BUILD_BUDGET_FACTOR * weights + BUILD_BUDGET_SLACK, weights, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, torch.Tensor) and not any(value is a for a in args) and value.device.type != "meta":
+                self.used += value.numel() * value.element_size()
+        if self.used > self.budget:
+            raise ModelFileError(
+                self.path,
+                f"describes a {self.name} model that needs more than {self.budget >> 20} MB to build while its weights "
+                f"hold {self.weights >> 10} KB; it was refused as malformed or hostile.",
+                "Download it again from its original page.",
+            )
+        return result
 
 
 def _detects(support: Any, state_dict: StateDict) -> bool:

@@ -4,15 +4,21 @@ folder with bad files still lists and loads the good ones."""
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import pickle
+import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import hostile_files
 from model_zoo import ZOO
 from tilewise.engine import ModelFileError, UnsafeModelError, load_model, scan_folder
 
@@ -119,3 +125,92 @@ def test_symlink_loops_do_not_hang(tmp_path):
     ZOO["Compact"].save(folder / "a.safetensors", seed=0)
     (folder / "loop").symlink_to(folder, target_is_directory=True)
     assert [e.name for e in scan_folder(folder)] == ["a.safetensors"]
+
+
+# ------------------------------------------------------------------ round two: crashes, hangs, bombs
+
+ENTRY = Path(__file__).with_name("hostile_entry.py")
+#: Address space each entry point's process may use: far below what any of the files asks for.
+MEMORY_LIMIT = 4 << 30
+
+
+@pytest.fixture(scope="module")
+def hostile_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile") / "models"
+    hostile_files.write_all(folder)
+    return folder
+
+
+def _run_entry(entry: str, folder: Path, tmp_path: Path) -> dict[str, dict]:
+    """Runs `hostile_entry.py` under a memory limit and a timeout; returns its reports by file."""
+    resource = pytest.importorskip("resource", reason="the memory limit needs POSIX resource limits")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(image)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(ENTRY), entry, str(folder), str(image), str(out)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit, env=env, cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines and lines[-1] == "done", f"{entry} died (status {done.returncode}): {done.stderr[-2000:]}"
+    reports = {r["file"]: r for r in map(json.loads, lines[:-1])}
+    assert set(reports) == set(hostile_files.ALL_MODEL_FILES), "every file was seen"
+    return reports
+
+
+def _clean(message: str, name: str) -> None:
+    assert name in message
+    assert "unexpected" not in message and "Traceback" not in message, message
+    assert "\x1b" not in message and "\r" not in message, "control characters from the file are escaped"
+    assert len(message) < 2500, f"{len(message)} characters"
+
+
+@pytest.mark.parametrize("entry", ["info", "upscale"])
+def test_cli_refuses_every_hostile_file_in_one_line(entry, hostile_folder, tmp_path):
+    for name, report in _run_entry(entry, hostile_folder, tmp_path).items():
+        assert report["code"] == 2, report
+        lines = report["message"].strip().splitlines()
+        assert len(lines) == 1, lines
+        _clean(lines[0], name)
+        assert not report["written"]
+
+
+def test_scan_folder_lists_every_hostile_file_with_its_refusal(hostile_folder, tmp_path):
+    for name, report in _run_entry("scan", hostile_folder, tmp_path).items():
+        assert report["code"] == 0, f"{name} loaded"
+        _clean(report["message"], name)
+
+
+def test_webui_start_up_lists_every_hostile_file_and_says_why(hostile_folder, tmp_path):
+    for name, report in _run_entry("a1111", hostile_folder, tmp_path).items():
+        assert report["code"] == 0, f"{name} is not listed"
+        _clean(report["message"], name)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("nested_key.pth", "levels deep"),
+    ("self_referencing_key.pth", "parts"),
+    ("bytearray_bomb.pth", "builtins.bytearray"),
+    ("device_tensor_view.pth", "_rebuild_device_tensor_from_cpu_tensor"),
+    ("zero_stride_view.pth", "a view larger than its data"),
+    ("storage_bomb.pth", "declares 6000000000 bytes of tensor data"),
+    ("legacy_storage_bomb.pt", "declares 6000000000 bytes of tensor data"),
+    ("compact_huge_index.safetensors", "needs more than"),
+    ("overflowing_offsets.safetensors", "no valid offsets or shape"),
+    ("huge_shape.safetensors", "no valid offsets or shape"),
+    ("deep_header.safetensors", "nested far deeper"),
+])
+def test_each_hostile_file_gets_its_own_reason(hostile_folder, name, expected):
+    with pytest.raises(ModelFileError, match=re.escape(expected)):
+        load_model(hostile_folder / name, cache=None)
+
+
+def test_long_keys_are_escaped_and_capped(hostile_folder):
+    with pytest.raises(ModelFileError) as refused:
+        load_model(hostile_folder / "long_key.pth", cache=None)
+    _clean(str(refused.value), "long_key.pth")
+    assert "\\x1b" in str(refused.value)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
 
 from ..archs import LoadHints
-from .errors import ModelFileError, TilewiseError, UnsafeModelError, first_line
+from .errors import ModelFileError, TilewiseError, UnsafeModelError, first_line, printable
 from .files import check_model_file, sniff_foreign
 from .receptive import PROBE_TOLERANCE, SAFETY
 from .tiling import split_evenly
@@ -55,6 +55,9 @@ log = logging.getLogger("tilewise")
 MAX_ONNX_BYTES = 2 * 1024**3 - 1
 #: Operator domains onnxruntime implements itself; any other domain needs a native custom-op library.
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+#: Standard operators whose work the file sets without bound (a Loop of 2^62 iterations hangs
+#: the first run); no exported image upscaler uses them.
+UNBOUNDED_OPS = frozenset({"Loop", "Scan"})
 IMAGE_CHANNELS = (1, 3, 4)
 MAX_SCALE = 16
 #: Probe sizes are (m * a, m * b) with a, b odd, so each m is tested exactly (and the sides stay
@@ -313,10 +316,26 @@ def _pad_up_to(x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, 
 
 
 def _run_session(session: Any, interface: GraphInterface, array: np.ndarray) -> np.ndarray:
+    deadline = getattr(_probe_limit, "deadline", None)
+    if deadline is None:
+        try:
+            return session.run([interface.output_name], {interface.input_name: array})[0]
+        except Exception as error:
+            raise _translated(error) from None
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    timer = threading.Timer(deadline, lambda: setattr(options, "terminate", True))
+    timer.daemon = True
+    timer.start()
     try:
-        return session.run([interface.output_name], {interface.input_name: array})[0]
+        return session.run([interface.output_name], {interface.input_name: array}, options)[0]
     except Exception as error:
+        if options.terminate:
+            raise _ProbeTimeout(f"ran longer than {deadline:g} s on a {array.shape[-1]}x{array.shape[-2]} probe image") from None
         raise _translated(error) from None
+    finally:
+        timer.cancel()
 
 
 def _translated(error: BaseException) -> BaseException:
@@ -353,6 +372,7 @@ def load_onnx(path: str | Path, hints: LoadHints | None = None) -> ImageModelDes
     except Exception as error:
         raise ModelFileError(path, f"is not a valid ONNX graph ({first_line(error)}).", "It may be damaged or need a newer onnx package; " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
     interface = read_interface(path, model)
+    check_static_sizes(path, model)
     del model
     try:
         session = new_session(data, ["CPUExecutionProvider"])
@@ -360,7 +380,7 @@ def load_onnx(path: str | Path, hints: LoadHints | None = None) -> ImageModelDes
         raise ModelFileError(path, f"cannot be run by onnxruntime ({first_line(error)}).", "If its opset is newer than your onnxruntime supports, upgrade onnxruntime; else " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
     sessions = _Sessions(data, session)
     _complete_interface(path, interface, session)
-    run = _numpy_runner(sessions, interface)
+    run = _time_limited(path, _numpy_runner(sessions, interface))
     if interface.height is None and interface.width is None:
         scale, out_channels, multiple_of = probe_dynamic(path, run, interface)
         margin = 0
@@ -399,60 +419,132 @@ def _parse(path: Path, data: bytes, onnx) -> Any:
     return model
 
 
-def _graphs(model) -> list:
-    """The main graph, every subgraph (If/Loop/Scan bodies) and the bodies of local functions."""
-    import onnx
+def _messages(model):
+    """Every protobuf message inside `model` (graphs, subgraphs of If/Loop/Scan at any depth,
+    function bodies and the subgraphs inside them, nodes, attributes, tensors), walked with an
+    explicit stack so that no nesting depth can exhaust the interpreter's. Only message fields are
+    followed, so tensor bytes are never copied."""
+    from google.protobuf.descriptor import FieldDescriptor
 
-    found: list = []
-    pending: list = [model.graph]
+    pending = [model]
     while pending:
-        graph = pending.pop()
-        found.append(graph)
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    pending.append(attribute.g)
-                elif attribute.type == onnx.AttributeProto.GRAPHS:
-                    pending.extend(attribute.graphs)
-    return found
+        message = pending.pop()
+        yield message
+        for field in message.DESCRIPTOR.fields:
+            if field.type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+            if repeated:
+                pending.extend(getattr(message, field.name))
+            elif message.HasField(field.name):
+                pending.append(getattr(message, field.name))
 
 
 def _nodes(model) -> list:
-    nodes = [node for graph in _graphs(model) for node in graph.node]
-    return nodes + [node for function in model.functions for node in function.node]
+    import onnx
+
+    return [m for m in _messages(model) if isinstance(m, onnx.NodeProto)]
 
 
 def check_safety(path: Path, model) -> None:
-    """Refuses custom operator domains and tensors stored outside the file."""
+    """Refuses custom operator domains and tensors stored outside the file, wherever they sit:
+    the main graph, any subgraph, any local function, any attribute."""
     import onnx
 
     local_functions = {(f.domain, f.name) for f in model.functions}
-    custom = sorted({n.domain for n in _nodes(model) if n.domain not in ALLOWED_DOMAINS and (n.domain, n.op_type) not in local_functions})
+    messages = list(_messages(model))
+    nodes = [m for m in messages if isinstance(m, onnx.NodeProto)]
+    custom = sorted({n.domain for n in nodes if n.domain not in ALLOWED_DOMAINS and (n.domain, n.op_type) not in local_functions})
     if custom:
         raise UnsafeModelError(
             path,
             f"uses custom operators (domain {', '.join(repr(d) for d in custom)}), which need native code libraries; Tilewise runs only standard ONNX operators.",
             "Export the model again with standard operators only.",
         )
-    tensors: list = []
-    for graph in _graphs(model):
-        tensors.extend(graph.initializer)
-        tensors.extend(t for sparse in graph.sparse_initializer for t in (sparse.values, sparse.indices))
-    for node in _nodes(model):
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR:
-                tensors.append(attribute.t)
-            elif attribute.type == onnx.AttributeProto.TENSORS:
-                tensors.extend(attribute.tensors)
-            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
-                tensors.extend((attribute.sparse_tensor.values, attribute.sparse_tensor.indices))
+    tensors = [m for m in messages if isinstance(m, onnx.TensorProto)]
     external = [t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0]
     if external:
         raise UnsafeModelError(
             path,
-            f"keeps {len(external)} weight tensor(s) in separate files (ONNX external data, e.g. '{external[0]}'); Tilewise refuses them because the file chooses which paths are read.",
+            f"keeps {len(external)} tensor(s) in separate files (ONNX external data, e.g. '{printable(external[0])}'); Tilewise refuses them because the file chooses which paths are read.",
             "Re-save it as one file in a trusted Python session: onnx.save(onnx.load('model.onnx'), 'single.onnx', save_as_external_data=False).",
         )
+    unbounded = sorted({n.op_type for n in nodes if n.domain in ("", "ai.onnx") and n.op_type in UNBOUNDED_OPS})
+    if unbounded:
+        raise UnsafeModelError(
+            path,
+            f"uses {', '.join(unbounded)}, whose iteration count the file chooses (it could run without end); image upscalers do not need it.",
+            "Export the model again without loops (torch.onnx.export of a traced model has none).",
+        )
+
+
+#: Largest tensor a graph may hold whatever its input size (shapes fixed by the file itself).
+MAX_STATIC_TENSOR = 1 << 30
+#: Longest one probe run may take while a model is loaded (probes are images of 16 to 64 px).
+PROBE_SECONDS = 60.0
+
+
+def check_static_sizes(path: Path, model) -> None:
+    """Refuses graphs that build a huge tensor from shapes the file fixes (a 159-byte
+    ConstantOfShape of 1x3x24000x24000 asks for 7 GB on any input), using ONNX shape inference
+    with data propagation. Consumes `model`: the data of its large initializers is dropped first
+    (their shapes stay), so inference copies no weights; the session is built from the file's
+    bytes, not from `model`."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() > 4096:  # weights; shapes and other small constants keep their data for propagation
+            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                tensor.ClearField(name)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference gives up on some valid graphs; the probes' time limit remains
+        return
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        if not dims or any(d is None for d in dims):
+            continue
+        try:
+            element = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+        except Exception:  # noqa: BLE001 - an element type numpy lacks (e.g. float8): count 4 bytes
+            element = 4
+        size = math.prod(dims) * element
+        if size > MAX_STATIC_TENSOR:
+            raise ModelFileError(
+                path,
+                f"builds a tensor of {size / 1024**3:.1f} GiB ('{printable(value.name)}', shape {'x'.join(map(str, dims))}) whatever the image size; it was refused as malformed or hostile.",
+                _REEXPORT,
+            )
+
+
+def _is_repeated(field) -> bool:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _time_limited(path: Path, run: "NumpyRun") -> "NumpyRun":
+    """`run` for the load-time probes: a run longer than `PROBE_SECONDS` on a small probe image
+    is stopped (onnxruntime's `RunOptions.terminate`) and the model refused."""
+
+    def limited(array: np.ndarray) -> np.ndarray:
+        _probe_limit.deadline = PROBE_SECONDS
+        try:
+            return run(array)
+        except _ProbeTimeout as timeout:
+            raise ModelFileError(path, f"{timeout}; it was refused as malformed or hostile.", _REEXPORT) from None
+        finally:
+            _probe_limit.deadline = None
+
+    return limited
+
+
+_probe_limit = threading.local()
+
+
+class _ProbeTimeout(Exception):
+    """A load-time probe run exceeded `PROBE_SECONDS` (not an out-of-memory or model error)."""
 
 
 def _dims(value_info) -> list[int | None] | None:
@@ -566,8 +658,10 @@ def _probe_once(path: Path, run: NumpyRun, channels: int, batch: int, height: in
     array = rng.random((batch, channels, height, width), dtype=np.float32)
     try:
         result = run(array)
-    except (ModelFileError, MemoryError):
+    except ModelFileError:
         raise
+    except MemoryError:
+        raise ModelFileError(path, f"ran out of memory on a {width}x{height} probe image; it was refused as malformed or hostile.", _REEXPORT) from None
     except Exception as error:
         raise _ProbeFailed(f"running it on a {width}x{height} image failed: {first_line(error)}") from None
     return _check_output(path, array.shape, result)

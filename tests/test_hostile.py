@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def _run_entry(entry: str, folder: Path, tmp_path: Path) -> dict[str, dict]:
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and lines and lines[-1] == "done", f"{entry} died (status {done.returncode}): {done.stderr[-2000:]}"
     reports = {r["file"]: r for r in map(json.loads, lines[:-1])}
-    assert set(reports) == set(hostile_files.ALL_MODEL_FILES), "every file was seen"
+    assert set(reports) == {p.name for p in folder.iterdir()}, "every file was seen"
     return reports
 
 
@@ -203,8 +204,13 @@ def test_webui_start_up_lists_every_hostile_file_and_says_why(hostile_folder, tm
     ("overflowing_offsets.safetensors", "no valid offsets or shape"),
     ("huge_shape.safetensors", "no valid offsets or shape"),
     ("deep_header.safetensors", "nested far deeper"),
+    ("external_in_function_branch.onnx", "separate files (ONNX external data"),
+    ("constant_of_shape.onnx", "builds a tensor of 6.4 GiB"),
+    ("endless_loop.onnx", "uses Loop"),
 ])
 def test_each_hostile_file_gets_its_own_reason(hostile_folder, name, expected):
+    if name.endswith(".onnx"):
+        pytest.importorskip("onnx", reason="ONNX files need the onnx extra")
     with pytest.raises(ModelFileError, match=re.escape(expected)):
         load_model(hostile_folder / name, cache=None)
 
@@ -214,3 +220,20 @@ def test_long_keys_are_escaped_and_capped(hostile_folder):
         load_model(hostile_folder / "long_key.pth", cache=None)
     _clean(str(refused.value), "long_key.pth")
     assert "\\x1b" in str(refused.value)
+
+
+def test_a_probe_run_that_never_ends_is_stopped(tmp_path):
+    """The load-time probes run under a time limit (onnxruntime's terminate flag), for graphs the
+    static checks cannot judge; shown here on the endless Loop, whose refusal is bypassed."""
+    pytest.importorskip("onnx", reason="ONNX files need the onnx extra")
+    from tilewise.engine import onnx_backend
+
+    path = hostile_files.onnx_endless_loop(tmp_path / "loop.onnx")
+    session = onnx_backend.new_session(path.read_bytes(), ["CPUExecutionProvider"])
+    interface = SimpleNamespace(input_name="x", output_name="y")
+    onnx_backend._probe_limit.deadline = 0.5
+    try:
+        with pytest.raises(onnx_backend._ProbeTimeout, match="ran longer than 0.5 s"):
+            onnx_backend._run_session(session, interface, np.zeros((1, 3, 4, 4), np.float32))
+    finally:
+        onnx_backend._probe_limit.deadline = None

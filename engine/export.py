@@ -22,6 +22,7 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from .errors import TilewiseError
+from .storage import exclusive_file
 from .precision import forward_fn
 
 MIN_OPSET = 17
@@ -117,7 +118,7 @@ def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, val
         names_in, names_out = ["input"], ["output"]
         dynamic = {"input": axes, "output": out_axes}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    temporary = exclusive_file(path.parent, ".onnx")  # never a planted link, never a fixed name
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,14 +25,32 @@ def cache_dir() -> Path:
 
 @contextlib.contextmanager
 def replacing(target: Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary file beside `target` to write; it is renamed onto `target` when the block
-    completes and removed if the block raises, so `target` is never seen half-written (and two
-    writers racing leave one whole file)."""
+    """A new, empty temporary file beside `target` to write; it is renamed onto `target` when the
+    block completes and removed if the block raises, so `target` is never seen half-written (and
+    two writers racing leave one whole file).
+
+    The file is created exclusively under an unpredictable name (`exclusive_file`), so a link
+    planted in the folder is never followed, and with mode 0666 minus the process umask, so the
+    result has the permissions any other file written there gets (mkstemp's 0600 would survive
+    the rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tilewise-", suffix=suffix, dir=target.parent)
-    os.close(fd)
+    tmp = exclusive_file(target.parent, suffix)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def exclusive_file(folder: Path, suffix: str = "") -> Path:
+    """Creates a new empty file `.tilewise-<random><suffix>` in `folder` (O_EXCL: never an
+    existing file or link) with the umask's permissions, and returns its path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = Path(folder) / f".tilewise-{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(os.open(path, flags, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {folder}")

@@ -22,6 +22,7 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from .errors import TilewiseError
+from .storage import exclusive_file
 from .runner import CancelFn
 from .video import VideoOptions, VideoUpscaler
 
@@ -119,7 +120,8 @@ def upscale_video_file(
         width, height = video_in.codec_context.width * scale, video_in.codec_context.height * scale
         rate = video_in.average_rate or video_in.guessed_rate or DEFAULT_FPS
         total = _frame_count(video_in)
-        temporary = destination.with_name(f".{destination.stem}.partial-{os.getpid()}{destination.suffix}")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = exclusive_file(destination.parent, destination.suffix)  # never a planted link
         frames = 0
         try:
             try:

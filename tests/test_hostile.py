@@ -237,3 +237,40 @@ def test_a_probe_run_that_never_ends_is_stopped(tmp_path):
             onnx_backend._run_session(session, interface, np.zeros((1, 3, 4, 4), np.float32))
     finally:
         onnx_backend._probe_limit.deadline = None
+
+
+def test_temporary_files_never_follow_a_planted_link(tmp_path, monkeypatch):
+    """The name of a temporary output is unpredictable and created exclusively: a link planted
+    under the name (here forced to be guessed right) is skipped, its target left alone."""
+    from tilewise.engine import storage
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / ".tilewise-guessed.mp4").symlink_to(victim)
+    names = iter(["guessed", "fresh"])
+    monkeypatch.setattr(storage.secrets, "token_hex", lambda n: next(names))
+    made = storage.exclusive_file(tmp_path, ".mp4")
+    assert made.name == ".tilewise-fresh.mp4" and made.stat().st_size == 0
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_get_the_permissions_of_a_normal_write(tmp_path, umask):
+    """mkstemp's 0600 once survived the rename onto the output; now the umask decides."""
+    image = tmp_path / "in.png"
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(image)
+    commands = [(["upscale", str(image), "--model", "builtin:magic-kernel-sharp-2x", "-o", str(tmp_path / "out.png"), "-q"], tmp_path / "out.png")]
+    try:
+        import av  # noqa: F401
+
+        from clips import make_video
+
+        make_video(tmp_path / "in.mp4", frames=2, fps=5)
+        commands.append((["upscale-video", str(tmp_path / "in.mp4"), "--model", "builtin:magic-kernel-sharp-2x", "-o", str(tmp_path / "out.mp4"), "-q"], tmp_path / "out.mp4"))
+    except ImportError:
+        pass
+    for argv, output in commands:
+        done = subprocess.run([sys.executable, "-m", "tilewise", *argv], capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
+        assert done.returncode == 0, done.stderr
+        assert output.stat().st_mode & 0o777 == 0o666 & ~umask, f"{output.name}: {oct(output.stat().st_mode & 0o777)}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tilewise-")], "no temporary file is left"

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,8 +32,9 @@ from .engine import (
     resolve_device,
     upscale,
 )
+from .engine.pipeline import check_fits
 from .engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions
-from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_readable, read_image, write_image
+from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, read_image, write_image
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
 EXIT_USAGE = 2
@@ -295,6 +297,11 @@ def _output_paths(inputs: list[Path], output: str, fmt: str | None) -> list[Path
 
 
 def _upscale(args) -> int:
+    # Images are checked against free memory from their headers before decoding, so Pillow's
+    # warning for large images (above 89 MP) is only noise on the command line, our own process.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     settings = _tile_settings(args)
     target = _target(args)
     inputs = _collect_inputs(args.inputs)
@@ -306,6 +313,11 @@ def _upscale(args) -> int:
     model = load_model(args.model, hints=_hints(args))
     show = not args.quiet and sys.stderr.isatty()
     for index, (source, destination) in enumerate(zip(inputs, outputs), start=1):
+        header = check_decodable(source)  # from the header: nothing large is decoded before the checks
+        try:
+            check_fits(model, header.height, header.width, header.channels, options)
+        except ImageError as error:
+            raise ImageError(f"{source}: {error}") from None
         loaded = read_image(source)
         bar = _ProgressBar(f"[{index}/{len(inputs)}] {source.name}") if show else None
         result = upscale(model, loaded.tensor, options, progress=bar)

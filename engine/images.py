@@ -8,6 +8,7 @@ renamed into place, so an interrupted or failed run never leaves a half-written 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +29,57 @@ class LoadedImage:
     bits: int  # 8, 16 or 32 (float)
 
 
-def read_image(path: str | Path) -> LoadedImage:
-    """Reads an image file; raises `ImageError` saying what is wrong with it."""
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    channels: int
+
+
+#: Bytes per pixel and channel while an image is decoded: the decoder's samples (up to 2 bytes),
+#: a float32 array and the float32 tensor made from it.
+DECODE_BYTES = 10
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """An image file's size and channels from its header alone (nothing is decoded); raises
+    `ImageError` for a file that is no image or claims more pixels than any decoder should try
+    (Pillow's decompression-bomb limit, about 179 MP: it is refused, not raised process-wide)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    if path.suffix.lower() == ".npy":
+        shape = _npy_shape(path)
+        return ImageHeader(shape[1], shape[0], shape[2] if len(shape) == 3 else 1)
+    try:
+        with Image.open(path) as image:
+            return ImageHeader(image.width, image.height, len(image.getbands()))
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
+
+
+def check_decodable(path: str | Path, header: ImageHeader | None = None) -> ImageHeader:
+    """Refuses, from the header, an image whose decoding alone would not fit the free memory."""
+    from .devices import DevicePolicy
+
+    header = header or read_header(path)
+    need = header.width * header.height * max(header.channels, 1) * DECODE_BYTES
+    free = DevicePolicy().free_memory(torch.device("cpu"))
+    if free is not None and need > free:
+        raise ImageError(
+            f"{path}: the image is {header.width}x{header.height}; decoding it needs about {need / 2**30:.1f} GiB "
+            f"but only {free / 2**30:.1f} GiB is free; split or downscale it first"
+        )
+    return header
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Reads an image file; raises `ImageError` saying what is wrong with it. The size is checked
+    from the header before anything is decoded (`check_decodable`)."""
+    path = Path(path)
+    check_decodable(path)
     if path.suffix.lower() == ".npy":
         return _read_npy(path)
     if path.suffix.lower() == ".png" and _png_bit_depth(path) == 16:
@@ -41,6 +88,8 @@ def read_image(path: str | Path) -> LoadedImage:
         with Image.open(path) as image:
             image.load()
             return _from_pil(image)
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
 
@@ -51,11 +100,13 @@ def check_readable(path: str | Path) -> None:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     if path.suffix.lower() == ".npy":
-        _read_npy(path)
+        _npy_shape(path)
         return
     try:
         with Image.open(path) as image:
             image.verify()
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
 
@@ -119,7 +170,25 @@ def _read_png16(path: Path) -> LoadedImage:
     return LoadedImage(_hwc_to_tensor(array), 16)
 
 
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape a `.npy` file declares, from its header alone, checked to be an image's."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = reader(f)
+    except (ValueError, OSError, SyntaxError, TypeError) as error:
+        raise ImageError(f"{path}: cannot read this .npy array ({error})") from None
+    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4) or dtype.kind not in "fiu" or 0 in shape:
+        raise ImageError(f"{path}: a .npy image must be an H x W x C array with 1 to 4 channels, got {shape} {dtype}")
+    size = path.stat().st_size
+    if math.prod(shape) * dtype.itemsize > size:
+        raise ImageError(f"{path}: the .npy header declares a {'x'.join(map(str, shape))} array but the file holds only {size} bytes (truncated or malformed)")
+    return shape
+
+
 def _read_npy(path: Path) -> LoadedImage:
+    _npy_shape(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:

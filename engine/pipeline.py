@@ -134,9 +134,7 @@ def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | 
     dtype = resolve_dtype(options.precision, descriptor, device)
     output_device = resolve_device(options.output_device)
     batch, channels, height, width = image.shape
-    target = options.target.output_size(height, width, descriptor.scale)
-    passes = passes_needed(descriptor.scale, (height, width), target, options.max_passes)
-    check_memory(batch, channels, (height, width), target, descriptor.scale, passes, output_device)
+    target, passes = _check_fits(descriptor, batch, channels, height, width, options)
 
     colour, alpha = _split_alpha(image, descriptor.input_channels)
     alpha_through_model = alpha is not None and options.alpha == "model"
@@ -155,6 +153,21 @@ def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | 
         return colour
     alpha = resize(alpha.to(output_device), *target, options.resample)
     return torch.cat([colour, alpha], dim=1)
+
+
+def check_fits(descriptor: ImageModelDescriptor, height: int, width: int, channels: int = 3, options: UpscaleOptions = UpscaleOptions(), batch: int = 1) -> None:
+    """Raises `ImageError` when the result of `upscale` on images of this size cannot fit the
+    output device's memory. For callers that know an image's size before decoding it (from its
+    file header): a 169 MP PNG is refused before its 3.7 GB are decoded."""
+    with devices_.using(options.devices):
+        _check_fits(descriptor, batch, channels, height, width, options)
+
+
+def _check_fits(descriptor, batch: int, channels: int, height: int, width: int, options: UpscaleOptions) -> tuple[tuple[int, int], int]:
+    target = options.target.output_size(height, width, descriptor.scale)
+    passes = passes_needed(descriptor.scale, (height, width), target, options.max_passes)
+    check_memory(batch, channels, (height, width), target, descriptor.scale, passes, resolve_device(options.output_device))
+    return target, passes
 
 
 def output_bytes(batch: int, channels: int, size: tuple[int, int], target: tuple[int, int], scale: int, passes: int) -> int:

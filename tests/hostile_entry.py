@@ -2,7 +2,8 @@
 
     python hostile_entry.py ENTRY FOLDER IMAGE OUT_DIR
 
-ENTRY is `info` or `upscale` (the CLI, in-process, one call per file), `scan` (the engine's
+ENTRY is `info` or `upscale` (the CLI, in-process, one call per file), `images` (the CLI
+upscaling each file of FOLDER as an image with the built-in 4x model), `scan` (the engine's
 `scan_folder`) or `a1111` (the WebUI extension's model listing at start-up, on the stand-in
 host). Prints one JSON line per file: {"file", "code", "message"} (code: the CLI's exit status,
 or 0 for a listed entry whose refusal message is `message`), then "done". A crash, a hang or a
@@ -31,6 +32,15 @@ def main(entry: str, folder: Path, image: Path, out_dir: Path) -> None:
             argv = ["info", str(path)] if entry == "info" else ["upscale", str(image), "--model", str(path), "-o", str(target), "-q"]
             with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
                 code = cli.main(argv)
+            report(path, code, stderr.getvalue(), written=target.exists())
+    elif entry == "images":
+        from tilewise import cli
+
+        for path in files:
+            stderr = io.StringIO()
+            target = out_dir / f"{path.stem}.png"
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                code = cli.main(["upscale", str(path), "--model", "builtin:magic-kernel-sharp-4x", "-o", str(target), "-q"])
             report(path, code, stderr.getvalue(), written=target.exists())
     elif entry == "scan":
         from tilewise.engine.catalog import scan_folder

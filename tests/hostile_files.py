@@ -252,3 +252,40 @@ ONNX_FILES = {
     "constant_of_shape.onnx": onnx_constant_of_shape,
     "endless_loop.onnx": onnx_endless_loop,
 }
+
+
+# ---------------------------------------------------------------------------------- images
+def npy_header_bomb(path: Path) -> Path:
+    """A .npy header claiming 30000x30000x3 float32 (10 GB) over a few bytes."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (30000, 30000, 3), }"
+    header += " " * (63 - (len(header) + 10) % 64) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 16)
+    return path
+
+
+def png_of_size(path: Path, width: int, height: int, rgb: bool = True) -> Path:
+    """A valid PNG of `width` x `height` black pixels (8-bit RGB, or 1-bit gray), compressed to
+    a few kB per megapixel (written row by row, so building it needs no large memory)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (3 * width if rgb else -(-width // 8)))
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8 if rgb else 1, 2 if rgb else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+IMAGE_FILES = {
+    "npy_bomb.npy": npy_header_bomb,
+    "huge_30000.png": lambda path: png_of_size(path, 30000, 30000, rgb=False),
+    "large_169mp.png": lambda path: png_of_size(path, 13000, 13000),
+}
+
+
+def write_images(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: build(folder / name) for name, build in IMAGE_FILES.items()}

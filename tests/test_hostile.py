@@ -170,6 +170,35 @@ def _clean(message: str, name: str) -> None:
     assert len(message) < 2500, f"{len(message)} characters"
 
 
+@pytest.fixture(scope="module")
+def hostile_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile") / "images"
+    hostile_files.write_images(folder)
+    return folder
+
+
+def test_cli_refuses_image_bombs_before_decoding_them(hostile_images, tmp_path):
+    """A .npy header claiming 10 GB, a 900 MP PNG (Pillow's bomb limit) and a 169 MP PNG whose
+    4x result cannot fit: each refused from its header, in a process limited to 4 GiB."""
+    for name, report in _run_entry("images", hostile_images, tmp_path).items():
+        assert report["code"] == 2, report
+        lines = report["message"].strip().splitlines()
+        assert len(lines) == 1, lines
+        _clean(lines[0], name)
+        assert not report["written"]
+
+
+def test_an_image_too_large_for_free_memory_is_refused_before_decoding(hostile_images, monkeypatch):
+    from tilewise.engine import images
+    from tilewise.engine.devices import DevicePolicy
+    from tilewise.engine.errors import ImageError
+
+    monkeypatch.setattr(DevicePolicy, "free_memory", lambda self, device: 2 << 30)
+    monkeypatch.setattr(images.Image.Image, "load", lambda self: pytest.fail("decoded before the size check"))
+    with pytest.raises(ImageError, match=r"13000x13000; decoding it needs about 4\.7 GiB but only 2\.0 GiB is free"):
+        images.read_image(hostile_images / "large_169mp.png")
+
+
 @pytest.mark.parametrize("entry", ["info", "upscale"])
 def test_cli_refuses_every_hostile_file_in_one_line(entry, hostile_folder, tmp_path):
     for name, report in _run_entry(entry, hostile_folder, tmp_path).items():

@@ -132,18 +132,26 @@ def upscale_video_file(
                 name = _pick_codec(av, codec, output.format.name.split(",")[0])
                 video_out = output.add_stream(name, rate=rate)
                 video_out.width, video_out.height = width, height
+                # Frames keep their source timestamps, in the source's time base: with the
+                # encoder's default 1/rate, the frames of a variable-frame-rate video fall on
+                # the same tick and the muxer refuses the file ("non monotonically increasing dts").
+                if video_in.time_base:
+                    video_out.codec_context.time_base = video_in.time_base
                 odd = width % 2 or height % 2
                 video_out.pix_fmt = "yuv444p" if odd and name == "libx264" else "yuv420p"
                 if name == "libx264":
                     video_out.options = {"crf": str(crf)}
                 audio_out = output.add_stream_from_template(audio_in) if audio_in is not None else None
 
+                last_pts = None
+
                 def encode(frame) -> None:
-                    nonlocal frames
+                    nonlocal frames, last_pts
                     result = runner.process(frame_to_tensor(frame), cancel=cancel)
                     encoded = tensor_to_frame(result)
                     if frame.pts is not None:
-                        encoded.pts, encoded.time_base = frame.pts, frame.time_base
+                        pts = frame.pts if last_pts is None or frame.pts > last_pts else last_pts + 1  # repeated stamps
+                        encoded.pts, encoded.time_base, last_pts = pts, frame.time_base, pts
                     for packet in video_out.encode(encoded):
                         output.mux(packet)
                     frames += 1

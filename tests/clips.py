@@ -55,3 +55,39 @@ def describe_video(path: Path) -> dict:
         }
         info["frames"] = sum(1 for _ in container.decode(video=0))
     return info
+
+
+#: Frame times (ms) of the variable-frame-rate clip: bursts and gaps, as phones record.
+VFR_TIMES_MS = (0, 33, 40, 47, 120, 200, 207, 214, 400, 433)
+
+
+def make_vfr_video(path: Path, times_ms: tuple[int, ...] = VFR_TIMES_MS) -> Path:
+    """A variable-frame-rate H.264 (or MPEG-4) clip in Matroska, 32x24, frames at `times_ms`."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w", format="matroska") as out:
+        video = out.add_stream(codec, rate=30)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for i, ms in enumerate(times_ms):
+            image = np.full((24, 32, 3), (40, 80, 120), np.uint8)
+            image[4:12, 2 + 2 * i : 10 + 2 * i] = 230
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    return path
+
+
+def frame_times(path: Path) -> list[float]:
+    """Presentation times (seconds) of every decoded frame."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [float(frame.time) for frame in container.decode(video=0)]

@@ -390,7 +390,7 @@ def test_memory_stays_flat_over_300_frames(mode):
 
 # -- video files and the CLI ---------------------------------------------------------------
 
-from clips import describe_video, make_video  # noqa: E402
+from clips import VFR_TIMES_MS, describe_video, frame_times, make_video, make_vfr_video  # noqa: E402
 
 
 @pytest.fixture
@@ -423,6 +423,20 @@ def test_cli_video_without_audio(tmp_path):
     assert main(["upscale-video", str(source), "-o", str(out), "--device", "cpu", "-q"]) == 0
     info = describe_video(out)
     assert info["frames"] == 5 and info["rate"] == 10 and info["audio"] == []
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_variable_frame_rate_video_keeps_every_frame_time(tmp_path, suffix):
+    """Phone videos are variable-frame-rate: every frame keeps its own time in the output (with
+    the encoder's 1/rate time base they collided and the muxer refused the .mp4)."""
+    pytest.importorskip("av")
+    from tilewise.cli import main
+
+    source = make_vfr_video(tmp_path / "vfr.mkv")
+    out = tmp_path / f"out{suffix}"
+    assert frame_times(source) == pytest.approx([t / 1000 for t in VFR_TIMES_MS], abs=1e-3)
+    assert main(["upscale-video", str(source), "-o", str(out), "--model", "builtin:magic-kernel-sharp-2x", "-q"]) == 0
+    assert frame_times(out) == pytest.approx(frame_times(source), abs=1e-3)
 
 
 def test_cli_video_errors_exit_2_and_write_nothing(tmp_path, capsys):

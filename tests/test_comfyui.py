@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import comfy_harness as harness
+import hostile_files
 from model_zoo import ZOO
 from clips import describe_video, make_video
 from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOptions, load_model, plan_run, upscale
@@ -333,6 +334,23 @@ def test_broken_model_file_is_a_comfyui_error_with_the_engine_message(comfy):
     assert comfy.get("/system_stats")[0] == 200
     after = comfy.run(upscale_prompt(BUILTINS[0], "example.png", "errors/after", tile_size=-1), timeout=120)
     assert_success(after)
+
+
+def test_hostile_model_files_are_comfyui_errors_and_the_server_survives(comfy):
+    """Round two of the hostile files (crashers, hangs, memory bombs), each queued through the
+    loader of the real server: an error on the loader node naming the file, and the server
+    keeps serving."""
+    folder = comfy.base / "models" / "upscale_models" / "hostile"
+    made = hostile_files.write_all(folder)
+    for name in made:
+        entry = comfy.run(upscale_prompt(f"hostile{os.sep}{name}", "example.png", "errors/hostile"), timeout=120)
+        assert entry["status"]["status_str"] == "error", name
+        (error,) = harness.messages(entry, "execution_error")
+        assert error["node_type"] == "TilewiseModelLoader", error
+        assert name in error["exception_message"] and "\x1b" not in error["exception_message"], error["exception_message"][:300]
+        assert len(error["exception_message"]) < 2500
+    assert comfy.get("/system_stats")[0] == 200
+    assert_success(comfy.run(upscale_prompt(BUILTINS[0], "example.png", "errors/after-hostile", tile_size=-1), timeout=120))
 
 
 def test_interrupt_stops_a_run_within_a_tile(comfy):

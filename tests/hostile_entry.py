@@ -5,8 +5,10 @@
 ENTRY is `info` or `upscale` (the CLI, in-process, one call per file), `images` (the CLI
 upscaling each file of FOLDER as an image with the built-in 4x model), `scan` (the engine's
 `scan_folder`) or `a1111` (the WebUI extension's model listing at start-up, on the stand-in
-host). Prints one JSON line per file: {"file", "code", "message"} (code: the CLI's exit status,
-or 0 for a listed entry whose refusal message is `message`), then "done". A crash, a hang or a
+host, then its `do_upscale` with each). Prints one JSON line per file: {"file", "code",
+"message"} (code: the CLI's exit status; for `scan`, 0 when the file has a refusal message;
+for `a1111`, 0 when the file is listed and upscaling with it returns the image unchanged), then
+"done". A crash, a hang or a
 memory bomb shows as a missing "done" (the test runs this under a time and memory limit).
 """
 
@@ -62,11 +64,15 @@ def main(entry: str, folder: Path, image: Path, out_dir: Path) -> None:
             for path in files:
                 host.add(path)
             listed = {Path(d.data_path).name: d for d in host.start()}
+            from PIL import Image
+
+            image = Image.new("RGB", (16, 12), (90, 90, 90))
+            unchanged = {name: entry.scaler.do_upscale(image, entry.data_path) is image for name, entry in listed.items()}
             _forget_host()
         lines = log.getvalue().splitlines()
         for path in files:
             said = [line for line in lines if path.name in line]
-            report(path, 0 if path.name in listed else -1, "\n".join(said))
+            report(path, 0 if unchanged.get(path.name) else -1, "\n".join(said))
     print("done", flush=True)
 
 

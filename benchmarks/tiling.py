@@ -39,7 +39,8 @@ def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02 * parameter.std().clamp_min(1e-3))
+            spread = parameter.std() if parameter.numel() > 1 else parameter.new_zeros(())  # one element has no std (NaN)
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02 * spread.clamp_min(1e-3))
         descriptor = describe_state_dict(model.state_dict())
         probe = torch.rand(1, 3, 32, 32, generator=generator)
         out = descriptor.model(probe)

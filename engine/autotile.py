@@ -22,7 +22,7 @@ by how fast those pixels run: a forward whose largest tensor exceeds `LARGE_TENS
 `LARGE_TENSOR_PENALTY` times slower per pixel (`largest_tensor_per_pixel`). The runner compares
 the memory-limited window with the largest window below that size and takes the cheaper
 (`runner._cheaper_cpu_tile`). A window whose estimated working set exceeds `CPU_WORKING_SET`
-costs `WORKING_SET_PENALTY` more. That working set was once a hard cap, which made RRDB-like
+costs more per pixel the further it exceeds it (`working_set_rate`). That working set was once a hard cap, which made RRDB-like
 models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the image's pixels
 where the whole image fitted; as a cost it still picks windows for RRDB with narrow margins.
 Re-measured without the removed allocator tricks (worker thread, RRDB 4 blocks x4, pad 8,
@@ -50,11 +50,19 @@ CPU_OVERHEAD = 3.0
 LARGE_TENSOR = 31 << 20
 LARGE_TENSOR_PENALTY = 1.45
 #: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
-#: about `WORKING_SET_PENALTY` times slower per pixel again. RRDB x4, worker thread, fp32, per
-#: computed pixel, whole image against smaller windows: 256² (1.6 GB) no slower, 480² (5.8 GB)
-#: 1.17x, 640² (10 GB) 1.39x; Compact and SPAN stay under it at 640².
+#: slower per pixel, by `WORKING_SET_SLOPE` per GiB beyond it (`working_set_rate`). RRDB x4,
+#: worker thread, fp32, per computed pixel, whole image against smaller windows: 256² (1.6 GB) no
+#: slower, 512² (4.4 GB) no slower (core node 21.2 s whole, Tilewise's 2 strips 23.0 s when this
+#: was a flat 1.25 step), 480² (5.8 GB) 1.17x, 640² (10 GB) 1.39x.
 CPU_WORKING_SET = 4 << 30
-WORKING_SET_PENALTY = 1.25
+WORKING_SET_SLOPE = 0.07
+
+
+def working_set_rate(working_bytes: float) -> float:
+    """Relative cost per computed pixel of a CPU forward with this working set."""
+    return 1.0 + WORKING_SET_SLOPE * max(0.0, working_bytes - CPU_WORKING_SET) / (1 << 30)
+
+
 MIN_AUTO_TILE = 128
 #: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.
 MAX_AUTO_TILE = 2048
@@ -67,6 +75,18 @@ def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtyp
     """Working memory of one forward per input pixel (probed once, cached in the process and,
     on the CPU, on disk: `_stored_key`)."""
     return _memo(_cache, descriptor, device, dtype, lambda: _measured(descriptor, device, dtype)["bytes"])
+
+
+def known_bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float | None:
+    """`bytes_per_pixel` when it is already known (this process or the disk store), else None:
+    nothing is run."""
+    with _lock:
+        known = _cache.get(descriptor.model, {}).get((str(device), dtype))
+    if known is not None:
+        return known
+    stored = _stored_key(descriptor, device, dtype)
+    kept = probe_store.get(stored) if stored else None
+    return kept["bytes"] if isinstance(kept, dict) and "bytes" in kept else None
 
 
 def _measured(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -242,8 +262,10 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
     def measure() -> float:
         try:
-            if _stored_key(descriptor, device, dtype):  # measured with the memory probe, and kept on disk
-                return _measured(descriptor, device, dtype)["largest"]
+            stored = _stored_key(descriptor, device, dtype)
+            kept = probe_store.get(stored) if stored else None
+            if isinstance(kept, dict) and "largest" in kept:  # measured with the memory probe, kept on disk
+                return kept["largest"]
             return _largest_result(descriptor, device, dtype)
         except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
             try:
@@ -276,6 +298,26 @@ class _LargestResult(torch.overrides.TorchFunctionMode):
             if isinstance(value, torch.Tensor):
                 self.largest = max(self.largest, value.numel() * value.element_size())
         return result
+
+
+#: Working memory per input pixel no model is known to exceed on a CPU (measured, fp32: RRDB
+#: 17 kB, SwinIR 9 kB, ParagonSR2 photo 6 kB, SPAN 6 kB, Compact 1 kB).
+CPU_BOUND_PER_PIXEL = 64 << 10
+
+
+def fits_without_probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> bool:
+    """Whether a CPU window of `pixels` surely runs whole at the fast rate without measuring the
+    model's working memory: even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory
+    and under `CPU_WORKING_SET`, and its largest tensor (one 64² forward, or the disk store) is
+    under `LARGE_TENSOR`. Then the full probe (a further 128² forward sampling resident memory)
+    could only confirm the whole-image plan, so small images skip it: the first call on a
+    256² image ran 2-2.7x a later one, mostly that probe."""
+    if not devices.active().is_cpu(device):
+        return False
+    free = free_memory(device)
+    if free is None or pixels * CPU_BOUND_PER_PIXEL > min(free * SAFETY, CPU_WORKING_SET):
+        return False
+    return pixels * largest_tensor_per_pixel(descriptor, device, dtype) <= LARGE_TENSOR
 
 
 def whole_image_fits(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int) -> bool:

@@ -15,7 +15,7 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from . import devices
-from .autotile import bytes_per_pixel
+from .autotile import bytes_per_pixel, known_bytes_per_pixel
 from .pipeline import UpscaleOptions
 from .precision import resolve_device, resolve_dtype
 from .receptive import has_global_context
@@ -29,17 +29,20 @@ ROOM_FOR_AUTO_TILE = 512
 FALLBACK_ELEMENTS_PER_PIXEL = 3 * 384
 
 
-def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions = UpscaleOptions(), images: int = 1) -> int:
+def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions = UpscaleOptions(), images: int = 1, measure: bool = True) -> int:
     """Bytes of device memory `upscale(descriptor, images x C x height x width, options)` may use.
 
     Counts the weights in the working dtype and the largest forward of the first model pass
-    (later passes of larger targets use the same windows).
+    (later passes of larger targets use the same windows). `measure=False` runs nothing: a model
+    whose working memory is not known yet (this process or the disk store) is budgeted as
+    ComfyUI's core node budgets every model (`FALLBACK_ELEMENTS_PER_PIXEL`), so that making room
+    before a first call costs no probe forwards (the run itself measures what it needs).
     """
     with devices.using(options.devices):
-        return _estimate(descriptor, height, width, options, images)
+        return _estimate(descriptor, height, width, options, images, measure)
 
 
-def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions, images: int) -> int:
+def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions, images: int, measure: bool = True) -> int:
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, descriptor, device)
     element = torch.empty((), dtype=dtype).element_size()
@@ -53,8 +56,9 @@ def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options
     plan = plan_run(descriptor, height, width, settings, device, dtype)
     window = max(t.window.height * t.window.width for t in plan.tiles)
     per_forward = 1 if whole_auto else min(plan.batch, len(plan.tiles) * max(1, images))
+    fallback = max(descriptor.scale, 1) * FALLBACK_ELEMENTS_PER_PIXEL * element
     try:
-        per_pixel = bytes_per_pixel(descriptor, device, dtype)
+        per_pixel = bytes_per_pixel(descriptor, device, dtype) if measure else known_bytes_per_pixel(descriptor, device, dtype) or fallback
     except Exception:  # the probe itself failed (out of memory, a dtype the model rejects)
-        per_pixel = max(descriptor.scale, 1) * FALLBACK_ELEMENTS_PER_PIXEL * element
+        per_pixel = fallback
     return int(weights + window * per_forward * per_pixel)

@@ -21,7 +21,7 @@ from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from . import autotile
-from .autotile import CPU_WORKING_SET, LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, WORKING_SET_PENALTY, auto_tile_size, whole_image_fits
+from .autotile import CPU_WORKING_SET, LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, auto_tile_size, whole_image_fits, working_set_rate
 from .receptive import has_global_context, model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
 from .transfer import FastPathError, Pending, Transfers
@@ -238,9 +238,12 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             cpu = devices.active().is_cpu(device)
             if cpu:  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
-            tile = auto_tile_size(descriptor, device, dtype, batch)
-            if cpu:
-                tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, tile, align)
+            if cpu and autotile.fits_without_probe(descriptor, device, dtype, ph * pw):
+                tile = -1  # what the full probe and the cost model would choose too
+            else:
+                tile = auto_tile_size(descriptor, device, dtype, batch)
+                if cpu:
+                    tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, tile, align)
     tile_y, tile_x = tile if isinstance(tile, tuple) else (tile, tile)
     tiled = 0 < tile_y < ph or 0 < tile_x < pw
     if global_context and tiled:
@@ -323,7 +326,7 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
             shape = (side, side) if square else window_shape(height, width, side, pad, align)
             windows = [t.window.height * t.window.width for t in plan_tiles(height, width, shape, pad, align, square)]
         biggest = max(windows)
-        rate = (LARGE_TENSOR_PENALTY if biggest * largest > LARGE_TENSOR else 1.0) * (WORKING_SET_PENALTY if biggest * working > CPU_WORKING_SET else 1.0)
+        rate = (LARGE_TENSOR_PENALTY if biggest * largest > LARGE_TENSOR else 1.0) * working_set_rate(biggest * working)
         return sum(windows) * rate
 
     return min(sorted(sides, reverse=True), key=cost)  # ties: the larger window

@@ -123,7 +123,8 @@ class TilewiseUpscale(io.ComfyNode):
         pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
         progress, cancel = host.callbacks()
         with host.run_on(upscale_model, run_device):
-            host.make_room(estimate_device_bytes(upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0]), run_device)
+            # a first call makes room as the core node does (no probe forwards); later ones with the measured figure
+            host.make_room(estimate_device_bytes(upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0], measure=False), run_device)
             try:
                 result = upscale(upscale_model, pixels, options, progress=progress, cancel=cancel)
             except CancelledError:

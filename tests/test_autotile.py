@@ -299,3 +299,22 @@ def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
     assert len(plan.tiles) == 1 and not asked
     plan_run(model, 640, 640, TileSettings(tile=0), CPU)
     assert asked
+
+
+def test_small_images_run_whole_without_the_memory_probe(monkeypatch):
+    """On a CPU with room for 64 kB per pixel, a small image runs whole after only the 64²
+    largest-tensor forward; the full probe would have planned the same."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
+    probe = autotile._probe
+    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
+    quick = plan_run(model, 200, 180, TileSettings(tile=0), CPU)
+    assert len(quick.tiles) == 1 and quick.tile == -1
+    monkeypatch.setattr(autotile, "_probe", probe)
+    monkeypatch.setattr(autotile, "fits_without_probe", lambda *args: False)
+    assert plan_run(model, 200, 180, TileSettings(tile=0), CPU).tiles == quick.tiles
+    monkeypatch.undo()
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 30)  # 200 x 180 x 64 kB is more than half of it
+    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
+    with pytest.raises(pytest.fail.Exception):
+        plan_run(describe(ConvNet()), 200, 180, TileSettings(tile=0), CPU)  # a fresh model: nothing measured yet

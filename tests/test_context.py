@@ -3,6 +3,7 @@ runs every node inside torch.inference_mode())."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model_zoo import ZOO
@@ -92,3 +93,21 @@ def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
     assert estimate(0, images=3) == estimate(0, images=1)  # one image per forward
     model.model.parameter_count = 10**9  # weights held by another runtime (onnxruntime) count too
     assert estimate(0) > 4 * 10**9
+
+
+def test_memory_estimate_without_measuring_runs_nothing_until_the_figure_is_known(tmp_path, monkeypatch):
+    """Hosts make room before a first call without probe forwards (budgeting as ComfyUI's core
+    node does); once a run has measured the model, the measured figure is used."""
+    from tilewise.engine import autotile
+    from tilewise.engine.memory import FALLBACK_ELEMENTS_PER_PIXEL
+
+    model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
+    options = UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu")
+    weights = sum(p.numel() for p in model.model.parameters()) * 4
+    probe = autotile._probe
+    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("probed"))
+    first = estimate_device_bytes(model, 64, 64, options, measure=False)
+    assert first == weights + 64 * 64 * 2 * FALLBACK_ELEMENTS_PER_PIXEL * 4
+    monkeypatch.setattr(autotile, "_probe", probe)
+    measured = autotile.bytes_per_pixel(model, CPU, torch.float32)
+    assert estimate_device_bytes(model, 64, 64, options, measure=False) == weights + int(64 * 64 * measured) == estimate_device_bytes(model, 64, 64, options)

@@ -93,8 +93,6 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
         if isinstance(kept, dict) and {"pad", "exact", "bounded"} <= set(kept) and kept["pad"] >= 0:
             context = Context(int(kept["pad"]), bool(kept["exact"]), bool(kept["bounded"]))
         else:
-            if has_inference_weights(model):  # loaded under inference mode (ComfyUI): no gradients through it
-                forward = _GradientCapableForward(descriptor, device)
             context = _probe(descriptor, forward, device, align)
             if stored:
                 probe_store.put(stored, {"pad": context.pad, "exact": int(context.exact), "bounded": int(context.bounded)})
@@ -119,10 +117,11 @@ def has_inference_weights(module: torch.nn.Module) -> bool:
 
 
 class _GradientCapableForward:
-    """The model's forward on a normal-tensor fp32 copy (made at the first call), for the
-    gradient probe: hosts that load models under `torch.inference_mode()` (ComfyUI runs every
-    node inside it) give weights autograd refuses ("Inference tensors cannot be saved for
-    backward"); a clone made outside inference mode is a normal tensor."""
+    """The model's forward on a normal-tensor fp32 copy of the original module (made at the
+    first call), for the gradient probe: hosts that load models under `torch.inference_mode()`
+    (ComfyUI runs every node inside it) give weights autograd refuses ("Inference tensors cannot
+    be saved for backward"), and so does a private copy made while a host runs us inside it; a
+    copy made outside inference mode is made of normal tensors."""
 
     def __init__(self, descriptor: ImageModelDescriptor, device: torch.device):
         self.descriptor, self.device, self.forward = descriptor, device, None
@@ -144,7 +143,11 @@ def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.dev
     size = _round_up(max(2 * EXACT_PROBE_RADIUS + 1, requirements.minimum), align)
     generator = torch.Generator().manual_seed(1234)
     image = torch.rand(1, channels, size, size, generator=generator).to(device)
-    radius = exact_radius(forward, image, descriptor.scale) if getattr(descriptor.model, "differentiable", True) else None
+    # gradients go through a copy made outside inference mode: the host may have loaded the model
+    # in it (ComfyUI), or the run's own copy (with inference forms) may have been made in it (a
+    # host calling under torch.inference_mode()); autograd refuses inference tensors either way
+    differentiable = getattr(descriptor.model, "differentiable", True)
+    radius = exact_radius(_GradientCapableForward(descriptor, device), image, descriptor.scale) if differentiable else None
     if radius is not None and radius < EXACT_PROBE_RADIUS:
         return Context(radius, exact=True)
     size = _round_up(max(2 * EFFECTIVE_PROBE_RADIUS + 1, requirements.minimum), align)

@@ -111,3 +111,17 @@ def test_memory_estimate_without_measuring_runs_nothing_until_the_figure_is_know
     monkeypatch.setattr(autotile, "_probe", probe)
     measured = autotile.bytes_per_pixel(model, CPU, torch.float32)
     assert estimate_device_bytes(model, 64, 64, options, measure=False) == weights + int(64 * 64 * measured) == estimate_device_bytes(model, 64, 64, options)
+
+
+def test_a_normally_loaded_model_tiles_when_the_host_runs_us_in_inference_mode(tmp_path):
+    """SPAN gets a private copy with inference forms; made inside the host's inference mode its
+    weights are inference tensors, so the margin probe's gradients go through another copy."""
+    path = ZOO["SPAN"].save(tmp_path / "span.safetensors", seed=2, scale=2)
+    image = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(3))
+    tiled = UpscaleOptions(tiles=TileSettings(tile=24), device="cpu")
+    expected = upscale(load_model(path, cache=None), image, tiled)
+    model = load_model(path, cache=None)
+    with torch.inference_mode():
+        result = upscale(model, image, tiled)
+    assert not has_inference_weights(model.model)
+    assert torch.equal(result, expected)

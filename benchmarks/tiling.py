@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from tilewise.engine import TileSettings, describe_state_dict, run_tiled
 from tilewise.engine.precision import forward_fn
 from tilewise.engine.receptive import model_context
 
-#: The ParagonSR2 reference test vectors, as in the tests (`$PARAGONSR2_FIXTURES` overrides).
-PARAGONSR2_FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paragonsr2"))
+#: The ParagonSR2 reference test vectors the tests use (bundled; `$PARAGONSR2_FIXTURES` names the full set).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+PARAGONSR2_FIXTURES = __import__("reference_vectors").folder()
 
 
 def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import reference_vectors
+
 # Each test probes model memory afresh (tests replace the probe's parts); test_probe_store
 # switches keeping probes on disk back on where it is the subject.
 os.environ.setdefault("TILEWISE_PROBE_CACHE", "0")
+# Nothing the tests run writes into the user's real cache folder (subprocesses inherit this).
+_CACHE = tempfile.mkdtemp(prefix="tilewise-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["TILEWISE_CACHE_DIR"] = _CACHE
 
-#: Test vectors from the ParagonSR2 reference implementation (`$PARAGONSR2_FIXTURES` overrides).
-PARAGONSR2_FIXTURES = Path(os.environ.get("PARAGONSR2_FIXTURES", "/work/shared/fixtures/paragonsr2"))
+#: Test vectors from the ParagonSR2 reference implementation: the subset bundled in
+#: `tests/fixtures/`, or the full set in `$PARAGONSR2_FIXTURES` (see `reference_vectors`).
+PARAGONSR2_FIXTURES = reference_vectors.folder()
 
 
 @pytest.fixture(scope="module")

@@ -124,8 +124,6 @@ def test_paragonsr2_photo_declares_global_context():
     from tilewise.engine.receptive import has_global_context
     from conftest import PARAGONSR2_FIXTURES as fixtures
 
-    if not fixtures.is_dir():
-        pytest.skip("ParagonSR2 fixtures not available")
     assert has_global_context(load_model(fixtures / "paragonsr2_photo_x2.safetensors", cache=None))
     assert has_global_context(load_model(fixtures / "paragonsr2_pro_x2.safetensors", cache=None))
     assert not has_global_context(load_model(fixtures / "paragonsr2_realtime_x2.safetensors", cache=None))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import PARAGONSR2_FIXTURES
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
 
@@ -40,7 +41,7 @@ def old_spandrel() -> Path:
 
 def test_models_load_and_match_on_spandrel_0_3_4(tmp_path, old_spandrel):
     paths = [str(ZOO[name].save(tmp_path / f"{name}.safetensors", seed=0)) for name in NAMES]
-    paths.append("/work/shared/fixtures/paragonsr2/paragonsr2_stream_x2.safetensors")
+    paths.append(str(PARAGONSR2_FIXTURES / "paragonsr2_stream_x2.safetensors"))
     env = {**os.environ, "PYTHONPATH": str(old_spandrel)}
     result = subprocess.run([sys.executable, "-c", SCRIPT, *paths], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

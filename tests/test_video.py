@@ -15,7 +15,6 @@ from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions,
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "manifest.json").is_file(), reason="ParagonSR2 fixtures not available")
 
 
 
@@ -52,7 +51,6 @@ def panning_clip(frames: int, height: int = 90, width: int = 110) -> torch.Tenso
 # -- feature feedback ------------------------------------------------------------------------
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ["realtime_x2", "stream_x2", "photo_x2"])
 def test_feedback_reproduces_the_upstream_video_outputs(name):
     io = vectors(name)
@@ -65,7 +63,6 @@ def test_feedback_reproduces_the_upstream_video_outputs(name):
     assert runner.cuts == 0
 
 
-@needs_fixtures
 def test_zeros_first_frame_blends_with_zeros():
     io = vectors("realtime_x2")
     descriptor = paragon("realtime_x2")
@@ -76,7 +73,6 @@ def test_zeros_first_frame_blends_with_zeros():
     assert (got - io["video_output1"]).abs().max().item() > 1e-4  # a different convention indeed
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ["realtime_x2", "stream_x2"])
 def test_tiled_feedback_equals_untiled_feedback(name):
     descriptor = paragon(name)
@@ -90,7 +86,6 @@ def test_tiled_feedback_equals_untiled_feedback(name):
     assert (whole[1:] - per_frame[1:]).abs().max().item() > 1e-3  # the feedback did change frames 2..4
 
 
-@needs_fixtures
 def test_feedback_resumes_with_smaller_tiles_after_out_of_memory(monkeypatch, caplog):
     """A whole-frame forward runs out of memory: the frame is re-planned with half its longest
     side (110 -> 55) and later frames keep that plan; the result still equals the untiled one."""
@@ -115,7 +110,6 @@ def test_feedback_resumes_with_smaller_tiles_after_out_of_memory(monkeypatch, ca
     assert (resumed - whole).abs().max().item() <= 1e-5
 
 
-@needs_fixtures
 def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypatch):
     descriptor = paragon("realtime_x2")
 
@@ -127,7 +121,6 @@ def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypa
         upscale_frames(descriptor, panning_clip(1), options("feedback", tile=-1))
 
 
-@needs_fixtures
 def test_feedback_batch_is_processed_in_order():
     descriptor = paragon("realtime_x2")
     clip = panning_clip(3, 40, 48)
@@ -154,8 +147,7 @@ def test_auto_mode_picks_feedback_only_for_temporal_models():
         resolve_temporal_mode("feedback", compact())
     with pytest.raises(ValueError, match="temporal mode must be"):
         resolve_temporal_mode("smooth", compact())
-    if (FIXTURES / "manifest.json").is_file():
-        assert resolve_temporal_mode("auto", paragon("realtime_x2")) == "feedback"
+    assert resolve_temporal_mode("auto", paragon("realtime_x2")) == "feedback"
 
 
 def test_scene_cut_test_ignores_noise_and_motion_but_not_equal_brightness_cuts():
@@ -169,7 +161,6 @@ def test_scene_cut_test_ignores_noise_and_motion_but_not_equal_brightness_cuts()
     assert is_scene_cut(thumbnail(a), thumbnail(other), SCENE_CUT_THRESHOLD)
 
 
-@needs_fixtures
 @pytest.mark.parametrize("mode", ["feedback", "stabilize"])
 def test_scene_cut_resets_state(mode):
     descriptor = paragon("realtime_x2") if mode == "feedback" else compact()
@@ -357,8 +348,6 @@ def _rss_mib() -> float:
 
 @pytest.mark.parametrize("mode", ["stabilize", "feedback"])
 def test_memory_stays_flat_over_300_frames(mode):
-    if mode == "feedback" and not (FIXTURES / "manifest.json").is_file():
-        pytest.skip("ParagonSR2 fixtures not available")
     descriptor = paragon("realtime_x2") if mode == "feedback" else compact()
     runner = VideoUpscaler(descriptor, options(mode, tile=24))
     base = photo("astronaut", 200, 200, 40, 48)

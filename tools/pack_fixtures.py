@@ -7,56 +7,30 @@ covering realtime, stream, photo, pro, the older v5 family, files without LayerS
 video feedback. Random fp32 weights compress poorly as they are, so each file is stored with
 its tensor data split into byte planes (all first bytes of every 4-byte word, then all second
 bytes, ...) and xz-compressed: the planes holding signs and exponents compress well, and the
-round trip is exact (`tests/fixtures.py` unpacks and checks each file's SHA-256).
+round trip is exact (`tests/reference_vectors.py` unpacks and checks each file's SHA-256).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import lzma
-import struct
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from reference_vectors import pack_bytes, unpack_bytes  # noqa: E402
+
 TARGET = ROOT / "tests" / "fixtures" / "paragonsr2"
 #: Models the tests use, and for each the io tensors they read (None: all of them).
 SUBSET = {
     "paragonsr2_realtime_x2": None,  # video feedback: every tensor
     "paragonsr2_realtime_x2_nogamma": None,
     "paragonsr2_stream_x2": None,
-    "paragonsr2_photo_x2": ("input", "output_alpha0.0", "output_alpha0.4"),
-    "paragonsr2_pro_x2": ("input", "output_alpha0.0", "output_alpha0.4"),
+    "paragonsr2_photo_x2": ("input", "input_frame2", "output_alpha0.0", "output_alpha0.4", "video_output1", "video_output2"),
+    "paragonsr2_pro_x2": ("input", "input_frame2", "output_alpha0.0", "output_alpha0.4"),
     "paragonsr2v5_nano_x2": None,
 }
-MAGIC = b"TWFX1\n"
-
-
-def pack_bytes(raw: bytes) -> bytes:
-    """safetensors bytes -> MAGIC, data start (u64), the header as is, the data as byte planes, xz."""
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    start = 8 + header_len
-    data = raw[start:]
-    words = len(data) // 4 * 4
-    planes = b"".join(data[i:words:4] for i in range(4)) + data[words:]
-    return MAGIC + struct.pack("<Q", start) + lzma.compress(raw[:start] + planes, preset=9 | lzma.PRESET_EXTREME)
-
-
-def unpack_bytes(packed: bytes) -> bytes:
-    if not packed.startswith(MAGIC):
-        raise ValueError("not a packed fixture")
-    (start,) = struct.unpack("<Q", packed[len(MAGIC):len(MAGIC) + 8])
-    body = lzma.decompress(packed[len(MAGIC) + 8:])
-    head, planes = body[:start], body[start:]
-    words = len(planes) // 4 * 4
-    quarter = words // 4
-    data = bytearray(words)
-    for i in range(4):
-        data[i::4] = planes[i * quarter:(i + 1) * quarter]
-    return head + bytes(data) + planes[words:]
-
-
 def subset_io(path: Path, keep: tuple[str, ...]) -> bytes:
     from safetensors.torch import load_file, save
 

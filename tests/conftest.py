@@ -17,14 +17,19 @@ import reference_vectors
 # Each test probes model memory afresh (tests replace the probe's parts); test_probe_store
 # switches keeping probes on disk back on where it is the subject.
 os.environ.setdefault("TILEWISE_PROBE_CACHE", "0")
-# Nothing the tests run writes into the user's real cache folder (subprocesses inherit this).
-_CACHE = tempfile.mkdtemp(prefix="tilewise-test-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["TILEWISE_CACHE_DIR"] = _CACHE
+# Nothing the tests run writes into the user's real cache folder. Subprocesses inherit the
+# temporary one, and a test that names another for its subprocess (which may import this file
+# again) keeps it: the marker says the folder was already chosen.
+if not os.environ.get("TILEWISE_TEST_CACHE_CHOSEN"):
+    _CACHE = tempfile.mkdtemp(prefix="tilewise-test-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["TILEWISE_CACHE_DIR"] = _CACHE
+    os.environ["TILEWISE_TEST_CACHE_CHOSEN"] = "1"
 
 #: Test vectors from the ParagonSR2 reference implementation: the subset bundled in
 #: `tests/fixtures/`, or the full set in `$PARAGONSR2_FIXTURES` (see `reference_vectors`).
 PARAGONSR2_FIXTURES = reference_vectors.folder()
+os.environ["PARAGONSR2_FIXTURES"] = str(PARAGONSR2_FIXTURES)  # subprocesses reuse this unpacked copy
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,12 @@ def test_random_out_of_memory_gives_the_clean_result(seed):
     rng = random.Random(seed)
     image = photo("coffee", 50, 80, 90, 110)
     settings = TileSettings(tile=rng.choice([64, 72, 96]), pad=3, batch=rng.choice([1, 2, 3]))
-    want = run_tiled(describe(ConvNet()), image, settings=settings)
-    flaky = describe(FailsOnCalls(set(rng.sample(range(1, 12), 2))))
+    clean = describe(ConvNet())
+    want = run_tiled(clean, image, settings=settings)
+    failing = set(rng.sample(range(1, len(clean.model.calls) + 1), min(2, len(clean.model.calls))))
+    flaky = describe(FailsOnCalls(failing))
     got = run_tiled(flaky, image, settings=settings)
+    assert flaky.model.fired == sorted(failing), "every injected fault fired"
     assert (got - want).abs().max().item() <= 1e-6
 
 
@@ -74,15 +77,17 @@ def test_two_threads_share_one_cached_model(tmp_path):
             assert torch.equal(got, want[index])
 
 
-def test_a_failing_tile_writes_nothing(tmp_path, photo_png, monkeypatch):
+def test_a_failing_tile_writes_nothing(tmp_path, photo_png, monkeypatch, capsys):
+    """The model fails on its third tile inside the engine's runner (not a patched entry point):
+    the CLI reports it and writes no file, whole or partial."""
     from tilewise import cli
 
-    def explode(*args, **kwargs):
-        raise ModelRunError("TestNet failed on the tile at x=0, y=0 (32x32): ValueError: boom")
-
-    monkeypatch.setattr(cli, "upscale", explode)
+    failing = describe(FailsOnCalls({3}, error=ValueError))
+    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: failing)
     out = tmp_path / "out.png"
-    assert cli.main(["upscale", str(photo_png), "-o", str(out), "-q"]) == 1
+    assert cli.main(["upscale", str(photo_png), "-o", str(out), "-q", "--tile", "32", "--tile-pad", "3"]) == 1
+    assert failing.model.fired == [3], "the failure happened in a tile run"
+    assert "failed on the tile at" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [photo_png.name]
 
 

@@ -170,13 +170,16 @@ def test_non_finite_tile_is_rerun_in_fp32():
 
 
 class FailsOnCalls(ConvNet):
+    """Raises `error` on the forwards numbered in `failing` (from 1); `fired` lists those that did."""
+
     def __init__(self, failing: set[int], error: type[BaseException] = torch.OutOfMemoryError):
         super().__init__()
-        self.failing, self.error, self.count = failing, error, 0
+        self.failing, self.error, self.count, self.fired = failing, error, 0, []
 
     def forward(self, x):
         self.count += 1
         if self.count in self.failing:
+            self.fired.append(self.count)
             raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().forward(x)
 

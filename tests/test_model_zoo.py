@@ -1,4 +1,8 @@
-"""Checks that the tiny checkpoints of ``model_zoo`` are real spandrel models."""
+"""The test kit's models (``model_zoo``) as Tilewise sees them: every entry, saved as a real
+checkpoint file, loads through Tilewise's loader as its architecture with the weights it was
+built with; and the kit's claims other tests rely on hold (outputs not saturated, so pixel
+checks mean something; the declared receptive fields). Checks of the kit's own helpers and of
+spandrel's loader were removed: they tested neither Tilewise nor anything a test relies on."""
 
 from __future__ import annotations
 
@@ -8,17 +12,8 @@ import pytest
 import torch
 
 import spandrel
-from model_zoo import (
-    NESTED_WRAPPERS,
-    PREFIX_WRAPPERS,
-    SPANDREL_UNWRAPS,
-    WRAPPERS,
-    ZOO,
-    make_photo_crop,
-    output_in_range_fraction,
-    save_checkpoint,
-    wrap,
-)
+from model_zoo import ZOO, make_photo_crop, output_in_range_fraction, save_checkpoint
+from tilewise.engine import load_model
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning"),  # torch, via SwinIR/HAT
@@ -29,13 +24,6 @@ pytestmark = [
 NAMES = list(ZOO)
 LOCAL = [n for n, e in ZOO.items() if e.receptive_field is not None]
 GLOBAL = [n for n, e in ZOO.items() if e.receptive_field is None]
-
-
-
-
-@pytest.fixture(scope="module")
-def loader() -> spandrel.ModelLoader:
-    return spandrel.ModelLoader()
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +41,10 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("ext", [".safetensors", ".pth"])
 @pytest.mark.parametrize("name", NAMES)
-def test_entry_loads_in_spandrel(name, ext, built, loader, tmp_path):
+def test_entry_loads_through_tilewise(name, ext, built, tmp_path):
     entry, model = ZOO[name], built[name]
     path = save_checkpoint(model, tmp_path / f"{name}{ext}")
-    assert path.is_file()
-
-    desc = loader.load_from_file(path)
+    desc = load_model(path, cache=None)
     assert isinstance(desc, spandrel.ImageModelDescriptor)
     assert desc.architecture.id == entry.arch_id
     assert desc.scale == entry.scale
@@ -66,17 +52,11 @@ def test_entry_loads_in_spandrel(name, ext, built, loader, tmp_path):
     assert desc.output_channels == entry.out_channels
     assert desc.size_requirements.minimum == entry.min_size
     _assert_same_weights(model.state_dict(), desc.model.state_dict())
-
     x = make_photo_crop((24, 24), seed=3, photo="chelsea")
     with torch.no_grad():
         y = desc(x)
         ref = model(x) if 24 >= entry.min_size else None
-    s = entry.scale
-    assert y.shape == (1, entry.out_channels, 24 * s, 24 * s)
-    assert torch.isfinite(y).all()
-    # not saturated: spandrel clamps to [0, 1]; most pixels must survive it
-    assert output_in_range_fraction(y) > 0.5
-    assert y.std() > 0.02  # and the output is not flat
+    assert y.shape == (1, entry.out_channels, 24 * entry.scale, 24 * entry.scale)
     if ref is not None:  # the loaded model computes what the built one does
         torch.testing.assert_close(y, ref.clamp(0, 1), rtol=0, atol=1e-5)
 
@@ -101,131 +81,19 @@ def test_output_not_saturated_on_random_images(name, built):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_scale_is_detected(name, loader, tmp_path):
+def test_every_scale_is_detected(name, tmp_path):
     entry = ZOO[name]
     for scale in entry.scales:
         if scale == entry.scale:
             continue  # covered by test_entry_loads_in_spandrel
         path = entry.save(tmp_path / f"{name}_x{scale}.safetensors", seed=1, scale=scale)
-        desc = loader.load_from_file(path)
+        desc = load_model(path, cache=None)
         assert desc.architecture.id == entry.arch_id
         assert desc.scale == entry.expected_scale(scale) == scale
         assert desc.input_channels == entry.in_channels
         assert desc.output_channels == entry.out_channels
     with pytest.raises(ValueError):
         entry.build(0, scale=5)
-
-
-def test_esrgan_2x_is_available():
-    assert ZOO["ESRGAN-2x"].scale == 2
-    assert 2 in ZOO["ESRGAN"].scales
-
-
-@pytest.mark.parametrize("name", ["Compact", "SPAN", "SwinIR"])
-def test_build_is_seeded_and_has_no_rng_side_effects(name):
-    entry = ZOO[name]
-    torch.manual_seed(1234)
-    expected_next = torch.rand(3)
-    torch.manual_seed(1234)
-    a = entry.state_dict(5)
-    assert torch.equal(torch.rand(3), expected_next)  # global RNG untouched
-    b = entry.state_dict(5)
-    c = entry.state_dict(6)
-    _assert_same_weights(a, b)
-    assert any(not torch.equal(a[k], c[k]) for k in a)
-
-
-@pytest.mark.parametrize("name", ["Compact", "ESRGAN"])
-@pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_wrappers_pth(name, wrapper, built, loader, tmp_path):
-    model = built[name]
-    sd = model.state_dict()
-    path = save_checkpoint(model, tmp_path / f"{name}.pth", wrapper=wrapper)
-    assert path.is_file()
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    if wrapper in NESTED_WRAPPERS:
-        assert list(raw) == [NESTED_WRAPPERS[wrapper]]
-    elif wrapper in PREFIX_WRAPPERS:
-        assert all(k.startswith(PREFIX_WRAPPERS[wrapper]) for k in raw)
-        assert len(raw) == len(sd)
-    else:
-        assert set(raw) == set(sd)
-
-    if wrapper not in SPANDREL_UNWRAPS:
-        # spandrel 0.4.2 does not strip torch.compile's "_orig_mod." prefix
-        assert wrapper in ("_orig_mod.", "module._orig_mod.")
-        assert all("_orig_mod." in k for k in raw)
-        return
-    desc = loader.load_from_file(path)
-    assert desc.architecture.id == ZOO[name].arch_id
-    _assert_same_weights(sd, desc.model.state_dict())
-
-
-def test_orig_mod_keys():
-    sd = {"body.0.weight": torch.zeros(2), "body.0.bias": torch.ones(2)}
-    assert list(wrap(sd, "_orig_mod.")) == ["_orig_mod.body.0.weight", "_orig_mod.body.0.bias"]
-    assert list(wrap(sd, "module._orig_mod."))[0] == "module._orig_mod.body.0.weight"
-
-
-@pytest.mark.parametrize("wrapper", ["module.", "netG.", "_orig_mod."])
-def test_safetensors_prefix_wrappers(wrapper, built, loader, tmp_path):
-    from safetensors.torch import load_file
-
-    model = built["Compact"]
-    path = save_checkpoint(model, tmp_path / "c.safetensors", wrapper=wrapper)
-    raw = load_file(path)
-    assert all(k.startswith(wrapper) for k in raw)
-    if wrapper in SPANDREL_UNWRAPS:
-        desc = loader.load_from_file(path)
-        _assert_same_weights(model.state_dict(), desc.model.state_dict())
-
-
-@pytest.mark.parametrize("wrapper", list(NESTED_WRAPPERS))
-def test_safetensors_rejects_nested_wrappers(wrapper, built, tmp_path):
-    with pytest.raises(ValueError):
-        save_checkpoint(built["Compact"], tmp_path / "c.safetensors", wrapper=wrapper)
-
-
-@pytest.mark.parametrize("ext", [".pt", ".ckpt", ".bin"])
-def test_other_torch_extensions(ext, built, loader, tmp_path):
-    model = built["Compact"]
-    path = save_checkpoint(model.state_dict(), tmp_path / f"c{ext}", wrapper="params_ema")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    _assert_same_weights(model.state_dict(), raw["params_ema"])
-    if ext != ".bin":  # spandrel 0.4.2 does not accept .bin
-        desc = loader.load_from_file(path)
-        _assert_same_weights(model.state_dict(), desc.model.state_dict())
-
-
-def test_save_checkpoint_rejects_bad_input(built, tmp_path):
-    with pytest.raises(ValueError):
-        save_checkpoint(built["Compact"], tmp_path / "c.onnx")
-    with pytest.raises(ValueError):
-        save_checkpoint(built["Compact"], tmp_path / "c.pth", wrapper="nope")
-    with pytest.raises(ValueError):
-        wrap({}, "nope")
-
-
-def test_save_checkpoint_handles_shared_and_strided_tensors(loader, tmp_path):
-    w = torch.randn(4, 3, 3, 3)
-    sd = {"a": w, "b": w, "c": w.transpose(0, 1), "d": w[:2]}
-    path = save_checkpoint(sd, tmp_path / "shared.safetensors")
-    from safetensors.torch import load_file
-
-    raw = load_file(path)
-    for k, v in sd.items():
-        assert torch.equal(raw[k], v)
-
-
-def test_make_photo_crop():
-    a = make_photo_crop((20, 30), seed=4)
-    assert a.shape == (1, 3, 20, 30) and a.dtype == torch.float32
-    assert 0.0 <= a.min() and a.max() <= 1.0 and a.std() > 0.01
-    assert torch.equal(a, make_photo_crop((20, 30), seed=4))
-    assert not torch.equal(a, make_photo_crop((20, 30), seed=5))
-    assert make_photo_crop(16, photo="chelsea").shape == (1, 3, 16, 16)
-    big = make_photo_crop((600, 700), seed=1)  # larger than the photo
-    assert big.shape == (1, 3, 600, 700)
 
 
 @pytest.mark.parametrize("name", LOCAL)

@@ -26,10 +26,12 @@ from .engine import (
     LoadHints,
     ScaleTarget,
     TileSettings,
+    TileSettingsError,
     TilewiseError,
     UpscaleOptions,
     load_model,
     resolve_device,
+    tile_settings,
     upscale,
 )
 from .engine.pipeline import check_fits
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--megapixels", type=float, metavar="MP", help="make the output about MP megapixels")
     up.add_argument("--width", type=int, metavar="W", help="exact output width (alone: keep the aspect ratio)")
     up.add_argument("--height", type=int, metavar="H", help="exact output height (alone: keep the aspect ratio)")
-    up.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels; auto (default); 0 = no tiling")
+    up.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels (at least 16); auto (default); 0 = no tiling")
     up.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
     up.add_argument("--merge", choices=("crop", "blend"), default="crop", help="tile merge: crop margins (exact, default) or blend them")
     up.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--temporal-strength", type=float, metavar="F", help="feedback alpha (default the model's, 0.2) or stabiliser strength (default 0.7)")
     video.add_argument("--first-frame", choices=FIRST_FRAME_CONVENTIONS, default="none", help="feedback on the first frame of a shot: no blend (default) or blend with zeros (upstream TensorRT)")
     video.add_argument("--scene-cut", type=float, default=SCENE_CUT_THRESHOLD * 255, metavar="T", help="reset the temporal state when consecutive frames differ by more than T/255 on average (default 30; 0 = never)")
-    video.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels; auto (default); 0 = no tiling")
+    video.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels (at least 16); auto (default); 0 = no tiling")
     video.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
     video.add_argument("--merge", choices=("crop", "blend"), default="crop")
     video.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
@@ -232,23 +234,19 @@ def _export_onnx(args) -> int:
 
 
 def _tile_settings(args) -> TileSettings:
-    text = str(args.tile).strip().lower()
-    if text == "auto":
-        tile = 0
-    else:
-        try:
-            tile = int(text)
-        except ValueError:
-            raise UsageError(f"--tile must be a number of pixels, auto or 0, got '{args.tile}'") from None
-        if tile in (0, -1):
-            tile = -1
-        elif tile < 8:
-            raise UsageError(f"--tile must be at least 8 pixels (or auto, or 0 for no tiling), got {tile}")
-    if args.tile_pad is not None and args.tile_pad < 0:
-        raise UsageError("--tile-pad must be 0 or more")
-    if args.batch < 1:
-        raise UsageError("--batch must be 1 or more")
-    return TileSettings(tile=tile, pad=args.tile_pad, merge=args.merge, batch=args.batch, compile=args.compile)
+    """--tile auto|0|N (0: no tiling, the engine's -1), --tile-pad, --merge, --batch, --compile,
+    validated by the engine (`tile_settings`) as in every host."""
+    tile = str(args.tile).strip().lower()
+    if tile in ("0", "-1"):
+        tile = -1
+    try:
+        return tile_settings(tile, pad=args.tile_pad, merge=args.merge, batch=args.batch, compile=args.compile)
+    except TileSettingsError as error:
+        flag = next((f for prefix, f in _TILE_FLAGS.items() if str(error).startswith(prefix)), "--tile")
+        raise UsageError(f"{flag}: {error}") from None
+
+
+_TILE_FLAGS = {"tile size": "--tile", "tile padding": "--tile-pad", "tile merge": "--merge", "tile batch": "--batch"}
 
 
 def _target(args) -> ScaleTarget:

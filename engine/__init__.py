@@ -12,12 +12,12 @@ from .loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin
 from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, passes_needed, upscale
 from .precision import PRECISIONS, resolve_device, resolve_dtype
 from .resize import FILTERS, resize
-from .runner import TileSettings, plan_run, run_tiled
+from .runner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, run_tiled, tile_settings
 from .video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [
     "ALPHA_MODES", "CancelledError", "DeviceError", "DevicePolicy", "CatalogEntry", "find_model_files", "model_names_in", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
-    "MODEL_EXTENSIONS", "ONNX_EXTENSIONS", "ModelFileError", "ModelRunError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TilewiseError",
+    "MODEL_EXTENSIONS", "ONNX_EXTENSIONS", "ModelFileError", "ModelRunError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TileSettingsError", "TilewiseError", "MIN_USER_TILE", "tile_settings",
     "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
     "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",
     "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale",

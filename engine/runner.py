@@ -52,6 +52,41 @@ class TileSettings:
     compile: bool = False  # torch.compile the model (opt-in: slow first run); batches are padded to one shape
 
 
+#: The smallest tile length a user may choose (0 = automatic and -1 = whole image aside): smaller
+#: windows are almost all margin. Out-of-memory halving stops at the same length (`MIN_TILE`).
+MIN_USER_TILE = MIN_TILE
+
+
+class TileSettingsError(TilewiseError, ValueError):
+    """Tile settings a host was given that the engine cannot use; the message says which values
+    are allowed (hosts show it as is: CLI exit 2, a ComfyUI node error, a WebUI warning)."""
+
+
+def tile_settings(tile: int | str = 0, pad: int | None = None, merge: str = "crop", batch: int = 4, compile: bool = False) -> TileSettings:
+    """The one place tile settings from a host are validated and translated, so that a value works
+    alike in every host. `tile`: 0 or "auto" = automatic, -1 = the whole image, else a window
+    length of at least `MIN_USER_TILE`; `pad`: None or -1 = the model's receptive radius, else the
+    margin in pixels; `batch`: windows per forward, at least 1."""
+    if isinstance(tile, str):
+        text = tile.strip().lower()
+        if text == "auto":
+            tile = 0
+        else:
+            try:
+                tile = int(text)
+            except ValueError:
+                raise TileSettingsError(f"tile size must be a number of pixels or auto, got '{tile}'") from None
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < -1 or 0 < tile < MIN_USER_TILE:
+        raise TileSettingsError(f"tile size must be 0 (automatic), -1 (whole image) or at least {MIN_USER_TILE} pixels, got {tile}")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < -1):
+        raise TileSettingsError(f"tile padding must be -1 (the model's receptive radius) or 0 or more pixels, got {pad}")
+    if merge not in ("crop", "blend"):
+        raise TileSettingsError(f"tile merge must be crop or blend, got '{merge}'")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise TileSettingsError(f"tile batch must be 1 or more, got {batch}")
+    return TileSettings(tile=tile, pad=None if pad is None or pad < 0 else pad, merge=merge, batch=batch, compile=compile)
+
+
 _warned_global: set[str] = set()
 
 

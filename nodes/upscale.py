@@ -7,7 +7,7 @@ from spandrel import ImageModelDescriptor
 
 from ..engine import ALPHA_MODES, FILTERS, PRECISIONS, CancelledError, ImageError, ScaleTarget, TileSettings, UpscaleOptions, upscale
 from ..engine.memory import estimate_device_bytes
-from ..engine.runner import MIN_TILE
+from ..engine.runner import TileSettingsError, tile_settings as engine_tile_settings
 from . import host
 
 #: Scale-mode choices as the node shows them -> the engine's ScaleTarget modes.
@@ -134,16 +134,21 @@ class TilewiseUpscale(io.ComfyNode):
 
 
 def check_inputs(upscale_model, tile_size: int) -> None:
-    """Rejects what is not an image model, and tiles too small to be useful, before any work."""
+    """Rejects what is not an image model before any work (tile settings: `tile_settings`)."""
     if not isinstance(upscale_model, ImageModelDescriptor):
         raise ImageError(f"upscale_model must be a single-image upscale model (a spandrel ImageModelDescriptor), got {type(upscale_model).__name__}.")
-    if 0 < tile_size < MIN_TILE:
-        raise ValueError(f"tile_size must be 0 (auto), -1 (no tiling) or at least {MIN_TILE} pixels, got {tile_size}")
 
 
 def tile_settings(tile_size: int, tile_padding: int, merge: str, tile_batch: int) -> TileSettings:
-    """The tile widgets as the engine's settings (tile_padding -1 = the model's receptive radius)."""
-    return TileSettings(tile=tile_size, pad=None if tile_padding < 0 else tile_padding, merge=merge, batch=tile_batch)
+    """The tile widgets as the engine's settings, validated by the engine as in every host
+    (tile_size 0 = auto, -1 = whole image; tile_padding -1 = the model's receptive radius)."""
+    try:
+        return engine_tile_settings(tile_size, pad=tile_padding, merge=merge, batch=tile_batch)
+    except TileSettingsError as error:
+        raise ValueError(f"{_WIDGET.get(str(error).split(' must')[0], 'tile_size')}: {error}") from None
+
+
+_WIDGET = {"tile size": "tile_size", "tile padding": "tile_padding", "tile merge": "merge", "tile batch": "tile_batch"}
 
 
 def scale_target(mode: str, factor: float, width: int, height: int, longest_side: int, megapixels: float) -> ScaleTarget:

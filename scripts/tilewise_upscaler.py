@@ -60,7 +60,6 @@ OPT_PRECISION = "tilewise_precision"
 DEFAULT_TILE = 0  # automatic
 DEFAULT_TILE_PAD = -1  # the model's receptive radius
 DEFAULT_PRECISION = "auto"
-MIN_TILE = 8
 
 #: Every Tilewise entry in the host's dropdowns starts with this (names are looked up first match).
 NAME_PREFIX = "Tilewise "
@@ -229,7 +228,7 @@ def upscale_options():
     """The engine options for the host's current settings, exactly as the CLI would build them.
 
     Tile size 0 = automatic (CLI `--tile auto`), -1 = whole image (CLI `--tile 0`), else the
-    window length (at least 8); tile padding -1 = the model's receptive radius (no `--tile-pad`),
+    window length (at least the engine's `MIN_USER_TILE`, else an error); tile padding -1 = the model's receptive radius (no `--tile-pad`),
     else `--tile-pad N`; precision is `--precision`, with `auto` meaning fp32 when the host runs
     with `--no-half`. The target is the model's native scale (the host's loop does the rest).
     """
@@ -237,18 +236,21 @@ def upscale_options():
         tile = int(_option(OPT_TILE, DEFAULT_TILE))
     except (TypeError, ValueError):
         tile = DEFAULT_TILE
-    tile = -1 if tile < 0 else (tile if tile == 0 else max(tile, MIN_TILE))
     try:
         pad = int(_option(OPT_TILE_PAD, DEFAULT_TILE_PAD))
     except (TypeError, ValueError):
         pad = DEFAULT_TILE_PAD
+    try:  # validated by the engine, as in every host: a tile of 10 is refused here as in the CLI and ComfyUI
+        tiles = tw.tile_settings(max(tile, -1), pad=max(pad, -1))
+    except tw.TileSettingsError as error:
+        raise tw.TileSettingsError(f"{error} (Settings > Upscaling > Tilewise tile size / tile padding)") from None
     precision = str(_option(OPT_PRECISION, DEFAULT_PRECISION)).lower()
     if precision not in tw.PRECISIONS:
         precision = DEFAULT_PRECISION
     if precision == "auto" and getattr(getattr(shared, "cmd_opts", None), "no_half", False):
         precision = "fp32"
     return tw.UpscaleOptions(
-        tiles=tw.TileSettings(tile=tile, pad=None if pad < 0 else pad),
+        tiles=tiles,
         precision=precision,
         device=_device(),
         target=tw.ScaleTarget("native"),

@@ -258,8 +258,8 @@ def test_rejects_what_is_not_an_image_model(comfy):
 
 
 def test_rejects_tiles_too_small_to_be_useful(comfy, compact):
-    with pytest.raises(ValueError, match="tile_size must be 0"):
-        comfy.nodes["TilewiseUpscale"].execute(compact, image(), tile_size=7)
+    with pytest.raises(ValueError, match=r"tile_size: tile size must be 0 \(automatic\), -1 \(whole image\) or at least 16 pixels, got 10"):
+        comfy.nodes["TilewiseUpscale"].execute(compact, image(), tile_size=10)  # refused alike by the CLI and the WebUI
 
 
 # -- progress, interrupt, memory --------------------------------------------------------------------

@@ -442,6 +442,18 @@ def test_broken_model_is_listed_and_leaves_the_image_unchanged(host, caplog):
     assert "broken_x2.pth" in message and "HTML" in message and "Traceback" not in message
 
 
+def test_a_tile_of_10_is_refused_with_the_engine_message_and_the_image_kept(host, zoo_models):
+    """Once silently clamped to 8 here while the CLI and ComfyUI differed; now the engine decides."""
+    model = host.add(zoo_models.compact2)
+    host.start()
+    host.set(tilewise_tile=10)
+    entry = host.entry(model)
+    image = _photo()
+    assert entry.scaler.do_upscale(image, entry.data_path) is image
+    (message,) = host.errors.reported
+    assert "tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10" in message and "Tilewise tile size" in message
+
+
 def test_a_model_deleted_after_start_up_is_reported(host, zoo_models):
     model = host.add(zoo_models.compact2)
     host.start()

@@ -69,7 +69,7 @@ def test_info_json_has_every_key():
     [
         (["upscale", "{missing}", "-o", "{out}"], "no such image file"),
         (["upscale", "{photo}", "-o", "{out}", "--model", "{missing}"], "not found"),
-        (["upscale", "{photo}", "-o", "{out}", "--tile", "banana"], "--tile must be"),
+        (["upscale", "{photo}", "-o", "{out}", "--tile", "banana"], "--tile: tile size must be"),
         (["upscale", "{photo}", "-o", "{out}", "--precision", "fp8"], "invalid choice"),
         (["upscale", "{photo}", "-o", "{out}", "--scale", "-2"], "must be a positive number"),
         (["upscale", "{photo}", "-o", "{out}", "--model", "builtin:nope"], "not a built-in model"),

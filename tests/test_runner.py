@@ -251,3 +251,30 @@ def test_out_of_memory_with_an_untileable_model_is_a_clear_error():
     flaky = describe(FailsOnCalls({1}), tiling=ModelTiling.INTERNAL)
     with pytest.raises(TilewiseError, match="cannot be tiled"):
         run_tiled(flaky, photo("chelsea", 0, 0, 32, 32))
+
+
+@pytest.mark.parametrize("given, error", [
+    (10, "at least 16 pixels, got 10"), (-2, "got -2"), ("banana", "a number of pixels or auto"), (True, "got True"),
+])
+def test_tile_settings_are_validated_once_for_every_host(given, error):
+    """One minimum and one message: the CLI, the ComfyUI nodes and the WebUI all call this."""
+    from tilewise.engine import MIN_USER_TILE, TileSettingsError, tile_settings
+
+    assert MIN_USER_TILE == 16
+    with pytest.raises(TileSettingsError, match=error):
+        tile_settings(given)
+    assert tile_settings("auto") == tile_settings(0) == TileSettings(tile=0)
+    assert tile_settings(16, pad=-1, batch=2) == TileSettings(tile=16, pad=None, batch=2)
+    assert tile_settings(-1, pad=0).pad == 0
+    for bad in ({"pad": -3}, {"batch": 0}, {"merge": "feather"}):
+        with pytest.raises(TileSettingsError):
+            tile_settings(32, **bad)
+
+
+def test_a_tile_of_10_is_refused_by_the_cli_with_the_engine_message(tmp_path, photo_png, capsys):
+    """The same value and message in ComfyUI (comfy_inprocess_checks) and the WebUI (test_a1111)."""
+    from tilewise import cli
+
+    assert cli.main(["upscale", str(photo_png), "-o", str(tmp_path / "o.png"), "--tile", "10", "-q"]) == 2
+    assert "--tile: tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

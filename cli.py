@@ -34,9 +34,8 @@ from .engine import (
     tile_settings,
     upscale,
 )
-from .engine.pipeline import check_fits
-from .engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions
-from .engine.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, read_image, write_image
+from .engine import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, check_fits
+from .engine import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, model_summary, read_image, write_image
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
 EXIT_USAGE = 2
@@ -177,31 +176,6 @@ def _hints(args) -> LoadHints:
     return LoadHints(scale=args.model_scale, upsampler_alpha=args.upsampler_alpha)
 
 
-def model_summary(descriptor) -> dict:
-    """The fields `info --json` prints (also shown by the hosts' model-info views).
-
-    `params` of an ONNX model counts its stored weights (`parameter_count`): it has no torch
-    parameters. `backend` says what runs it: pytorch or onnxruntime.
-    """
-    requirements = descriptor.size_requirements
-    model = descriptor.model
-    onnx = descriptor.architecture.id == "ONNX"
-    return {
-        "architecture": descriptor.architecture.id,
-        "purpose": descriptor.purpose,
-        "scale": descriptor.scale,
-        "input_channels": descriptor.input_channels,
-        "output_channels": descriptor.output_channels,
-        "params": model.parameter_count if onnx else sum(p.numel() for p in model.parameters()),
-        "supports_half": descriptor.supports_half,
-        "supports_bfloat16": descriptor.supports_bfloat16,
-        "tiling": descriptor.tiling.name.lower(),
-        "size_requirements": {"minimum": requirements.minimum, "multiple_of": requirements.multiple_of, "square": requirements.square},
-        "tags": list(descriptor.tags),
-        "backend": "onnxruntime" if onnx else "pytorch",
-    }
-
-
 def _info(args) -> int:
     summary = model_summary(load_model(args.model, hints=_hints(args)))
     if args.json:
@@ -213,7 +187,7 @@ def _info(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from .engine.export import export_onnx
+    from .engine import export_onnx  # imported when first used
 
     if not str(args.output).lower().endswith(".onnx"):
         raise UsageError("the output file must end in .onnx")
@@ -328,7 +302,7 @@ def _upscale(args) -> int:
 
 
 def _upscale_video(args) -> int:
-    from .engine.video_io import VideoIOError, upscale_video_file  # PyAV itself is imported only when used
+    from .engine import VideoIOError, upscale_video_file  # PyAV itself is imported only when used
 
     settings = _tile_settings(args)
     source = Path(args.input)

@@ -4,22 +4,41 @@ Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module expo
 """
 
 from ..archs import LoadHints
+from ..archs.base import scale_from_file_name
 from .devices import DeviceError, DevicePolicy
-from .catalog import CatalogEntry, find_model_files, model_names_in, scan_folder
+from .catalog import CatalogEntry, find_model_files, model_names_in, model_summary, scan_folder
 from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, ModelRunError, TilewiseError, UnknownArchitectureError, UnsafeModelError
 from .files import MODEL_EXTENSIONS, ONNX_EXTENSIONS, canonicalize, read_state_dict
 from .loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
-from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, passes_needed, upscale
-from .precision import PRECISIONS, resolve_device, resolve_dtype
+from .images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, pil_to_tensor, read_image, tensor_to_pil, write_image
+from .memory import estimate_device_bytes
+from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, check_fits, passes_needed, upscale
+from .precision import PRECISIONS, release_variants, resolve_device, resolve_dtype
 from .resize import FILTERS, resize
 from .runner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, run_tiled, tile_settings
 from .video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [
-    "ALPHA_MODES", "CancelledError", "DeviceError", "DevicePolicy", "CatalogEntry", "find_model_files", "model_names_in", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
+    "ALPHA_MODES", "CancelledError", "DeviceError", "DevicePolicy", "CatalogEntry", "find_model_files", "model_names_in", "model_summary", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
     "MODEL_EXTENSIONS", "ONNX_EXTENSIONS", "ModelFileError", "ModelRunError", "PRECISIONS", "SCALE_MODES", "ScaleTarget", "TileSettings", "TileSettingsError", "TilewiseError", "MIN_USER_TILE", "tile_settings",
     "UnknownArchitectureError", "UnsafeModelError", "UpscaleOptions", "builtin_names", "canonicalize",
     "describe_state_dict", "is_builtin", "load_model", "passes_needed", "plan_run", "read_state_dict", "registry",
-    "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale",
+    "resize", "resolve_device", "resolve_dtype", "run_tiled", "upscale", "check_fits", "estimate_device_bytes", "release_variants", "scale_from_file_name",
+    "IMAGE_EXTENSIONS", "WRITE_EXTENSIONS", "check_decodable", "check_readable", "pil_to_tensor", "read_image", "tensor_to_pil", "write_image",
     "FIRST_FRAME_CONVENTIONS", "SCENE_CUT_THRESHOLD", "TEMPORAL_MODES", "VideoOptions", "VideoUpscaler",
+    # imported when first used (ONNX export needs the onnx extra; video files need PyAV; the doctor runs a self-check)
+    "MIN_OPSET", "export_onnx", "VideoIOError", "upscale_video_file", "doctor",
 ]
+
+#: Public names whose modules are imported when first used, so that importing the engine stays light.
+_LAZY = {"MIN_OPSET": "export", "export_onnx": "export", "VideoIOError": "video_io", "upscale_video_file": "video_io", "doctor": None}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    if _LAZY[name] is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

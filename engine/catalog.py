@@ -71,3 +71,28 @@ def scan_folder(folder: str | Path, hints: LoadHints | None = None, recursive: b
             entry.error = str(error)
         entries.append(entry)
     return entries
+
+
+def model_summary(descriptor) -> dict:
+    """The fields `info --json` prints (also shown by the hosts' model-info views).
+
+    `params` of an ONNX model counts its stored weights (`parameter_count`): it has no torch
+    parameters. `backend` says what runs it: pytorch or onnxruntime.
+    """
+    requirements = descriptor.size_requirements
+    model = descriptor.model
+    onnx = descriptor.architecture.id == "ONNX"
+    return {
+        "architecture": descriptor.architecture.id,
+        "purpose": descriptor.purpose,
+        "scale": descriptor.scale,
+        "input_channels": descriptor.input_channels,
+        "output_channels": descriptor.output_channels,
+        "params": model.parameter_count if onnx else sum(p.numel() for p in model.parameters()),
+        "supports_half": descriptor.supports_half,
+        "supports_bfloat16": descriptor.supports_bfloat16,
+        "tiling": descriptor.tiling.name.lower(),
+        "size_requirements": {"minimum": requirements.minimum, "multiple_of": requirements.multiple_of, "square": requirements.square},
+        "tags": list(descriptor.tags),
+        "backend": "onnxruntime" if onnx else "pytorch",
+    }

@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 
 import folder_paths
 
-from ..engine.export import MIN_OPSET, export_onnx
+from ..engine import MIN_OPSET, export_onnx
 
 
 def output_path(prefix: str) -> Path:

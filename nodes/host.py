@@ -19,7 +19,7 @@ import comfy.utils
 import folder_paths
 
 from ..engine import DevicePolicy, builtin_names
-from ..engine.precision import release_variants
+from ..engine import release_variants
 
 log = logging.getLogger("tilewise")
 

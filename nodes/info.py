@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 from spandrel import ImageModelDescriptor
 
-from ..cli import model_summary
+from ..engine import model_summary
 
 
 def describe(descriptor: ImageModelDescriptor) -> str:

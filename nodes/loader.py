@@ -6,8 +6,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..engine import LoadHints, is_builtin, load_model
-from ..engine.catalog import model_names_in
-from ..engine.files import ONNX_EXTENSIONS
+from ..engine import ONNX_EXTENSIONS, model_names_in
 from . import host
 
 #: Widget value meaning "no hint": the model's own (or its file name's) value.

@@ -6,8 +6,7 @@ from comfy_api.latest import io
 from spandrel import ImageModelDescriptor
 
 from ..engine import ALPHA_MODES, FILTERS, PRECISIONS, CancelledError, ImageError, ScaleTarget, TileSettings, UpscaleOptions, upscale
-from ..engine.memory import estimate_device_bytes
-from ..engine.runner import TileSettingsError, tile_settings as engine_tile_settings
+from ..engine import TileSettingsError, estimate_device_bytes, tile_settings as engine_tile_settings
 from . import host
 
 #: Scale-mode choices as the node shows them -> the engine's ScaleTarget modes.

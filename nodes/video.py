@@ -46,7 +46,7 @@ import comfy.utils
 import folder_paths
 
 from ..engine import CancelledError, ImageError, UpscaleOptions
-from ..engine.video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
+from ..engine import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 from . import host
 from .upscale import TILE_WIDGETS, check_inputs, tile_input, tile_settings
 
@@ -276,7 +276,7 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
         """`widgets`: the temporal and tile widgets (see `video_options`)."""
         from comfy_api.latest import InputImpl
 
-        from ..engine.video_io import upscale_video_file
+        from ..engine import upscale_video_file  # imported when first used (PyAV)
 
         run_device, options = video_options(upscale_model, **widgets)
         folder = Path(folder_paths.get_temp_directory()) / "tilewise"

@@ -107,11 +107,10 @@ def _is_loaded_from(module, root: Path) -> bool:
 try:
     _package = import_package()
     tw = importlib.import_module(f"{_package.__name__}.engine")
-    tw_images = importlib.import_module(f"{_package.__name__}.engine.images")
-    _scale_from_file_name = importlib.import_module(f"{_package.__name__}.archs.base").scale_from_file_name
+    _scale_from_file_name = tw.scale_from_file_name
     _IMPORT_ERROR: BaseException | None = None
 except Exception as error:  # e.g. spandrel missing: report it once the host builds the upscaler list
-    _package = tw = tw_images = _scale_from_file_name = None
+    _package = tw = _scale_from_file_name = None
     _IMPORT_ERROR = error
 
 
@@ -203,7 +202,7 @@ class UpscalerTilewise(Upscaler):
             return img
         progress = _ConsoleProgress(f"Tilewise {label}")
         try:
-            result = tw.upscale(descriptor, tw_images.pil_to_tensor(img), upscale_options(), progress=progress, cancel=interrupted)
+            result = tw.upscale(descriptor, tw.pil_to_tensor(img), upscale_options(), progress=progress, cancel=interrupted)
         except tw.CancelledError:
             return img  # as the host's own upscalers do when interrupted
         except tw.TilewiseError as error:
@@ -211,7 +210,7 @@ class UpscalerTilewise(Upscaler):
             return img
         finally:
             progress.close()
-        return tw_images.tensor_to_pil(result)
+        return tw.tensor_to_pil(result)
 
 
 # --------------------------------------------------------------------------------- options

@@ -27,3 +27,39 @@ def test_internal_imports_are_relative():
 
 def test_licence_is_mit():
     assert "MIT License" in (ROOT / "LICENSE").read_text()
+
+
+HOSTS = ("cli.py", "nodes", "scripts")
+
+
+def _host_files():
+    root = Path(__file__).resolve().parents[1]
+    for name in HOSTS:
+        path = root / name
+        yield from ([path] if path.is_file() else sorted(path.rglob("*.py")))
+
+
+def test_hosts_import_only_the_engines_public_names():
+    """Hosts are adapters: they import `tilewise.engine`'s public names (`__all__`), never an
+    engine module's internals, and never another host (the ComfyUI info node once took its
+    summary from the CLI)."""
+    import ast
+
+    import tilewise.engine as engine
+
+    public = set(engine.__all__)
+    found = []
+    for path in _host_files():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+                parts = node.module.split(".")
+                if parts[0] == "engine":
+                    if len(parts) > 1:
+                        found.append(f"{path.name}:{node.lineno} imports from engine.{'.'.join(parts[1:])}")
+                    found += [f"{path.name}:{node.lineno} imports {a.name}, not public" for a in node.names if a.name not in public]
+                if parts[0] == "cli" and path.name != "cli.py":
+                    found.append(f"{path.name}:{node.lineno} imports the CLI")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ".engine." in node.value and "import" not in node.value:
+                found.append(f"{path.name}:{node.lineno} names an engine module: {node.value}")
+    assert not found, found

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,3 +65,43 @@ def test_hosts_import_only_the_engines_public_names():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and ".engine." in node.value and "import" not in node.value:
                 found.append(f"{path.name}:{node.lineno} names an engine module: {node.value}")
     assert not found, found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy imports inside functions included."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for folder in ("engine", "archs"):
+        for path in sorted((root / folder).glob("*.py")):
+            name = folder if path.stem == "__init__" else f"{folder}.{path.stem}"
+            modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            submodules = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in modules]
+            for dependency in submodules or ([target] if target in modules else []):
+                if dependency != name:
+                    graph[name].add(dependency)
+    return graph
+
+
+def test_the_engine_import_graph_is_acyclic_and_imports_in_dependency_order():
+    """No module of engine/ or archs/ imports another that imports it back, not even through a
+    lazy import inside a function; and importing them leaves first in a fresh interpreter works."""
+    from graphlib import CycleError, TopologicalSorter
+
+    graph = _import_graph()
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as error:
+        pytest.fail(f"import cycle: {' -> '.join(error.args[1])}")
+    code = "import importlib\nfor name in %r:\n    importlib.import_module('tilewise.' + name)\nprint('ok')" % order
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

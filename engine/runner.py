@@ -21,7 +21,7 @@ from . import devices
 from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from . import autotile
-from .autotile import CPU_WORKING_SET, LARGE_TENSOR, LARGE_TENSOR_PENALTY, MIN_AUTO_TILE, auto_tile_size, whole_image_fits, working_set_rate
+from .autotile import CPU_WORKING_SET, MIN_AUTO_TILE, auto_tile_size, whole_image_fits, working_set_rate
 from .receptive import has_global_context, model_context
 from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
 from .transfer import FastPathError, Pending, Transfers
@@ -342,10 +342,10 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
         working = autotile.bytes_per_pixel(descriptor, device, dtype)
     except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
         working = 0.0
-    if height * width * max(largest, 1.0) <= LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
+    if height * width * max(largest, 1.0) <= autotile.LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
         return tile  # the whole image runs at the fast rate
     sides = {tile}
-    for limit, per_pixel in ((LARGE_TENSOR, largest), (CPU_WORKING_SET, working)):
+    for limit, per_pixel in ((autotile.LARGE_TENSOR, largest), (CPU_WORKING_SET, working)):
         side = int(math.sqrt(limit / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
         if MIN_AUTO_TILE <= side < tile:
             sides.add(side)
@@ -361,7 +361,7 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
             shape = (side, side) if square else window_shape(height, width, side, pad, align)
             windows = [t.window.height * t.window.width for t in plan_tiles(height, width, shape, pad, align, square)]
         biggest = max(windows)
-        rate = (LARGE_TENSOR_PENALTY if biggest * largest > LARGE_TENSOR else 1.0) * working_set_rate(biggest * working)
+        rate = autotile.large_tensor_rate(descriptor, device, dtype, biggest) * working_set_rate(biggest * working)
         return sum(windows) * rate
 
     return min(sorted(sides, reverse=True), key=cost)  # ties: the larger window

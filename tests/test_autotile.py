@@ -230,7 +230,7 @@ def test_cpu_auto_weighs_large_tensors_against_margins(monkeypatch, pad, tiled):
     when their margins cost less than the large tensors' slowdown, else the larger window."""
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
-    monkeypatch.setattr("tilewise.engine.runner.LARGE_TENSOR", 48 * 136 * 136)  # 136² windows of ConvNet
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 136 * 136)  # 136² windows of ConvNet
     plan = plan_run(model, 300, 320, TileSettings(tile=0, pad=pad), CPU)
     biggest = max(t.window.height * t.window.width for t in plan.tiles)
     if tiled:
@@ -290,7 +290,7 @@ def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
     model = describe(ConvNet())
     asked = []
     monkeypatch.setattr("tilewise.engine.runner.context_pad", lambda *args: asked.append(args) or 8)
-    monkeypatch.setattr("tilewise.engine.runner.LARGE_TENSOR", 48 * 100 * 100)  # below the smallest auto window
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 100 * 100)  # below the smallest auto window
     monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
     plan = plan_run(model, 256, 256, TileSettings(tile=0), CPU)
@@ -316,3 +316,18 @@ def test_small_images_run_whole_without_the_memory_probe(monkeypatch):
     monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
     with pytest.raises(pytest.fail.Exception):
         plan_run(describe(ConvNet()), 200, 180, TileSettings(tile=0), CPU)  # a fresh model: nothing measured yet
+
+
+def test_the_large_tensor_slowdown_is_weighted_by_the_share_of_large_tensors(monkeypatch):
+    """A forward whose only large tensor is one concatenation pays a small part of the slowdown
+    (SPAN bf16 on 512² was cut into strips computing 1.42x the pixels, slower than whole); one
+    whose tensors are all large pays all of it; one with none pays nothing."""
+    model = describe(CatsInside())  # per pixel, fp32: head 16 B, the concatenation 160 B, tail 48 B, shuffle 48 B
+    pixels = 10_000
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 100 * pixels)  # only the concatenation is over it
+    partial = autotile.large_tensor_rate(model, CPU, torch.float32, pixels)
+    assert 1.0 < partial < 1.0 + (autotile.LARGE_TENSOR_PENALTY - 1.0) * 0.8
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 1)
+    assert autotile.large_tensor_rate(model, CPU, torch.float32, pixels) == pytest.approx(autotile.LARGE_TENSOR_PENALTY)
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 1 << 40)
+    assert autotile.large_tensor_rate(model, CPU, torch.float32, pixels) == 1.0

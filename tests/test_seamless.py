@@ -108,3 +108,19 @@ def test_window_transformer_keeps_its_grid():
 def test_paragonsr2_conv_variants_are_exact(name):
     descriptor = load_model(f"{FIXTURES}/paragonsr2_{name}.safetensors", cache=None)
     assert _compare(descriptor, 48, 2) <= 1e-5
+
+
+def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
+    """Shallow models get their exact radius from a 41-px gradient probe; only a field reaching
+    its border pays for the 81-px one (a quarter of the cost for Compact and SPAN)."""
+    from tilewise.engine import receptive
+
+    sizes = []
+    exact = receptive.exact_radius
+    monkeypatch.setattr(receptive, "exact_radius", lambda forward, image, scale: sizes.append(image.shape[-1]) or exact(forward, image, scale))
+    shallow = describe_state_dict(ZOO["Compact"].state_dict(seed=4))
+    context = receptive._probe(shallow, forward_fn(shallow, shallow.model), torch.device("cpu"), 1)
+    assert context.exact and sizes == [41]
+    sizes.clear()
+    receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"), 1)
+    assert sizes == [41, 81]

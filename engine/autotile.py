@@ -139,6 +139,8 @@ def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.
     largest = _LargestResult()
     with largest:
         hooked = _hooked_estimate(model, forward, x) / (size * size)
+    with _lock:  # the same forward gives the tensor profile (`large_tensor_rate`)
+        _profiles.setdefault(descriptor.model, {}).setdefault((str(device), dtype), tuple(s / (size * size) for s in largest.sizes))
     if policy.is_cpu(device):
         return {"bytes": max(hooked, _rss_growth(forward, descriptor, device, dtype)), "largest": largest.largest / (size * size)}
     return {"bytes": hooked, "largest": largest.largest / (size * size)}
@@ -278,11 +280,32 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
 
 
 def _largest_result(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    _, forward, x, size = _probe_input(descriptor, device, dtype)
-    meter = _LargestResult()
-    with torch.no_grad(), meter:
-        forward(x)
-    return meter.largest / (size * size)
+    profile = _tensor_profile(descriptor, device, dtype)
+    if profile is None:
+        raise RuntimeError("the model failed in this dtype")
+    return max(profile, default=0.0)
+
+
+def _tensor_profile(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> tuple[float, ...] | None:
+    """Bytes per input pixel of every tensor one 64² forward creates (None: it failed in this
+    dtype); one forward per (model, device, dtype) serves both the largest tensor and
+    `large_tensor_rate`."""
+    key = (str(device), dtype)
+    with _lock:
+        known = _profiles.get(descriptor.model, {}).get(key, False)
+    if known is not False:
+        return known
+    try:
+        _, forward, x, size = _probe_input(descriptor, device, dtype)
+        meter = _LargestResult()
+        with torch.no_grad(), meter:
+            forward(x)
+        profile: tuple[float, ...] | None = tuple(s / (size * size) for s in meter.sizes)
+    except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back)
+        profile = None
+    with _lock:
+        _profiles.setdefault(descriptor.model, {})[key] = profile
+    return profile
 
 
 class _LargestResult(torch.overrides.TorchFunctionMode):
@@ -314,23 +337,7 @@ def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dt
     five strips computing 1.42x the pixels (0.99 s) where the whole image ran in 0.77 s; Compact's
     feature maps are all large, so it keeps the full penalty. The sizes come from one 64² forward
     (deterministic, so every process plans alike)."""
-    def measure() -> tuple[float, ...]:
-        try:
-            _, forward, x, size = _probe_input(descriptor, device, dtype)
-            meter = _LargestResult()
-            with torch.no_grad(), meter:
-                forward(x)
-            return tuple(s / (size * size) for s in meter.sizes)
-        except Exception:  # noqa: BLE001 - fails in this dtype: no large-tensor preference
-            return ()
-
-    key = (str(device), dtype)
-    with _lock:
-        profile = _profiles.get(descriptor.model, {}).get(key)
-    if profile is None:
-        profile = measure()
-        with _lock:
-            _profiles.setdefault(descriptor.model, {})[key] = profile
+    profile = _tensor_profile(descriptor, device, dtype) or ()  # failing in this dtype: no preference
     total = sum(profile)
     if not total:
         return 1.0

@@ -236,7 +236,7 @@ def _scan_pickles(path: Path, kind: str) -> None:
                     for key, storage in result.storages.items():
                         member = members.get(f"{prefix}data/{key}")
                         if member is None or member.file_size < storage.nbytes:
-                            raise pickle_scan.PickleRefused(f"declares {storage.nbytes} bytes of tensor data for storage '{pickle_scan._printable(key)}' but holds {member.file_size if member else 0}", unsafe=False)
+                            raise pickle_scan.PickleRefused(f"declares {storage.nbytes} bytes of tensor data for storage '{printable(key)}' but holds {member.file_size if member else 0}", unsafe=False)
         else:
             size = path.stat().st_size
             with path.open("rb") as stream:

@@ -54,10 +54,19 @@ def read_header(path: str | Path) -> ImageHeader:
     try:
         with Image.open(path) as image:
             return ImageHeader(image.width, image.height, len(image.getbands()))
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
+    except _PILLOW_ERRORS as error:
+        raise _unreadable(path, error) from None
+
+
+#: What Pillow raises for a file it will not decode (its bomb limit included).
+_PILLOW_ERRORS = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def _unreadable(path: Path, error: BaseException) -> ImageError:
+    """The message for an image Pillow refuses: too large to decode safely (its bomb limit), or unreadable."""
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first")
+    return ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP")
 
 
 def check_decodable(path: str | Path, header: ImageHeader | None = None) -> ImageHeader:
@@ -88,10 +97,8 @@ def read_image(path: str | Path) -> LoadedImage:
         with Image.open(path) as image:
             image.load()
             return _from_pil(image)
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
+    except _PILLOW_ERRORS as error:
+        raise _unreadable(path, error) from None
 
 
 def check_readable(path: str | Path) -> None:
@@ -105,10 +112,8 @@ def check_readable(path: str | Path) -> None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: the image is too large to decode safely ({error}); split or downscale it first") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: cannot read this image ({error}); use PNG, JPEG, WebP, TIFF or BMP") from None
+    except _PILLOW_ERRORS as error:
+        raise _unreadable(path, error) from None
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

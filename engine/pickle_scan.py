@@ -259,7 +259,7 @@ def scan(stream: BinaryIO, result: ScanResult | None = None) -> ScanResult:
                     dtypes = _dtype_names()
                 allowed = TENSOR_REBUILDS | PARAMETER_REBUILDS | CONTAINERS | VALUES | TYPES | {FROM_TYPE}
                 if full not in allowed and full not in _ELEMENT_SIZES and full not in dtypes:
-                    raise PickleRefused(f"contains the Python object '{_printable(full)}'")
+                    raise PickleRefused(f"contains the Python object '{printable(full)}'")
                 stack.append(_Node("global", name=full))
             elif name == "BINPERSID":
                 stack.append(_storage(pop(), result))
@@ -362,8 +362,4 @@ def _call(function, args) -> Any:
         return _Node("dict" if name != "builtins.set" and name != "builtins.frozenset" else "set", args.items)
     if name in VALUES:
         return _Node("object", args.items)
-    raise PickleRefused(f"calls '{_printable(name)}', which weights never need")
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    return printable(text, limit)
+    raise PickleRefused(f"calls '{printable(name)}', which weights never need")

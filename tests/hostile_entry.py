@@ -25,24 +25,19 @@ HERE = Path(__file__).resolve().parent
 
 def main(entry: str, folder: Path, image: Path, out_dir: Path) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    if entry in ("info", "upscale"):
+    if entry in ("info", "upscale", "images"):
         from tilewise import cli
 
         for path in files:
             stderr = io.StringIO()
             target = out_dir / f"{path.stem}.png"
-            argv = ["info", str(path)] if entry == "info" else ["upscale", str(image), "--model", str(path), "-o", str(target), "-q"]
+            argv = {
+                "info": ["info", str(path)],
+                "upscale": ["upscale", str(image), "--model", str(path), "-o", str(target), "-q"],
+                "images": ["upscale", str(path), "--model", "builtin:magic-kernel-sharp-4x", "-o", str(target), "-q"],
+            }[entry]
             with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
                 code = cli.main(argv)
-            report(path, code, stderr.getvalue(), written=target.exists())
-    elif entry == "images":
-        from tilewise import cli
-
-        for path in files:
-            stderr = io.StringIO()
-            target = out_dir / f"{path.stem}.png"
-            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-                code = cli.main(["upscale", str(path), "--model", "builtin:magic-kernel-sharp-4x", "-o", str(target), "-q"])
             report(path, code, stderr.getvalue(), written=target.exists())
     elif entry == "scan":
         from tilewise.engine.catalog import scan_folder

@@ -163,6 +163,16 @@ def _run_entry(entry: str, folder: Path, tmp_path: Path) -> dict[str, dict]:
     return reports
 
 
+def _assert_cli_refused_each(reports: dict[str, dict]) -> None:
+    """Each file: exit 2, one clean line naming it, nothing written."""
+    for name, report in reports.items():
+        assert report["code"] == 2, report
+        lines = report["message"].strip().splitlines()
+        assert len(lines) == 1, lines
+        _clean(lines[0], name)
+        assert not report["written"]
+
+
 def _clean(message: str, name: str) -> None:
     assert name in message
     assert "unexpected" not in message and "Traceback" not in message, message
@@ -180,12 +190,7 @@ def hostile_images(tmp_path_factory):
 def test_cli_refuses_image_bombs_before_decoding_them(hostile_images, tmp_path):
     """A .npy header claiming 10 GB, a 900 MP PNG (Pillow's bomb limit) and a 169 MP PNG whose
     4x result cannot fit: each refused from its header, in a process limited to 4 GiB."""
-    for name, report in _run_entry("images", hostile_images, tmp_path).items():
-        assert report["code"] == 2, report
-        lines = report["message"].strip().splitlines()
-        assert len(lines) == 1, lines
-        _clean(lines[0], name)
-        assert not report["written"]
+    _assert_cli_refused_each(_run_entry("images", hostile_images, tmp_path))
 
 
 def test_an_image_too_large_for_free_memory_is_refused_before_decoding(hostile_images, monkeypatch):
@@ -201,12 +206,7 @@ def test_an_image_too_large_for_free_memory_is_refused_before_decoding(hostile_i
 
 @pytest.mark.parametrize("entry", ["info", "upscale"])
 def test_cli_refuses_every_hostile_file_in_one_line(entry, hostile_folder, tmp_path):
-    for name, report in _run_entry(entry, hostile_folder, tmp_path).items():
-        assert report["code"] == 2, report
-        lines = report["message"].strip().splitlines()
-        assert len(lines) == 1, lines
-        _clean(lines[0], name)
-        assert not report["written"]
+    _assert_cli_refused_each(_run_entry(entry, hostile_folder, tmp_path))
 
 
 def test_scan_folder_lists_every_hostile_file_with_its_refusal(hostile_folder, tmp_path):

@@ -216,11 +216,10 @@ def _tile_settings(args) -> TileSettings:
     try:
         return tile_settings(tile, pad=args.tile_pad, merge=args.merge, batch=args.batch, compile=args.compile)
     except TileSettingsError as error:
-        flag = next((f for prefix, f in _TILE_FLAGS.items() if str(error).startswith(prefix)), "--tile")
-        raise UsageError(f"{flag}: {error}") from None
+        raise UsageError(f"{_TILE_FLAGS[error.setting]}: {error}") from None
 
 
-_TILE_FLAGS = {"tile size": "--tile", "tile padding": "--tile-pad", "tile merge": "--merge", "tile batch": "--batch"}
+_TILE_FLAGS = {"tile": "--tile", "pad": "--tile-pad", "merge": "--merge", "batch": "--batch"}
 
 
 def _target(args) -> ScaleTarget:

@@ -59,7 +59,13 @@ MIN_USER_TILE = MIN_TILE
 
 class TileSettingsError(TilewiseError, ValueError):
     """Tile settings a host was given that the engine cannot use; the message says which values
-    are allowed (hosts show it as is: CLI exit 2, a ComfyUI node error, a WebUI warning)."""
+    are allowed (hosts show it as is: CLI exit 2, a ComfyUI node error, a WebUI warning).
+    `setting` names the argument of `tile_settings` at fault (tile, pad, merge or batch), so a
+    host can name its own flag or widget in front."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
 
 
 def tile_settings(tile: int | str = 0, pad: int | None = None, merge: str = "crop", batch: int = 4, compile: bool = False) -> TileSettings:
@@ -75,15 +81,15 @@ def tile_settings(tile: int | str = 0, pad: int | None = None, merge: str = "cro
             try:
                 tile = int(text)
             except ValueError:
-                raise TileSettingsError(f"tile size must be a number of pixels or auto, got '{tile}'") from None
+                raise TileSettingsError("tile", f"tile size must be a number of pixels or auto, got '{tile}'") from None
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < -1 or 0 < tile < MIN_USER_TILE:
-        raise TileSettingsError(f"tile size must be 0 (automatic), -1 (whole image) or at least {MIN_USER_TILE} pixels, got {tile}")
+        raise TileSettingsError("tile", f"tile size must be 0 (automatic), -1 (whole image) or at least {MIN_USER_TILE} pixels, got {tile}")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < -1):
-        raise TileSettingsError(f"tile padding must be -1 (the model's receptive radius) or 0 or more pixels, got {pad}")
+        raise TileSettingsError("pad", f"tile padding must be -1 (the model's receptive radius) or 0 or more pixels, got {pad}")
     if merge not in ("crop", "blend"):
-        raise TileSettingsError(f"tile merge must be crop or blend, got '{merge}'")
+        raise TileSettingsError("merge", f"tile merge must be crop or blend, got '{merge}'")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise TileSettingsError(f"tile batch must be 1 or more, got {batch}")
+        raise TileSettingsError("batch", f"tile batch must be 1 or more, got {batch}")
     return TileSettings(tile=tile, pad=None if pad is None or pad < 0 else pad, merge=merge, batch=batch, compile=compile)
 
 

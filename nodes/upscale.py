@@ -144,10 +144,10 @@ def tile_settings(tile_size: int, tile_padding: int, merge: str, tile_batch: int
     try:
         return engine_tile_settings(tile_size, pad=tile_padding, merge=merge, batch=tile_batch)
     except TileSettingsError as error:
-        raise ValueError(f"{_WIDGET.get(str(error).split(' must')[0], 'tile_size')}: {error}") from None
+        raise ValueError(f"{_WIDGETS[error.setting]}: {error}") from None
 
 
-_WIDGET = {"tile size": "tile_size", "tile padding": "tile_padding", "tile merge": "merge", "tile batch": "tile_batch"}
+_WIDGETS = {"tile": "tile_size", "pad": "tile_padding", "merge": "merge", "batch": "tile_batch"}
 
 
 def scale_target(mode: str, factor: float, width: int, height: int, longest_side: int, megapixels: float) -> ScaleTarget:

@@ -242,7 +242,8 @@ def upscale_options():
     try:  # validated by the engine, as in every host: a tile of 10 is refused here as in the CLI and ComfyUI
         tiles = tw.tile_settings(max(tile, -1), pad=max(pad, -1))
     except tw.TileSettingsError as error:
-        raise tw.TileSettingsError(f"{error} (Settings > Upscaling > Tilewise tile size / tile padding)") from None
+        where = "tile padding" if error.setting == "pad" else "tile size"
+        raise tw.TileSettingsError(error.setting, f"{error} (Settings > Upscaling > Tilewise {where})") from None
     precision = str(_option(OPT_PRECISION, DEFAULT_PRECISION)).lower()
     if precision not in tw.PRECISIONS:
         precision = DEFAULT_PRECISION

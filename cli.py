@@ -289,7 +289,7 @@ def _upscale(args) -> int:
             check_fits(model, header.height, header.width, header.channels, options)
         except ImageError as error:
             raise ImageError(f"{source}: {error}") from None
-        loaded = read_image(source)
+        loaded = read_image(source, header)
         bar = _ProgressBar(f"[{index}/{len(inputs)}] {source.name}") if show else None
         result = upscale(model, loaded.tensor, options, progress=bar)
         if bar:

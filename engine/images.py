@@ -71,11 +71,11 @@ def _unreadable(path: Path, error: BaseException) -> ImageError:
 
 def check_decodable(path: str | Path, header: ImageHeader | None = None) -> ImageHeader:
     """Refuses, from the header, an image whose decoding alone would not fit the free memory."""
-    from .devices import DevicePolicy
+    from . import devices
 
     header = header or read_header(path)
     need = header.width * header.height * max(header.channels, 1) * DECODE_BYTES
-    free = DevicePolicy().free_memory(torch.device("cpu"))
+    free = devices.active().free_memory(torch.device("cpu"))  # the host's answer inside a host
     if free is not None and need > free:
         raise ImageError(
             f"{path}: the image is {header.width}x{header.height}; decoding it needs about {need / 2**30:.1f} GiB "
@@ -84,11 +84,11 @@ def check_decodable(path: str | Path, header: ImageHeader | None = None) -> Imag
     return header
 
 
-def read_image(path: str | Path) -> LoadedImage:
+def read_image(path: str | Path, header: ImageHeader | None = None) -> LoadedImage:
     """Reads an image file; raises `ImageError` saying what is wrong with it. The size is checked
     from the header before anything is decoded (`check_decodable`)."""
     path = Path(path)
-    check_decodable(path)
+    check_decodable(path, header)  # `header`: already read by the caller (the CLI checks the result's size first)
     if path.suffix.lower() == ".npy":
         return _read_npy(path)
     if path.suffix.lower() == ".png" and _png_bit_depth(path) == 16:

@@ -351,18 +351,16 @@ CPU_BOUND_PER_PIXEL = 64 << 10
 
 
 def fits_without_probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> bool:
-    """Whether a CPU window of `pixels` surely runs whole at the fast rate without measuring the
-    model's working memory: even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory
-    and under `CPU_WORKING_SET`, and its largest tensor (one 64² forward, or the disk store) is
-    under `LARGE_TENSOR`. Then the full probe (a further 128² forward sampling resident memory)
-    could only confirm the whole-image plan, so small images skip it: the first call on a
-    256² image ran 2-2.7x a later one, mostly that probe."""
+    """Whether a CPU window of `pixels` surely fits without measuring the model's working memory:
+    even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
+    `CPU_WORKING_SET` (so it pays no working-set slowdown either). The runner then weighs only
+    the large-tensor window against the whole image (`runner._cheaper_cpu_tile`), and the full
+    probe (a further 128² forward sampling resident memory) is skipped: on a 256² image it was
+    most of why a first call ran 1.7-2.7x a later one."""
     if not devices.active().is_cpu(device):
         return False
     free = free_memory(device)
-    if free is None or pixels * CPU_BOUND_PER_PIXEL > min(free * SAFETY, CPU_WORKING_SET):
-        return False
-    return pixels * largest_tensor_per_pixel(descriptor, device, dtype) <= LARGE_TENSOR
+    return free is not None and pixels * CPU_BOUND_PER_PIXEL <= min(free * SAFETY, CPU_WORKING_SET)
 
 
 def whole_image_fits(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int) -> bool:

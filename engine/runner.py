@@ -274,13 +274,15 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             tile = -1
         elif global_context:
             batch = 1
-            tile = -1 if whole_image_fits(descriptor, device, dtype, ph, pw) else auto_tile_size(descriptor, device, dtype, 1, cap=False)
+            whole = autotile.fits_without_probe(descriptor, device, dtype, ph * pw) or whole_image_fits(descriptor, device, dtype, ph, pw)
+            tile = -1 if whole else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
             cpu = devices.active().is_cpu(device)
             if cpu:  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
             if cpu and autotile.fits_without_probe(descriptor, device, dtype, ph * pw):
-                tile = -1  # what the full probe and the cost model would choose too
+                # surely within memory and the working set: only the large-tensor window competes
+                tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, max(ph, pw), align, working=0.0)
             else:
                 tile = auto_tile_size(descriptor, device, dtype, batch)
                 if cpu:
@@ -336,18 +338,23 @@ def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: 
     )
 
 
-def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int) -> int:
+def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int, working: float | None = None) -> int:
     """The auto window budget on a CPU: the cheapest of `tile` (what memory allows), the largest
     window whose working set stays under `autotile.CPU_WORKING_SET` and the largest whose biggest
     tensor stays under `autotile.LARGE_TENSOR`. A plan costs the pixels its windows compute,
     margins included, times the slowdown of windows over either size: more margin against
     slower pixels. Compact x4 on 640² (fp32, pad 18): four full-height strips instead of the
-    whole image; an RRDB with 79-px margins: the whole image where it fits."""
+    whole image; an RRDB with 79-px margins: the whole image where it fits.
+
+    `working`: bytes per pixel of the working set (None: measured). When `tile` runs the whole
+    image, the margin probe only looks as far as a margin that could still make a tiled plan
+    cheaper (`_margin_that_matters`)."""
     largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype)
-    try:
-        working = autotile.bytes_per_pixel(descriptor, device, dtype)
-    except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
-        working = 0.0
+    if working is None:
+        try:
+            working = autotile.bytes_per_pixel(descriptor, device, dtype)
+        except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
+            working = 0.0
     if height * width * max(largest, 1.0) <= autotile.LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
         return tile  # the whole image runs at the fast rate
     sides = {tile}
@@ -357,10 +364,9 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
             sides.add(side)
     if len(sides) == 1 or min(sides) >= max(height, width):  # one plan, or every candidate runs whole
         return tile
-    pad = context_pad(descriptor, settings, device, align)  # probed only when some candidate tiles
     square = descriptor.size_requirements.square
 
-    def cost(side: int) -> float:
+    def cost(side: int, pad: int) -> float:
         if side >= height and side >= width:
             windows = [height * width]
         else:
@@ -370,15 +376,46 @@ def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height:
         rate = autotile.large_tensor_rate(descriptor, device, dtype, biggest) * working_set_rate(biggest * working)
         return sum(windows) * rate
 
-    return min(sorted(sides, reverse=True), key=cost)  # ties: the larger window
+    reach = None
+    if tile >= max(height, width) and settings.pad is None:
+        reach = _margin_that_matters(sides - {tile}, cost, cost(tile, 0))
+        if reach == 0:  # no tiled plan beats the whole image even without margins
+            return tile
+    pad = context_pad(descriptor, settings, device, align, reach)  # probed only when some candidate tiles
+    if reach is not None and pad >= reach:
+        return tile
+    return min(sorted(sides, reverse=True), key=lambda side: cost(side, pad))  # ties: the larger window
 
 
-def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int) -> int:
-    """The tile margin: the caller's, else the model's receptive radius (probed once, fp32)."""
+def _margin_that_matters(sides: set[int], cost, whole: float) -> int | None:
+    """The smallest margin from which no tiled plan of these window `sides` is cheaper than the
+    whole image (`whole` is its cost); None when one is cheaper with any margin. A plan's cost
+    never falls as the margin grows (more windows, more overlap), so each side's bound is
+    bisected."""
+    reach = 0
+    for side in sides:
+        low, high = 0, side // 2
+        if cost(side, high) < whole:
+            return None
+        if cost(side, low) >= whole:
+            continue
+        while high - low > 1:  # cost(low) < whole <= cost(high)
+            mid = (low + high) // 2
+            if cost(side, mid) < whole:
+                low = mid
+            else:
+                high = mid
+        reach = max(reach, high)
+    return reach
+
+
+def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int, reach: int | None = None) -> int:
+    """The tile margin: the caller's, else the model's receptive radius (probed once, fp32).
+    With `reach`, a margin of at least `reach` may be answered with any value >= `reach`."""
     if settings.pad is not None:
         return settings.pad
     forward32 = forward_fn(descriptor, model_on(descriptor, device, torch.float32))
-    return model_context(descriptor, forward32, device, align).pad
+    return model_context(descriptor, forward32, device, align, reach).pad
 
 
 def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:

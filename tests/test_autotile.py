@@ -331,3 +331,33 @@ def test_the_large_tensor_slowdown_is_weighted_by_the_share_of_large_tensors(mon
     assert autotile.large_tensor_rate(model, CPU, torch.float32, pixels) == pytest.approx(autotile.LARGE_TENSOR_PENALTY)
     monkeypatch.setattr(autotile, "LARGE_TENSOR", 1 << 40)
     assert autotile.large_tensor_rate(model, CPU, torch.float32, pixels) == 1.0
+
+
+def test_the_margin_probe_looks_only_as_far_as_a_tiled_plan_could_win(monkeypatch):
+    """When the whole image fits, the margin matters only below the `reach` at which tiles stop
+    beating it: the runner asks for the margin with that reach (the probe may stop there), and
+    the reach is exact: one pixel less tiles, the reach itself runs whole. No memory probe runs
+    for an image this small."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 136 * 136)
+    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
+    reaches = []
+
+    def margin(descriptor, settings, device, align, reach=None):
+        if settings.pad is not None:
+            return settings.pad
+        reaches.append(reach)
+        return answer
+
+    monkeypatch.setattr("tilewise.engine.runner.context_pad", margin)
+    answer = 10_000
+    assert len(plan_run(model, 250, 240, TileSettings(tile=0), CPU).tiles) == 1
+    reach = reaches[-1]
+    assert reach is not None and 3 < reach < 40
+    answer = reach
+    assert len(plan_run(model, 250, 240, TileSettings(tile=0), CPU).tiles) == 1
+    answer = reach - 1
+    assert len(plan_run(model, 250, 240, TileSettings(tile=0), CPU).tiles) > 1
+    assert len(plan_run(model, 250, 240, TileSettings(tile=0, pad=reach - 1), CPU).tiles) > 1
+    assert len(plan_run(model, 250, 240, TileSettings(tile=0, pad=reach), CPU).tiles) == 1

@@ -124,3 +124,39 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
     sizes.clear()
     receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"), 1)
     assert sizes == [41, 81]
+
+
+def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_probe(deep_rrdb, monkeypatch):
+    """A caller that only needs margins below `reach` (auto tiling on a small image) gets a
+    partial "at least" answer without gradient probes when the model needs more, and the full
+    probe's answer, exact or effective, when it needs less."""
+    from tilewise.engine import receptive
+
+    cpu = torch.device("cpu")
+    full = receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), cpu, 1)
+    assert not full.exact and full.bounded and full.pad > 8
+    exact_calls, sides = [], []
+    exact = receptive.exact_radius
+    monkeypatch.setattr(receptive, "exact_radius", lambda forward, image, scale: exact_calls.append(1) or exact(forward, image, scale))
+    forward = forward_fn(deep_rrdb, deep_rrdb.model)
+
+    def counted(x):
+        sides.append(x.shape[-1])
+        return forward(x)
+
+    stopped = receptive._probe(deep_rrdb, counted, cpu, 1, reach=5)
+    assert stopped.partial and stopped.pad >= 5 and stopped.pad <= full.pad and not exact_calls
+    assert max(sides) < 2 * 14 + 2, "it looked no further than the margins just past the reach"
+    assert receptive._probe(deep_rrdb, forward, cpu, 1, reach=full.pad + 20) == full  # the effective answer, after the exact probes
+    shallow = describe_state_dict(ZOO["Compact"].state_dict(seed=4))
+    whole = receptive._probe(shallow, forward_fn(shallow, shallow.model), cpu, 1)
+    assert receptive._probe(shallow, forward_fn(shallow, shallow.model), cpu, 1, reach=whole.pad + 20) == whole  # exact
+    # kept as a lower bound: enough for a smaller reach, probed again for a larger one or none
+    descriptor = describe_state_dict(deep_rrdb.model.state_dict())
+    probes = []
+    real = receptive._probe
+    monkeypatch.setattr(receptive, "_probe", lambda *args: probes.append(args[-1]) or real(*args))
+    assert model_context(descriptor, forward, cpu, 1, reach=5).partial
+    assert model_context(descriptor, forward, cpu, 1, reach=4).partial and probes == [5]
+    assert model_context(descriptor, forward, cpu, 1) == full and probes == [5, None]
+    assert model_context(descriptor, forward, cpu, 1, reach=5) == full and probes == [5, None]

@@ -4,7 +4,7 @@ Swin-style blocks zero-pad (when needed), roll the feature map by `-shift`, cut 
 `ws x ws` windows, attend, then undo all three. Written with `pad`, `roll` and reshapes that is
 about ten copies of the feature map per block; as one `index_select` each way it is two, and
 the numbers are the same (pure data movement). Used by ParagonSR2's attention and by the
-inference form of spandrel's SwinIR block (`engine/inference_forms.py`).
+inference form of spandrel's SwinIR block (`engine/compute/inference_forms.py`).
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
 
 from tilewise.archs.windows import plain_forms  # noqa: E402
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
-from tilewise.engine.devices import cpu_has_native_bf16, resident_bytes  # noqa: E402
-from tilewise.engine.precision import prefers_channels_last  # noqa: E402
+from tilewise.engine.compute.devices import cpu_has_native_bf16, resident_bytes  # noqa: E402
+from tilewise.engine.compute.precision import prefers_channels_last  # noqa: E402
 
 
 

@@ -28,8 +28,8 @@ from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
-from tilewise.engine.precision import forward_fn
-from tilewise.engine.receptive import model_context
+from tilewise.engine.compute.precision import forward_fn
+from tilewise.engine.plan.receptive import model_context
 
 #: The ParagonSR2 reference test vectors the tests use (bundled; `$PARAGONSR2_FIXTURES` names the full set).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import PARAGONSR2_FIXTURES, seeded  # noqa: E402
 
 from tilewise.engine import TileSettings, UpscaleOptions, load_model  # noqa: E402
-from tilewise.engine.video import VideoOptions, VideoUpscaler  # noqa: E402
+from tilewise.engine.video.temporal import VideoOptions, VideoUpscaler  # noqa: E402
 
 SCALE = 2
 BORDER = 8

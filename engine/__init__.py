@@ -5,18 +5,18 @@ Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module expo
 
 from ..archs import LoadHints
 from ..archs.base import scale_from_file_name
-from .devices import DeviceError, DevicePolicy
-from .catalog import CatalogEntry, find_model_files, model_names_in, model_summary, scan_folder
+from .compute.devices import DeviceError, DevicePolicy
+from .model.catalog import CatalogEntry, find_model_files, model_names_in, model_summary, scan_folder
 from .errors import CancelledError, HintRequiredError, ImageError, ModelFileError, ModelRunError, TilewiseError, UnknownArchitectureError, UnsafeModelError
-from .files import MODEL_EXTENSIONS, ONNX_EXTENSIONS, canonicalize, read_state_dict
-from .loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
-from .images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, pil_to_tensor, read_image, tensor_to_pil, write_image
-from .memory import estimate_device_bytes
-from .pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, check_fits, passes_needed, upscale
-from .precision import PRECISIONS, release_variants, resolve_device, resolve_dtype
-from .resize import FILTERS, resize
-from .runner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, run_tiled, tile_settings
-from .video import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
+from .model.files import MODEL_EXTENSIONS, ONNX_EXTENSIONS, canonicalize, read_state_dict
+from .model.loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
+from .image.images import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, pil_to_tensor, read_image, tensor_to_pil, write_image
+from .image.memory import estimate_device_bytes
+from .image.pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, check_fits, passes_needed, upscale
+from .compute.precision import PRECISIONS, release_variants, resolve_device, resolve_dtype
+from .image.resize import FILTERS, resize
+from .run.runner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, run_tiled, tile_settings
+from .video.temporal import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [
     "ALPHA_MODES", "CancelledError", "DeviceError", "DevicePolicy", "CatalogEntry", "find_model_files", "model_names_in", "model_summary", "scan_folder", "FILTERS", "HintRequiredError", "ImageError", "LoadHints", "MODEL_CACHE",
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Public names whose modules are imported when first used, so that importing the engine stays light.
-_LAZY = {"MIN_OPSET": "export", "export_onnx": "export", "VideoIOError": "video_io", "upscale_video_file": "video_io", "doctor": None}
+_LAZY = {"MIN_OPSET": "model.export", "export_onnx": "model.export", "VideoIOError": "video.files", "upscale_video_file": "video.files", "doctor": None}
 
 
 def __getattr__(name: str):

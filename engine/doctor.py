@@ -27,11 +27,12 @@ from importlib import metadata
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import devices, transfer
-from .loading import load_model
-from .pipeline import UpscaleOptions, upscale
-from .precision import model_on
-from .runner import TileSettings, plan_run
+from .compute import devices
+from .compute import transfer
+from .model.loading import load_model
+from .image.pipeline import UpscaleOptions, upscale
+from .compute.precision import model_on
+from .run.runner import TileSettings, plan_run
 
 MODEL = "builtin:paragonsr2-realtime-2x"
 SIZE = (96, 128)  # (height, width) of the check image

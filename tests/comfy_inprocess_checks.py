@@ -62,7 +62,7 @@ def comfy(tmp_path_factory):
         mm=mm,
         utils=comfy.utils,
         engine=importlib.import_module(pack_name + ".engine"),
-        precision=importlib.import_module(pack_name + ".engine.precision"),
+        precision=importlib.import_module(pack_name + ".engine.compute.precision"),
         host=importlib.import_module(pack_name + ".nodes.host"),
         upscale_module=importlib.import_module(pack_name + ".nodes.upscale"),
         loader_module=importlib.import_module(pack_name + ".nodes.loader"),

@@ -40,7 +40,7 @@ def main(entry: str, folder: Path, image: Path, out_dir: Path) -> None:
                 code = cli.main(argv)
             report(path, code, stderr.getvalue(), written=target.exists())
     elif entry == "scan":
-        from tilewise.engine.catalog import scan_folder
+        from tilewise.engine.model.catalog import scan_folder
 
         for item in scan_folder(folder):
             report(item.path, 0 if item.error else -1, item.error or "")

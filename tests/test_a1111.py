@@ -245,7 +245,7 @@ def test_every_pass_the_host_asks_for_is_one_native_run_equal_to_the_engine(host
     """How many passes and what final resize is the host's business; what Tilewise owns is each
     `do_upscale`: the model once, at its native scale, with exactly the engine's pixels."""
     from tilewise.engine import load_model, upscale
-    from tilewise.engine.images import pil_to_tensor, tensor_to_pil
+    from tilewise.engine.image.images import pil_to_tensor, tensor_to_pil
 
     model = host.add(zoo_models.compact2)
     host.start()
@@ -468,7 +468,7 @@ def test_an_unusable_spandrel_is_reported_once_and_builtins_still_work(host, zoo
     """E.g. a host's spandrel too old for the engine: start-up says so once, built-ins keep working."""
     model = host.add(zoo_models.compact2, "compact_x2.safetensors")
     from tilewise import engine
-    from tilewise.engine import loading
+    from tilewise.engine.model import loading
 
     def broken_registry():
         raise TypeError("ArchRegistry.add() got an unexpected keyword argument 'ignore_duplicates'")

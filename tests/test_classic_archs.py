@@ -603,7 +603,7 @@ ENGINE_CASES = {
 @pytest.mark.parametrize("name", sorted(ENGINE_CASES))
 def test_engine_loads_and_upscales_rgb(tmp_path: Path, name: str) -> None:
     from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
-    from tilewise.engine.colour import rgb_to_ycbcr, ycbcr_to_rgb
+    from tilewise.engine.image.colour import rgb_to_ycbcr, ycbcr_to_rgb
 
     make, arch_id, scale = ENGINE_CASES[name]
     path = tmp_path / name

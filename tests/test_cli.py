@@ -12,7 +12,7 @@ from PIL import Image
 
 from tilewise.cli import main
 from tilewise.engine import UpscaleOptions, load_model, upscale
-from tilewise.engine.images import read_image
+from tilewise.engine.image.images import read_image
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

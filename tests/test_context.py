@@ -8,9 +8,9 @@ import torch
 
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
-from tilewise.engine import receptive
-from tilewise.engine.receptive import has_inference_weights
-from tilewise.engine.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
+from tilewise.engine.plan import receptive
+from tilewise.engine.plan.receptive import has_inference_weights
+from tilewise.engine.image.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
 
 CPU = torch.device("cpu")
 
@@ -98,8 +98,8 @@ def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
 def test_memory_estimate_without_measuring_runs_nothing_until_the_figure_is_known(tmp_path, monkeypatch):
     """Hosts make room before a first call without probe forwards (budgeting as ComfyUI's core
     node does); once a run has measured the model, the measured figure is used."""
-    from tilewise.engine import autotile
-    from tilewise.engine.memory import FALLBACK_ELEMENTS_PER_PIXEL
+    from tilewise.engine.plan import autotile
+    from tilewise.engine.image.memory import FALLBACK_ELEMENTS_PER_PIXEL
 
     model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
     options = UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu")

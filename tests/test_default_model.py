@@ -11,7 +11,7 @@ from PIL import Image
 
 from tilewise import engine
 from tilewise.archs.paragonsr2 import ParagonSR2
-from tilewise.engine.loading import BUNDLED, BUNDLED_DIR
+from tilewise.engine.model.loading import BUNDLED, BUNDLED_DIR
 
 MAX_BYTES = 1024 * 1024
 

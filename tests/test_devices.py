@@ -21,9 +21,11 @@ import torch
 
 from conftest import photo
 from test_runner import ConvNet, describe
-from tilewise.engine import TileSettings, UpscaleOptions, autotile, devices, plan_run, resolve_dtype, upscale
+from tilewise.engine import TileSettings, UpscaleOptions, plan_run, resolve_dtype, upscale
+from tilewise.engine.plan import autotile
+from tilewise.engine.compute import devices
 from tilewise.engine.errors import ImageError, ModelRunError
-from tilewise.engine.pipeline import check_memory
+from tilewise.engine.image.pipeline import check_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATED = ("mps", "xpu", "privateuseone")
@@ -268,7 +270,7 @@ def test_product_code_has_no_linux_only_or_process_wide_calls():
     assert not found
     # classes are swapped only on Tilewise's private copies (inference_forms; tested there)
     swaps = [p.relative_to(ROOT).as_posix() for p in PRODUCT if ".__class__ =" in p.read_text()]
-    assert swaps == ["engine/inference_forms.py"]
+    assert swaps == ["engine/compute/inference_forms.py"]
     native = [p for d in PRODUCT_DIRS for pattern in ("*.c", "*.cpp", "*.cu") for p in (ROOT / d).rglob(pattern)]
     assert not native, "no native code compiled at first use"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tilewise.cli import main
-from tilewise.engine import doctor, transfer
+from tilewise.engine import doctor
+from tilewise.engine.compute import transfer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from conftest import PARAGONSR2_FIXTURES as FIXTURES  # noqa: E402
 from model_zoo import ZOO  # noqa: E402
 from tilewise.cli import main  # noqa: E402
 from tilewise.engine import TilewiseError, describe_state_dict, load_model  # noqa: E402
-from tilewise.engine.export import export_onnx  # noqa: E402
+from tilewise.engine.model.export import export_onnx  # noqa: E402
 
 
 def _dims(value_info) -> list:

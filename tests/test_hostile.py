@@ -194,8 +194,8 @@ def test_cli_refuses_image_bombs_before_decoding_them(hostile_images, tmp_path):
 
 
 def test_an_image_too_large_for_free_memory_is_refused_before_decoding(hostile_images, monkeypatch):
-    from tilewise.engine import images
-    from tilewise.engine.devices import DevicePolicy
+    from tilewise.engine.image import images
+    from tilewise.engine.compute.devices import DevicePolicy
     from tilewise.engine.errors import ImageError
 
     monkeypatch.setattr(DevicePolicy, "free_memory", lambda self, device: 2 << 30)
@@ -256,7 +256,7 @@ def test_a_probe_run_that_never_ends_is_stopped(tmp_path):
     """The load-time probes run under a time limit (onnxruntime's terminate flag), for graphs the
     static checks cannot judge; shown here on the endless Loop, whose refusal is bypassed."""
     pytest.importorskip("onnx", reason="ONNX files need the onnx extra")
-    from tilewise.engine import onnx_backend
+    from tilewise.engine.model import onnx_backend
 
     path = hostile_files.onnx_endless_loop(tmp_path / "loop.onnx")
     session = onnx_backend.new_session(path.read_bytes(), ["CPUExecutionProvider"])

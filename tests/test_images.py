@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tilewise.engine import ImageError
-from tilewise.engine.images import pil_to_tensor, read_image, tensor_to_pil, write_image
+from tilewise.engine.image.images import pil_to_tensor, read_image, tensor_to_pil, write_image
 
 
 def test_16bit_png_round_trip_is_exact(tmp_path):

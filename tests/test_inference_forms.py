@@ -11,8 +11,8 @@ from spandrel.architectures.SPAN import SPAN
 from spandrel.architectures.SPAN.__arch.span import SPAB, Conv3XC
 
 from tilewise.engine import TileSettings, run_tiled
-from tilewise.engine.inference_forms import prepare
-from tilewise.engine.precision import model_on
+from tilewise.engine.compute.inference_forms import prepare
+from tilewise.engine.compute.precision import model_on
 
 from conftest import photo
 
@@ -122,7 +122,7 @@ def test_the_engine_runs_the_forms_on_a_private_copy_only(monkeypatch):
     private = model_on(descriptor, torch.device("cpu"), torch.float32)
     assert private is not descriptor.model and type(private.conv_1) is not Conv3XC and isinstance(private.conv_1, Conv3XC)
     with monkeypatch.context() as patch:  # the reference: the same engine run with spandrel's own classes
-        patch.setattr("tilewise.engine.inference_forms.prepare", lambda model: 0)
+        patch.setattr("tilewise.engine.compute.inference_forms.prepare", lambda model: 0)
         plain = ModelLoader().load_from_state_dict(state)
         expected = run_tiled(plain, image, settings=settings)
         assert type(model_on(plain, torch.device("cpu"), torch.float32).conv_1) is Conv3XC
@@ -155,7 +155,7 @@ def swinir_pair(seed: int = 0, img_size: int = 32) -> tuple[torch.nn.Module, tor
 @pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
 def test_swinir_bitwise_equal_to_spandrel(size, mode, monkeypatch):
     original, prepared = swinir_pair()
-    monkeypatch.setattr("tilewise.engine.inference_forms.SWIN_WINDOWS_PER_STEP", 5)  # steps cross image borders
+    monkeypatch.setattr("tilewise.engine.compute.inference_forms.SWIN_WINDOWS_PER_STEP", 5)  # steps cross image borders
     x = torch.cat([photo(height=size[0], width=size[1]), photo("coffee", height=size[0], width=size[1])])
     with mode():
         expected = original(x)

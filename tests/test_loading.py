@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from model_zoo import PREFIX_WRAPPERS, WRAPPERS, ZOO
 from tilewise.engine import HintRequiredError, LoadHints, ModelFileError, UnknownArchitectureError, load_model, registry
-from tilewise.engine import loading
+from tilewise.engine.model import loading
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

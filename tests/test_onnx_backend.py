@@ -36,12 +36,12 @@ from tilewise.engine import (  # noqa: E402
     MODEL_EXTENSIONS, ModelFileError, ScaleTarget, TileSettings, TilewiseError, UnsafeModelError, UpscaleOptions,
     describe_state_dict, find_model_files, load_model, plan_run, run_tiled, scan_folder, upscale,
 )
-from tilewise.engine import onnx_backend  # noqa: E402
-from tilewise.engine.catalog import model_names_in  # noqa: E402
-from tilewise.engine.export import export_onnx  # noqa: E402
-from tilewise.engine.files import ONNX_EXTENSIONS  # noqa: E402
-from tilewise.engine.precision import model_on  # noqa: E402
-from tilewise.engine.receptive import model_context  # noqa: E402
+from tilewise.engine.model import onnx_backend
+from tilewise.engine.model.catalog import model_names_in  # noqa: E402
+from tilewise.engine.model.export import export_onnx  # noqa: E402
+from tilewise.engine.model.files import ONNX_EXTENSIONS  # noqa: E402
+from tilewise.engine.compute.precision import model_on  # noqa: E402
+from tilewise.engine.plan.receptive import model_context  # noqa: E402
 
 TOLERANCE = 1e-4
 #: Compact with 8 feature maps and 6 body convs: 8 stacked 3x3 convs, a receptive radius of 8.

@@ -67,16 +67,22 @@ def test_hosts_import_only_the_engines_public_names():
     assert not found, found
 
 
+def _modules() -> dict[str, Path]:
+    """Dotted name (without `tilewise.`) -> file, for every module of engine/ and archs/."""
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for folder in ("engine", "archs"):
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports, lazy imports inside functions included."""
     import ast
 
-    root = Path(__file__).resolve().parents[1]
-    modules = {}
-    for folder in ("engine", "archs"):
-        for path in sorted((root / folder).glob("*.py")):
-            name = folder if path.stem == "__init__" else f"{folder}.{path.stem}"
-            modules[name] = path
+    modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
@@ -90,6 +96,48 @@ def _import_graph() -> dict[str, set[str]]:
                 if dependency != name:
                     graph[name].add(dependency)
     return graph
+
+
+def _folder(module: str) -> str:
+    """The row of DESIGN.md's engine map a module belongs to: `errors`, `compute`, ..., `archs`."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "engine" and len(parts) > 1 else parts[0]
+
+
+def _allowed_imports() -> dict[str, set[str]]:
+    """DESIGN.md's engine map, read from its table: folder -> the folders it may import."""
+    import re
+
+    rows = {}
+    design = (Path(__file__).resolve().parents[1] / "DESIGN.md").read_text()
+    for line in design.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`engine/"):
+            continue
+        allowed = set() if cells[2] in ("-", "everything above") else {w.strip() for w in cells[2].split(",")}
+        for name in re.findall(r"`engine/(\w+)", cells[0]):
+            rows[name] = allowed if cells[2] != "everything above" else {"*"}
+    return rows
+
+
+def test_every_engine_import_follows_the_map_in_design_md():
+    """Each folder of engine/ imports only the folders its row of DESIGN.md's map allows, so the
+    data path (model -> plan -> run -> image -> video) reads one way; the map is the rule."""
+    rules = _allowed_imports()
+    assert {"errors", "storage", "compute", "plan", "model", "run", "image", "video", "doctor"} <= set(rules)
+    modules = _modules()
+    unmapped = sorted({_folder(m) for m in modules if m.startswith("engine.") and _folder(m) not in rules})
+    assert not unmapped, f"engine folders missing from DESIGN.md's map: {unmapped}"
+    broken = []
+    for module, imports in _import_graph().items():
+        folder = _folder(module)
+        if module == "engine" or folder not in rules or "*" in rules[folder]:
+            continue
+        for target in imports:
+            other = _folder(target)
+            if other != folder and other != "engine" and other not in rules[folder]:
+                broken.append(f"{module} imports {target} ({folder} may import {sorted(rules[folder]) or 'nothing'})")
+    assert not broken, broken
 
 
 def test_the_engine_import_graph_is_acyclic_and_imports_in_dependency_order():

@@ -131,7 +131,7 @@ def test_the_bundled_vectors_cover_every_variant_and_video_feedback():
 def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
     """The engine feeds ParagonSR2 channels-last input (its declared preference); the fixture
     outputs must still hold, including the video feature, which comes back in NHWC memory."""
-    from tilewise.engine.precision import prefers_channels_last
+    from tilewise.engine.compute.precision import prefers_channels_last
 
     sd, io = weights(entry["file"]), vectors(entry["io_file"])
     descriptor = ParagonSR2Arch().load(sd, LoadHints(upsampler_alpha=entry["video_alpha"]))

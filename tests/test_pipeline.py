@@ -8,7 +8,7 @@ import torch
 from conftest import photo
 from test_runner import ConvNet, describe
 from tilewise.engine import ImageError, ScaleTarget, TileSettings, UpscaleOptions, passes_needed, resize, run_tiled, upscale
-from tilewise.engine.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from tilewise.engine.image.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 
 WHOLE = TileSettings(tile=-1)
 

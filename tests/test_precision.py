@@ -8,7 +8,7 @@ import torch
 from conftest import photo
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, UpscaleOptions, resolve_dtype, run_tiled, upscale
-from tilewise.engine.precision import is_out_of_memory, model_on, release_variants, resolve_device, same_device
+from tilewise.engine.compute.precision import is_out_of_memory, model_on, release_variants, resolve_device, same_device
 
 
 def test_auto_is_fp32_on_cpu():
@@ -108,7 +108,7 @@ def test_cuda_fp16_matches_fp32():
 def test_channels_last_for_conv_nets_only():
     from model_zoo import ZOO
     from tilewise.engine import describe_state_dict
-    from tilewise.engine.precision import prefers_channels_last
+    from tilewise.engine.compute.precision import prefers_channels_last
 
     assert prefers_channels_last(describe_state_dict(ZOO["Compact"].state_dict(seed=0)).model)
     assert prefers_channels_last(describe_state_dict(ZOO["ESRGAN"].state_dict(seed=0)).model)
@@ -116,7 +116,7 @@ def test_channels_last_for_conv_nets_only():
 
 
 def test_a_model_may_declare_its_layout():
-    from tilewise.engine.precision import prefers_channels_last
+    from tilewise.engine.compute.precision import prefers_channels_last
 
     class Hybrid(ConvNet):  # a conv net that declares NCHW, and a Linear model that declares NHWC
         prefers_channels_last = False
@@ -194,7 +194,7 @@ def test_swinir_runs_in_plain_bf16_through_its_inference_form(caplog):
     stays in bf16 with no fallback, within bf16 rounding of fp32."""
     from model_zoo import ZOO
     from tilewise.engine import describe_state_dict
-    from tilewise.engine.precision import run_mode
+    from tilewise.engine.compute.precision import run_mode
 
     descriptor = describe_state_dict(ZOO["SwinIR"].state_dict(seed=0))
     image = photo("coffee", 0, 0, 40, 40)

@@ -1,4 +1,4 @@
-"""CPU memory probes kept between processes (`engine/probe_store.py`), so that every process on
+"""CPU memory probes kept between processes (`engine/plan/probe_store.py`), so that every process on
 a machine plans the same auto windows for the same model."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tilewise.engine import autotile, probe_store
+from tilewise.engine.plan import autotile, probe_store
 from test_runner import ConvNet, describe
 
 CPU = torch.device("cpu")
@@ -114,7 +114,7 @@ def test_an_unwritable_cache_only_means_probing_again(monkeypatch, tmp_path):
 def test_real_probes_agree_across_processes(tmp_path: Path):
     code = (
         "import torch\n"
-        "from tilewise.engine import autotile\n"
+        "from tilewise.engine.plan import autotile\n"
         "from test_runner import ConvNet, describe\n"
         "torch.manual_seed(0)\n"
         "model = describe(ConvNet())\n"
@@ -131,8 +131,8 @@ def test_real_probes_agree_across_processes(tmp_path: Path):
 def test_the_tile_margin_is_probed_once_per_model_file(store, monkeypatch):
     """The receptive-radius probe (many forwards for a deep RRDB) runs in the first process
     that uses a model; later processes with the same weights read the kept margin."""
-    from tilewise.engine import receptive
-    from tilewise.engine.precision import forward_fn
+    from tilewise.engine.plan import receptive
+    from tilewise.engine.compute.precision import forward_fn
 
     calls = []
     probe = receptive._probe
@@ -156,8 +156,8 @@ def test_the_tile_margin_is_probed_once_per_model_file(store, monkeypatch):
 
 
 def test_a_corrupt_margin_record_means_probing_again(store, monkeypatch):
-    from tilewise.engine import receptive
-    from tilewise.engine.precision import forward_fn
+    from tilewise.engine.plan import receptive
+    from tilewise.engine.compute.precision import forward_fn
 
     model = describe(ConvNet())
     key = receptive._stored_key(model, 1)

@@ -13,8 +13,8 @@ from spandrel.architectures.ESRGAN import ESRGAN
 from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from model_zoo import ZOO, _esrgan_finish
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
-from tilewise.engine.precision import forward_fn
-from tilewise.engine.receptive import EFFECTIVE_PROBE_RADIUS, EXACT_PROBE_RADIUS, PROBE_TOLERANCE, effective_radius, model_context, probe_margins
+from tilewise.engine.compute.precision import forward_fn
+from tilewise.engine.plan.receptive import EFFECTIVE_PROBE_RADIUS, EXACT_PROBE_RADIUS, PROBE_TOLERANCE, effective_radius, model_context, probe_margins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,7 +113,7 @@ def test_paragonsr2_conv_variants_are_exact(name):
 def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
     """Shallow models get their exact radius from a 41-px gradient probe; only a field reaching
     its border pays for the 81-px one (a quarter of the cost for Compact and SPAN)."""
-    from tilewise.engine import receptive
+    from tilewise.engine.plan import receptive
 
     sizes = []
     exact = receptive.exact_radius
@@ -130,7 +130,7 @@ def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_prob
     """A caller that only needs margins below `reach` (auto tiling on a small image) gets a
     partial "at least" answer without gradient probes when the model needs more, and the full
     probe's answer, exact or effective, when it needs less."""
-    from tilewise.engine import receptive
+    from tilewise.engine.plan import receptive
 
     cpu = torch.device("cpu")
     full = receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), cpu, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tilewise.engine.tiling import Tile, plan_axis, plan_tiles, split_evenly, split_tile
+from tilewise.engine.plan.tiling import Tile, plan_axis, plan_tiles, split_evenly, split_tile
 
 
 def _check_plan(tiles: list[Tile], height: int, width: int, pad: int, align: int = 1) -> None:
@@ -84,7 +84,7 @@ def test_window_shape_computes_the_fewest_pixels(height, width, side, pad, align
     budget computes fewer pixels, and the chosen one covers the image with its context.
     (A window's size is its plan's common one: the first window's; with `align` > 1 one pushed
     against the far edge may run up to `align` - 1 pixels longer, in square plans too.)"""
-    from tilewise.engine.tiling import window_shape
+    from tilewise.engine.plan.tiling import window_shape
 
     def area(tiles: list[Tile]) -> int:
         return tiles[0].window.height * tiles[0].window.width
@@ -105,7 +105,7 @@ def test_window_shape_computes_the_fewest_pixels(height, width, side, pad, align
 
 
 def test_window_shape_prefers_strips_to_squares():
-    from tilewise.engine.tiling import window_shape
+    from tilewise.engine.plan.tiling import window_shape
 
     shape = window_shape(872, 900, 712, 18)
     tiles = plan_tiles(872, 900, shape, 18)

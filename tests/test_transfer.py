@@ -11,7 +11,7 @@ import torch
 from conftest import photo
 from test_runner import ConvNet, FailsOnCalls, Overflows, describe
 from tilewise.engine import CancelledError, TileSettings, run_tiled
-from tilewise.engine import devices, transfer
+from tilewise.engine.compute import devices, transfer
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from tilewise.engine import TileSettings, TilewiseError, UpscaleOptions, describe_state_dict, load_model, upscale
-from tilewise.engine.video import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
+from tilewise.engine.video.temporal import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
@@ -345,7 +345,7 @@ def test_stabilizer_does_not_smear_an_object_moving_against_the_camera():
 
 
 def _rss_mib() -> float:
-    from tilewise.engine.devices import resident_bytes
+    from tilewise.engine.compute.devices import resident_bytes
 
     return resident_bytes() / 2**20  # psutil: every platform, never a silent 0
 
@@ -450,7 +450,7 @@ def test_cli_video_errors_exit_2_and_write_nothing(tmp_path, capsys):
 
 def test_interrupted_video_leaves_no_partial_file(clip_file, tmp_path, monkeypatch):
     from tilewise.cli import main
-    from tilewise.engine import video
+    from tilewise.engine.video import temporal as video
 
     calls = [0]
     original = video.VideoUpscaler.process

@@ -31,31 +31,31 @@ class Mutation:
 
 MUTATIONS = (
     Mutation(
-        "tile crop offsets off by one", "engine/runner.py",
+        "tile crop offsets off by one", "engine/run/runner.py",
         "output[:, core.y0:core.y1, core.x0:core.x1] = result[:, inner.y0:inner.y1, inner.x0:inner.x1]",
         "output[:, core.y0:core.y1, core.x0:core.x1] = result[:, max(inner.y0 - 1, 0):max(inner.y0 - 1, 0) + inner.y1 - inner.y0, inner.x0:inner.x1]",
         ("tests/test_runner.py", "tests/test_seamless.py"),
     ),
     Mutation(
-        "receptive radius halved", "engine/runner.py",
+        "receptive radius halved", "engine/run/runner.py",
         "return model_context(descriptor, forward32, device, align).pad",
         "return model_context(descriptor, forward32, device, align).pad // 2",
         ("tests/test_seamless.py",),
     ),
     Mutation(
-        "fp32 fallback disabled", "engine/runner.py",
+        "fp32 fallback disabled", "engine/run/runner.py",
         "if item.overflowed():",
         "if False and item.overflowed():",
         ("tests/test_runner.py", "tests/test_precision.py"),
     ),
     Mutation(
-        "alpha dropped", "engine/pipeline.py",
+        "alpha dropped", "engine/image/pipeline.py",
         'if alpha is None or options.alpha == "discard":',
         "if True:",
         ("tests/test_pipeline.py",),
     ),
     Mutation(
-        "YCbCr coefficients swapped", "engine/colour.py",
+        "YCbCr coefficients swapped", "engine/image/colour.py",
         "cb = 0.5 + (-0.168736 * r - 0.331264 * g + 0.5 * b)",
         "cb = 0.5 + (-0.331264 * r - 0.168736 * g + 0.5 * b)",
         ("tests/test_classic_archs.py", "tests/test_pipeline.py"),
@@ -67,13 +67,13 @@ MUTATIONS = (
         ("tests/test_paragonsr2.py",),
     ),
     Mutation(
-        "scene-cut reset disabled", "engine/video.py",
+        "scene-cut reset disabled", "engine/video/temporal.py",
         "return previous.shape != current.shape or (current - previous).abs().mean().item() > threshold",
         "return False",
         ("tests/test_video.py",),
     ),
     Mutation(  # the scan checks a global where it is named and again where it is called: widen both
-        "pickle allow-list widened to builtins", "engine/pickle_scan.py",
+        "pickle allow-list widened to builtins", "engine/model/pickle_scan.py",
         "if full not in allowed and full not in _ELEMENT_SIZES and full not in dtypes:",
         'if full not in allowed and full not in _ELEMENT_SIZES and full not in dtypes and module != "builtins":',
         ("tests/test_hostile.py",),

@@ -140,7 +140,7 @@ class _GradientCapableForward:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward is None:
-            from .precision import forward_fn
+            from ..compute.precision import forward_fn
 
             with torch.inference_mode(False):
                 module = copy.deepcopy(self.descriptor.model).to(device=self.device, dtype=torch.float32).eval()

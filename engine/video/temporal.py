@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
-from . import devices
-from .errors import CancelledError, ImageError, ModelRunError, TilewiseError
-from .pipeline import UpscaleOptions, _validated, passes_needed, upscale
-from .precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
-from .resize import resize
-from .runner import CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, halved_tile, plan_run
+from ..compute import devices
+from ..errors import CancelledError, ImageError, ModelRunError, TilewiseError
+from ..image.pipeline import UpscaleOptions, _validated, passes_needed, upscale
+from ..compute.precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
+from ..image.resize import resize
+from ..run.runner import CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, halved_tile, plan_run
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
 TEMPORAL_MODES: tuple[str, ...] = ("off", "auto", "feedback", "stabilize")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import devices
-from .errors import first_line
+from ..errors import first_line
 
 log = logging.getLogger("tilewise")
 

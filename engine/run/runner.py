@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
-from . import devices
-from .errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
-from .precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
-from . import autotile
-from .autotile import CPU_WORKING_SET, MIN_AUTO_TILE, auto_tile_size, whole_image_fits, working_set_rate
-from .receptive import has_global_context, model_context
-from .tiling import Rect, Tile, plan_tiles, split_tile, window_shape
-from .transfer import FastPathError, Pending, Transfers
+from ..compute import devices
+from ..errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
+from ..compute.precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
+from ..plan import autotile
+from ..plan.autotile import CPU_WORKING_SET, MIN_AUTO_TILE, auto_tile_size, whole_image_fits, working_set_rate
+from ..plan.receptive import has_global_context, model_context
+from ..plan.tiling import Rect, Tile, plan_tiles, split_tile, window_shape
+from ..compute.transfer import FastPathError, Pending, Transfers
 
 log = logging.getLogger("tilewise")
 

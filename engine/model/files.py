@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import pickle_scan
-from .errors import ModelFileError, UnsafeModelError, printable
+from ..errors import ModelFileError, UnsafeModelError, printable
 
 StateDict = dict[str, torch.Tensor]
 

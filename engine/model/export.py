@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor
 
-from .errors import TilewiseError
-from .storage import exclusive_file
-from .precision import forward_fn
+from ..errors import TilewiseError
+from ..storage import exclusive_file
+from ..compute.precision import forward_fn
 
 MIN_OPSET = 17
 #: Traced size: odd, and not a multiple of 8, 16 or any window size in use.

@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
 
-from ..archs import LoadHints
-from .errors import ModelFileError, TilewiseError, UnsafeModelError, first_line, printable
+from ...archs import LoadHints
+from ..errors import ModelFileError, TilewiseError, UnsafeModelError, first_line, printable
 from .files import check_model_file, sniff_foreign
-from .receptive import PROBE_TOLERANCE, SAFETY
-from .tiling import split_evenly
+from ..plan.receptive import PROBE_TOLERANCE, SAFETY
+from ..plan.tiling import split_evenly
 
 log = logging.getLogger("tilewise")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from spandrel import ImageModelDescriptor
 
-from ..archs import LoadHints
-from .errors import TilewiseError
+from ...archs import LoadHints
+from ..errors import TilewiseError
 from .files import MODEL_EXTENSIONS
 from .loading import load_model
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from spandrel import ImageModelDescriptor
 
-from .errors import TilewiseError
-from .storage import exclusive_file
-from .runner import CancelFn
-from .video import VideoOptions, VideoUpscaler
+from ..errors import TilewiseError
+from ..storage import exclusive_file
+from ..run.runner import CancelFn
+from .temporal import VideoOptions, VideoUpscaler
 
 FrameProgressFn = Callable[[int, "int | None"], None]
 DEFAULT_CODECS = ("libx264", "mpeg4")

@@ -28,7 +28,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from ..archs.windows import from_windows, gathers_allowed, to_windows, window_order
+from ...archs.windows import from_windows, gathers_allowed, to_windows, window_order
 
 _prepared: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 _lock = threading.Lock()

@@ -39,8 +39,9 @@ import weakref
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import devices, probe_store
-from .precision import forward_fn, model_on
+from ..compute import devices
+from . import probe_store
+from ..compute.precision import forward_fn, model_on
 
 PROBE = 64
 SAFETY = 0.5  # use at most half of what is free
@@ -218,7 +219,7 @@ def free_memory(device: torch.device) -> int | None:
 def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, limit: float | None = None) -> float | None:
     """Input pixels one forward may hold in the device's free memory (with `SAFETY`), and in at
     most `limit` bytes when given; None when free memory is unknown, 0 when not even the probe fits."""
-    from .precision import is_out_of_memory
+    from ..compute.precision import is_out_of_memory
 
     free = free_memory(device)
     if free is None:

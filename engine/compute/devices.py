@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import psutil
 import torch
 
-from .errors import TilewiseError
+from ..errors import TilewiseError
 
 log = logging.getLogger("tilewise")
 

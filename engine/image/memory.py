@@ -14,12 +14,12 @@ from dataclasses import replace
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import devices
-from .autotile import bytes_per_pixel, known_bytes_per_pixel
+from ..compute import devices
+from ..plan.autotile import bytes_per_pixel, known_bytes_per_pixel
 from .pipeline import UpscaleOptions
-from .precision import resolve_device, resolve_dtype
-from .receptive import has_global_context
-from .runner import plan_run
+from ..compute.precision import resolve_device, resolve_dtype
+from ..plan.receptive import has_global_context
+from ..run.runner import plan_run
 
 #: For automatic tiling, room is made for a window of this length (ComfyUI's core upscale node
 #: uses 512); the engine's automatic tile then grows into whatever memory is free.

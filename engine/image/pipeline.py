@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
-from . import devices as devices_
+from ..compute import devices as devices_
 from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from .errors import ImageError
-from .precision import resolve_device, resolve_dtype
+from ..errors import ImageError
+from ..compute.precision import resolve_device, resolve_dtype
 from .resize import FILTERS, resize
-from .runner import CancelFn, ProgressFn, TileSettings, plan_run, run_tiled
+from ..run.runner import CancelFn, ProgressFn, TileSettings, plan_run, run_tiled
 
 AlphaMode = Literal["resize", "model", "discard"]
 ALPHA_MODES: tuple[str, ...] = ("resize", "model", "discard")

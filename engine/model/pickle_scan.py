@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .errors import printable
+from ..errors import printable
 
 #: Deepest nesting of containers a checkpoint may use (real ones: about 5).
 MAX_DEPTH = 64

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import storage
-from .errors import ImageError
+from .. import storage
+from ..errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".npy")
 WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".npy")
@@ -71,7 +71,7 @@ def _unreadable(path: Path, error: BaseException) -> ImageError:
 
 def check_decodable(path: str | Path, header: ImageHeader | None = None) -> ImageHeader:
     """Refuses, from the header, an image whose decoding alone would not fit the free memory."""
-    from . import devices
+    from ..compute import devices
 
     header = header or read_header(path)
     need = header.width * header.height * max(header.channels, 1) * DECODE_BYTES

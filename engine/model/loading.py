@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDescriptor, StateDict
 
-from ..archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
-from ..archs import magic_kernel
-from .errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError, first_line
+from ...archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
+from ...archs import magic_kernel
+from ..errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError, first_line
 from .files import ONNX_EXTENSIONS, read_state_dict, recognise_non_upscaler, top_level_keys
 
 log = logging.getLogger("tilewise")
@@ -28,7 +28,7 @@ log = logging.getLogger("tilewise")
 BUILTIN_SCHEME = "builtin:"
 _MKS_NAME = re.compile(r"^magic-kernel-sharp-([1-9][0-9]?)x$")
 #: Weights shipped inside the package (`models/`), by built-in name; see tools/train_default.py.
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = {
     "paragonsr2-realtime-2x": "tilewise_paragonsr2_realtime_x2.safetensors",
     "paragonsr2-realtime-4x": "tilewise_paragonsr2_realtime_x4.safetensors",

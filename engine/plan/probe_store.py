@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import storage
+from .. import storage
 
 FILE = "memory_probes.json"
 MAX_ENTRIES = 512  # oldest dropped beyond this

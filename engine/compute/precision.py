@@ -19,7 +19,8 @@ from typing import Callable, Literal
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import devices, inference_forms
+from . import devices
+from . import inference_forms
 
 log = logging.getLogger("tilewise")
 

@@ -15,7 +15,8 @@ from .image.memory import estimate_device_bytes
 from .image.pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, check_fits, passes_needed, upscale
 from .compute.precision import PRECISIONS, release_variants, resolve_device, resolve_dtype
 from .image.resize import FILTERS, resize
-from .run.runner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, run_tiled, tile_settings
+from .run.runner import run_tiled
+from .plan.planner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, tile_settings
 from .video.temporal import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
 
 __all__ = [

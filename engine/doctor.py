@@ -32,7 +32,7 @@ from .compute import transfer
 from .model.loading import load_model
 from .image.pipeline import UpscaleOptions, upscale
 from .compute.precision import model_on
-from .run.runner import TileSettings, plan_run
+from .plan.planner import TileSettings, plan_run
 
 MODEL = "builtin:paragonsr2-realtime-2x"
 SIZE = (96, 128)  # (height, width) of the check image

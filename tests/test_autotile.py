@@ -11,7 +11,7 @@ from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
 from tilewise.engine.plan import autotile
 from tilewise.engine.compute import devices
-from tilewise.engine.run.runner import plan_run
+from tilewise.engine.plan.planner import plan_run
 from tilewise.engine.plan.tiling import plan_tiles
 
 CPU = torch.device("cpu")
@@ -255,7 +255,7 @@ def test_largest_tensor_of_a_model_failing_in_its_dtype_is_sized_from_fp32():
 def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog):
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
-    monkeypatch.setattr("tilewise.engine.run.runner._warned_costly", set())
+    monkeypatch.setattr("tilewise.engine.plan.planner._warned_costly", set())
     with caplog.at_level("WARNING", logger="tilewise"):
         plan = plan_run(model, 320, 320, TileSettings(tile=64, pad=79), CPU)
         plan_run(model, 320, 320, TileSettings(tile=64, pad=79), CPU)
@@ -290,7 +290,7 @@ def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
     its own) must not run; a larger image that does tile asks for it."""
     model = describe(ConvNet())
     asked = []
-    monkeypatch.setattr("tilewise.engine.run.runner.context_pad", lambda *args: asked.append(args) or 8)
+    monkeypatch.setattr("tilewise.engine.plan.planner.context_pad", lambda *args: asked.append(args) or 8)
     monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 100 * 100)  # below the smallest auto window
     monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 25152.0)
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
@@ -351,7 +351,7 @@ def test_the_margin_probe_looks_only_as_far_as_a_tiled_plan_could_win(monkeypatc
         reaches.append(reach)
         return answer
 
-    monkeypatch.setattr("tilewise.engine.run.runner.context_pad", margin)
+    monkeypatch.setattr("tilewise.engine.plan.planner.context_pad", margin)
     answer = 10_000
     assert len(plan_run(model, 250, 240, TileSettings(tile=0), CPU).tiles) == 1
     reach = reaches[-1]

@@ -11,7 +11,7 @@ from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequir
 
 from conftest import photo
 from tilewise.engine import CancelledError, TileSettings, TilewiseError, run_tiled
-from tilewise.engine.run.runner import plan_run
+from tilewise.engine.plan.planner import plan_run
 
 
 class ConvNet(torch.nn.Module):

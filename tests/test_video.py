@@ -53,13 +53,15 @@ def panning_clip(frames: int, height: int = 90, width: int = 110) -> torch.Tenso
 
 @pytest.mark.parametrize("name", ["realtime_x2", "stream_x2", "photo_x2"])
 def test_feedback_reproduces_the_upstream_video_outputs(name):
+    """Outputs are images, clamped to [0, 1] as every run of the engine is (the reference's raw
+    outputs reach below 0); the carried feature is not clamped, so frame 2 checks that too."""
     io = vectors(name)
     runner = VideoUpscaler(paragon(name), options("feedback", first_frame="none"))
     assert runner.mode == "feedback" and runner.alpha == 0.2
     first = runner.process(io["input"])
-    assert (first - io["video_output1"]).abs().max().item() <= TOLERANCE
+    assert (first - io["video_output1"].clamp(0, 1)).abs().max().item() <= TOLERANCE
     second = runner.process(io["input_frame2"])
-    assert (second - io["video_output2"]).abs().max().item() <= TOLERANCE
+    assert (second - io["video_output2"].clamp(0, 1)).abs().max().item() <= TOLERANCE
     assert runner.cuts == 0
 
 
@@ -69,8 +71,8 @@ def test_zeros_first_frame_blends_with_zeros():
     with torch.no_grad():
         expected = descriptor.model(io["input"], prev_feat=descriptor.model.zero_feature(io["input"]))
     got = VideoUpscaler(descriptor, options("feedback", first_frame="zeros")).process(io["input"])
-    assert (got - expected).abs().max().item() <= 1e-5
-    assert (got - io["video_output1"]).abs().max().item() > 1e-4  # a different convention indeed
+    assert (got - expected.clamp(0, 1)).abs().max().item() <= 1e-5
+    assert (got - io["video_output1"].clamp(0, 1)).abs().max().item() > 1e-4  # a different convention indeed
 
 
 @pytest.mark.parametrize("name", ["realtime_x2", "stream_x2"])
@@ -110,6 +112,32 @@ def test_feedback_resumes_with_smaller_tiles_after_out_of_memory(monkeypatch, ca
     assert (resumed - whole).abs().max().item() <= 1e-5
 
 
+def test_feedback_runs_through_the_image_tile_loop_with_its_precision_fallback(monkeypatch, caplog):
+    """Feature feedback is not a tile loop of its own: a model that fails in bf16 falls back to
+    autocast and then fp32 exactly as an image run does, the carried feature included, and the
+    tiled result equals the whole-frame fp32 one."""
+    descriptor = load_model(FIXTURES / "paragonsr2_realtime_x2.safetensors", cache=None)
+    clip = panning_clip(3)
+    whole = upscale_frames(descriptor, clip, options("feedback", tile=-1))
+    model = descriptor.model
+    forward = model.forward
+
+    def no_bf16(x, *args, **kwargs):
+        if x.dtype == torch.bfloat16 or torch.is_autocast_cpu_enabled():
+            raise RuntimeError("expected scalar type Float but found BFloat16")
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", no_bf16)
+    bf16 = VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=48), device="cpu", precision="bf16"), temporal="feedback")
+    with caplog.at_level("WARNING", logger="tilewise"):
+        runner = VideoUpscaler(descriptor, bf16)
+        tiled = torch.cat([runner.process(clip[i : i + 1]) for i in range(3)])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("continuing with torch.bfloat16 autocast" in m for m in messages) and any("continuing in fp32" in m for m in messages)
+    assert len(runner.plan(90, 110).tiles) > 1
+    assert (tiled - whole).abs().max().item() <= 1e-5
+
+
 def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypatch):
     descriptor = paragon("realtime_x2")
 
@@ -117,7 +145,7 @@ def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypa
         raise torch.OutOfMemoryError("CPU out of memory")
 
     monkeypatch.setattr(descriptor.model, "forward", exhausted)
-    with pytest.raises(TilewiseError, match=r"out of memory even with 27-pixel tiles on cpu; use a smaller model, video size or the CPU"):
+    with pytest.raises(TilewiseError, match=r"out of memory even with 27-pixel tiles on cpu; free memory \(close other programs\), use a smaller model or image, or run on the CPU"):
         upscale_frames(descriptor, panning_clip(1), options("feedback", tile=-1))
 
 

@@ -37,9 +37,9 @@ MUTATIONS = (
         ("tests/test_runner.py", "tests/test_seamless.py"),
     ),
     Mutation(
-        "receptive radius halved", "engine/run/runner.py",
-        "return model_context(descriptor, forward32, device, align).pad",
-        "return model_context(descriptor, forward32, device, align).pad // 2",
+        "receptive radius halved", "engine/plan/planner.py",
+        "return model_context(descriptor, forward32, device, align, reach).pad",
+        "return model_context(descriptor, forward32, device, align, reach).pad // 2",
         ("tests/test_seamless.py",),
     ),
     Mutation(

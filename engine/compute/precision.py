@@ -177,7 +177,8 @@ def _forward_lock(module: torch.nn.Module) -> threading.Lock:
 
 def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module, autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp,
-    with any host autocast disabled, or under our own `autocast` dtype when one is given.
+    with any host autocast disabled, or under our own `autocast` dtype when one is given. Keyword
+    arguments go to the module itself (video feature feedback: `prev_feat`, `alpha`).
 
     Forwards of one module are serialised: some architectures write to their own weights during
     an eval forward (SPAN re-derives its 3x3 kernels on every call), so two threads sharing a
@@ -186,10 +187,10 @@ def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module, autoca
     call = getattr(descriptor, "_call_fn", None) or (lambda m, x: m(x))
     lock = _forward_lock(module)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, **inputs):
         region = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else no_autocast(x.device)
         with lock, region:
-            return call(module, x)
+            return module(x, **inputs) if inputs else call(module, x)
 
     return forward
 

@@ -19,7 +19,7 @@ from ..plan.autotile import bytes_per_pixel, known_bytes_per_pixel
 from .pipeline import UpscaleOptions
 from ..compute.precision import resolve_device, resolve_dtype
 from ..plan.receptive import has_global_context
-from ..run.runner import plan_run
+from ..plan.planner import plan_run
 
 #: For automatic tiling, room is made for a window of this length (ComfyUI's core upscale node
 #: uses 512); the engine's automatic tile then grows into whatever memory is free.

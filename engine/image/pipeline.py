@@ -20,7 +20,8 @@ from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from ..errors import ImageError
 from ..compute.precision import resolve_device, resolve_dtype
 from .resize import FILTERS, resize
-from ..run.runner import CancelFn, ProgressFn, TileSettings, plan_run, run_tiled
+from ..run.runner import CancelFn, ProgressFn, run_tiled
+from ..plan.planner import TileSettings, plan_run
 
 AlphaMode = Literal["resize", "model", "discard"]
 ALPHA_MODES: tuple[str, ...] = ("resize", "model", "discard")

@@ -430,14 +430,14 @@ def _messages(model):
     while pending:
         message = pending.pop()
         yield message
-        for field in message.DESCRIPTOR.fields:
-            if field.type != FieldDescriptor.TYPE_MESSAGE:
+        for descriptor_field in message.DESCRIPTOR.fields:
+            if descriptor_field.type != FieldDescriptor.TYPE_MESSAGE:
                 continue
-            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+            repeated = descriptor_field.is_repeated if hasattr(descriptor_field, "is_repeated") else descriptor_field.label == FieldDescriptor.LABEL_REPEATED
             if repeated:
-                pending.extend(getattr(message, field.name))
-            elif message.HasField(field.name):
-                pending.append(getattr(message, field.name))
+                pending.extend(getattr(message, descriptor_field.name))
+            elif message.HasField(descriptor_field.name):
+                pending.append(getattr(message, descriptor_field.name))
 
 
 def _nodes(model) -> list:

@@ -21,7 +21,7 @@ On a CPU the cost of a plan is the pixels its windows compute (margins included)
 by how fast those pixels run: a forward whose largest tensor exceeds `LARGE_TENSOR` runs about
 `LARGE_TENSOR_PENALTY` times slower per pixel (`largest_tensor_per_pixel`). The runner compares
 the memory-limited window with the largest window below that size and takes the cheaper
-(`runner._cheaper_cpu_tile`). A window whose estimated working set exceeds `CPU_WORKING_SET`
+(`planner._cheaper_cpu_tile`). A window whose estimated working set exceeds `CPU_WORKING_SET`
 costs more per pixel the further it exceeds it (`working_set_rate`). That working set was once a hard cap, which made RRDB-like
 models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the image's pixels
 where the whole image fitted; as a cost it still picks windows for RRDB with narrow margins.
@@ -355,7 +355,7 @@ def fits_without_probe(descriptor: ImageModelDescriptor, device: torch.device, d
     """Whether a CPU window of `pixels` surely fits without measuring the model's working memory:
     even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
     `CPU_WORKING_SET` (so it pays no working-set slowdown either). The runner then weighs only
-    the large-tensor window against the whole image (`runner._cheaper_cpu_tile`), and the full
+    the large-tensor window against the whole image (`planner._cheaper_cpu_tile`), and the full
     probe (a further 128² forward sampling resident memory) is skipped: on a 256² image it was
     most of why a first call ran 1.7-2.7x a later one."""
     if not devices.active().is_cpu(device):

@@ -38,14 +38,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from spandrel import ImageModelDescriptor, ModelTiling
+from spandrel import ImageModelDescriptor
 
 from ..compute import devices
-from ..errors import CancelledError, ImageError, ModelRunError, TilewiseError
+from ..errors import CancelledError, ImageError
 from ..image.pipeline import UpscaleOptions, _validated, passes_needed, upscale
-from ..compute.precision import _forward_lock, is_out_of_memory, model_on, no_autocast, prefers_channels_last, resolve_device, resolve_dtype, run_mode
+from ..compute.precision import resolve_device, resolve_dtype
 from ..image.resize import resize
-from ..run.runner import CancelFn, ProgressFn, RunPlan, _paste_core, _pad_to_requirements, halved_tile, plan_run
+from ..plan.planner import RunPlan, plan_run
+from ..run.runner import CancelFn, ProgressFn, _paste_core, run_tiled
 
 TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
 TEMPORAL_MODES: tuple[str, ...] = ("off", "auto", "feedback", "stabilize")
@@ -416,74 +417,52 @@ class VideoUpscaler:
         return out
 
     def _feedback_frame(self, frame: torch.Tensor, progress, cancel) -> torch.Tensor:
-        """One frame through the model with the carried feature; replaces the feature."""
-        while True:
-            try:
-                return self._feedback_attempt(frame, progress, cancel)
-            except _OutOfMemory:
-                plan = self.plan(*frame.shape[-2:])
-                advice = "use a smaller model, video size or the CPU."
-                if self.descriptor.tiling == ModelTiling.INTERNAL:  # tiles itself: nothing to halve
-                    raise TilewiseError(f"out of memory on {self.device}; {advice}") from None
-                _, smaller = halved_tile(plan.tile, [t.window for t in plan.tiles], self.device, advice)
-                settings = replace(self.options.upscale.tiles, tile=smaller, pad=plan.pad if plan.tile > 0 else None)
-                self._plans[tuple(frame.shape[-2:])] = plan_run(self.descriptor, *frame.shape[-2:], settings, self.device, self.dtype)
+        """One frame through the model with the carried feature (the runner's tile loop, with
+        `FeatureFeedback` as its carry); replaces the feature. A tile halved after running out
+        of memory is kept for the frames that follow."""
+        height, width = frame.shape[-2:]
+        plan = self.plan(height, width)
+        settings = replace(self.options.upscale.tiles, tile=plan.settings_tile, pad=plan.pad, batch=plan.batch)
+        carry = FeatureFeedback(self._feature, self.alpha, self.descriptor.model.num_feat, zeros_first=self.options.first_frame == "zeros", device=self.device)
 
-    def _feedback_attempt(self, frame: torch.Tensor, progress, cancel) -> torch.Tensor:
-        descriptor, scale = self.descriptor, self.descriptor.scale
-        dtype, _ = run_mode(descriptor, self.dtype)  # feedback runs cast models only: fp32 after any failure
-        model = model_on(descriptor, self.device, dtype)
-        model32 = model if dtype == torch.float32 else model_on(descriptor, self.device, torch.float32)
-        layout = torch.channels_last if self.options.upscale.tiles.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format
-        plan = self.plan(*frame.shape[-2:])
-        padded, _ = _pad_to_requirements(descriptor, frame)
-        ph, pw = padded.shape[-2:]
-        previous = self._feature
-        if previous is not None and tuple(previous.shape[-2:]) != (ph, pw):
-            previous = None
-        feature = torch.empty(1, descriptor.model.num_feat, ph, pw, dtype=torch.float32, device=self.device)
-        if previous is None and self.options.first_frame == "zeros":
-            previous = torch.zeros_like(feature)
-        output = torch.empty(1, descriptor.output_channels, ph * scale, pw * scale, dtype=torch.float32, device=self.output_device)
-        tiles, per_forward = plan.tiles, max(1, self.options.upscale.tiles.batch)
-        for start in range(0, len(tiles), per_forward):
-            if cancel is not None and cancel():
-                raise CancelledError()
-            group = tiles[start : start + per_forward]
-            shape = (group[0].window.height, group[0].window.width)
-            if any((t.window.height, t.window.width) != shape for t in group):
-                group_lists = [[t] for t in group]  # rare: windows of different shapes run one by one
-            else:
-                group_lists = [group]
-            for sub in group_lists:
-                windows = torch.cat([padded[..., t.window.y0 : t.window.y1, t.window.x0 : t.window.x1] for t in sub])
-                prev = None if previous is None else torch.cat([previous[..., t.window.y0 : t.window.y1, t.window.x0 : t.window.x1] for t in sub])
-                result, feat = self._forward(model, windows, prev, dtype, layout)
-                if dtype != torch.float32 and not bool(torch.isfinite(result).all()):
-                    result, feat = self._forward(model32, windows, prev, torch.float32, layout)
-                result = result.to(self.output_device, torch.float32)
-                for index, t in enumerate(sub):
-                    _paste_core(output[0], result[index], t, scale)
-                    _paste_core(feature[0], feat[index].float(), t, 1)
-            if progress is not None:
-                progress(min(start + per_forward, len(tiles)), len(tiles))
-        self._feature = feature
+        def replanned(tile: int, pad: int) -> None:
+            smaller = replace(self.options.upscale.tiles, tile=tile, pad=pad)
+            self._plans[(height, width)] = plan_run(self.descriptor, height, width, smaller, self.device, self.dtype)
+
+        output = run_tiled(self.descriptor, frame, settings=settings, device=self.device, dtype=self.dtype, output_device=self.output_device,
+                           progress=progress, cancel=cancel, carry=carry, replanned=replanned)
+        self._feature = carry.feature
         return output
 
-    def _forward(self, model, windows, prev, dtype, layout):
-        try:
-            x = windows.to(self.device, dtype).contiguous(memory_format=layout)
-            p = None if prev is None else prev.to(self.device, dtype).contiguous(memory_format=layout)
-            with torch.inference_mode(), _forward_lock(model), no_autocast(self.device):
-                return model(x, feature_tap=True, prev_feat=p, alpha=self.alpha)
-        except Exception as error:
-            if is_out_of_memory(error):
-                raise _OutOfMemory() from None
-            raise ModelRunError(f"{self.descriptor.architecture.name} failed in video feedback mode: {type(error).__name__}: {error}") from error
 
+class FeatureFeedback:
+    """The runner's `Carry` for feature feedback: the previous frame's LR feature map, cut per
+    window and blended into the current frame's inside the model (`prev_feat`, `alpha`), and the
+    current frame's features pasted core by core into the map the next frame reads (crop merge
+    at LR, so tiled feedback equals untiled for convolutional variants)."""
 
-class _OutOfMemory(Exception):
-    pass
+    def __init__(self, previous: torch.Tensor | None, alpha: float, channels: int, zeros_first: bool, device: torch.device):
+        self.previous, self.alpha, self.channels, self.zeros_first, self.device = previous, alpha, channels, zeros_first, device
+        self.feature = torch.empty(0)
+
+    def begin(self, image: torch.Tensor) -> None:
+        batch, _, height, width = image.shape
+        self.feature = torch.empty(batch, self.channels, height, width, dtype=torch.float32, device=self.device)
+        if self.previous is not None and self.previous.shape != self.feature.shape:
+            self.previous = None  # the frame size changed: nothing to carry
+        if self.previous is None and self.zeros_first:
+            self.previous = torch.zeros_like(self.feature)
+
+    def forward(self, forward, x: torch.Tensor, group) -> torch.Tensor:
+        prev = None
+        if self.previous is not None:
+            layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+            cuts = [self.previous[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group]
+            prev = torch.stack(cuts).to(x.device, x.dtype).contiguous(memory_format=layout)
+        result, feature = forward(x, feature_tap=True, prev_feat=prev, alpha=self.alpha)
+        for (t, b), values in zip(group, feature):
+            _paste_core(self.feature[b], values.float(), t, 1)
+        return result
 
 
 def upscale_frames(descriptor: ImageModelDescriptor, frames: torch.Tensor, options: VideoOptions = VideoOptions(), **kwargs) -> torch.Tensor:

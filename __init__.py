@@ -17,7 +17,10 @@ __version__ = "0.1.0"
 
 def _comfy_v3_available() -> bool:
     try:
-        return importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None
+        return (
+            importlib.util.find_spec("comfy_api") is not None
+            and importlib.util.find_spec("comfy_api.latest") is not None
+        )
     except (ImportError, ValueError):
         return False
 

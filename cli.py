@@ -20,22 +20,32 @@ from typing import Sequence
 from .engine import (
     ALPHA_MODES,
     FILTERS,
-    ImageError,
-    ModelFileError,
+    FIRST_FRAME_CONVENTIONS,
+    IMAGE_EXTENSIONS,
     PRECISIONS,
+    SCENE_CUT_THRESHOLD,
+    TEMPORAL_MODES,
+    WRITE_EXTENSIONS,
+    ImageError,
     LoadHints,
+    ModelFileError,
     ScaleTarget,
     TileSettings,
     TileSettingsError,
     TilewiseError,
     UpscaleOptions,
+    VideoOptions,
+    check_decodable,
+    check_fits,
+    check_readable,
     load_model,
+    model_summary,
+    read_image,
     resolve_device,
     tile_settings,
     upscale,
+    write_image,
 )
-from .engine import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, check_fits
-from .engine import IMAGE_EXTENSIONS, WRITE_EXTENSIONS, check_decodable, check_readable, model_summary, read_image, write_image
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
 EXIT_USAGE = 2
@@ -58,42 +68,124 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("upscale", help="upscale images with a model")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
-    up.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (weights or .onnx) or built-in name (default: {DEFAULT_MODEL})")
+    up.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model file (weights or .onnx) or built-in name (default: {DEFAULT_MODEL})",
+    )
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, metavar="F", help="output size as a factor of the input (default: the model's scale)")
+    size.add_argument(
+        "--scale", type=float, metavar="F", help="output size as a factor of the input (default: the model's scale)"
+    )
     size.add_argument("--longest", type=int, metavar="N", help="make the longer side N pixels")
     size.add_argument("--megapixels", type=float, metavar="MP", help="make the output about MP megapixels")
     up.add_argument("--width", type=int, metavar="W", help="exact output width (alone: keep the aspect ratio)")
     up.add_argument("--height", type=int, metavar="H", help="exact output height (alone: keep the aspect ratio)")
-    up.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels (at least 16); auto (default); 0 = no tiling")
-    up.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
-    up.add_argument("--merge", choices=("crop", "blend"), default="crop", help="tile merge: crop margins (exact, default) or blend them")
+    up.add_argument(
+        "--tile",
+        default="auto",
+        metavar="N|auto|0",
+        help="tile window in pixels (at least 16); auto (default); 0 = no tiling",
+    )
+    up.add_argument(
+        "--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)"
+    )
+    up.add_argument(
+        "--merge",
+        choices=("crop", "blend"),
+        default="crop",
+        help="tile merge: crop margins (exact, default) or blend them",
+    )
     up.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
     up.add_argument("--precision", choices=PRECISIONS, default="auto")
-    up.add_argument("--compile", action="store_true", help="torch.compile the model (slow first run; pays off on many images)")
-    up.add_argument("--device", default="auto", help="auto (the current accelerator: CUDA, MPS or XPU; else the CPU), cpu, cuda, cuda:N, mps, xpu")
-    up.add_argument("--alpha", choices=ALPHA_MODES, default="resize", help="alpha channel: resize it (default), run it through the model, or drop it")
-    up.add_argument("--resample", choices=tuple(FILTERS), default="lanczos", help="filter for the final resize to the exact size")
-    up.add_argument("--format", choices=[e.lstrip(".") for e in WRITE_EXTENSIONS], help="output format when OUT is a folder (default: the input's)")
-    up.add_argument("--model-scale", type=int, metavar="N", help="scale hint for models that do not store it (SRCNN, FSRCNN)")
-    up.add_argument("--upsampler-alpha", type=float, metavar="A", help="ParagonSR2 base-path alpha (not stored in its files; default 0)")
+    up.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (slow first run; pays off on many images)"
+    )
+    up.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the current accelerator: CUDA, MPS or XPU; else the CPU), cpu, cuda, cuda:N, mps, xpu",
+    )
+    up.add_argument(
+        "--alpha",
+        choices=ALPHA_MODES,
+        default="resize",
+        help="alpha channel: resize it (default), run it through the model, or drop it",
+    )
+    up.add_argument(
+        "--resample", choices=tuple(FILTERS), default="lanczos", help="filter for the final resize to the exact size"
+    )
+    up.add_argument(
+        "--format",
+        choices=[e.lstrip(".") for e in WRITE_EXTENSIONS],
+        help="output format when OUT is a folder (default: the input's)",
+    )
+    up.add_argument(
+        "--model-scale", type=int, metavar="N", help="scale hint for models that do not store it (SRCNN, FSRCNN)"
+    )
+    up.add_argument(
+        "--upsampler-alpha",
+        type=float,
+        metavar="A",
+        help="ParagonSR2 base-path alpha (not stored in its files; default 0)",
+    )
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    video = commands.add_parser("upscale-video", help="upscale a video file frame by frame (needs PyAV: pip install av)")
+    video = commands.add_parser(
+        "upscale-video", help="upscale a video file frame by frame (needs PyAV: pip install av)"
+    )
     video.add_argument("input", metavar="IN", help="video file (anything FFmpeg reads)")
-    video.add_argument("-o", "--output", required=True, metavar="OUT", help="video file to write (.mp4, .mkv, .mov, .webm ...)")
+    video.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="video file to write (.mp4, .mkv, .mov, .webm ...)"
+    )
     video.add_argument("--model", default=DEFAULT_MODEL, help=f"model file or built-in name (default: {DEFAULT_MODEL})")
-    video.add_argument("--temporal", choices=TEMPORAL_MODES, default="auto", help="temporal mode: auto (default: feature feedback for ParagonSR2, else the stabiliser), off, feedback, stabilize")
-    video.add_argument("--temporal-strength", type=float, metavar="F", help="feedback alpha (default the model's, 0.2) or stabiliser strength (default 0.7)")
-    video.add_argument("--first-frame", choices=FIRST_FRAME_CONVENTIONS, default="none", help="feedback on the first frame of a shot: no blend (default) or blend with zeros (upstream TensorRT)")
-    video.add_argument("--scene-cut", type=float, default=SCENE_CUT_THRESHOLD * 255, metavar="T", help="reset the temporal state when consecutive frames differ by more than T/255 on average (default 30; 0 = never)")
-    video.add_argument("--tile", default="auto", metavar="N|auto|0", help="tile window in pixels (at least 16); auto (default); 0 = no tiling")
-    video.add_argument("--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)")
+    video.add_argument(
+        "--temporal",
+        choices=TEMPORAL_MODES,
+        default="auto",
+        help="temporal mode: auto (default: feature feedback for ParagonSR2, else the stabiliser), off, feedback, "
+        "stabilize",
+    )
+    video.add_argument(
+        "--temporal-strength",
+        type=float,
+        metavar="F",
+        help="feedback alpha (default the model's, 0.2) or stabiliser strength (default 0.7)",
+    )
+    video.add_argument(
+        "--first-frame",
+        choices=FIRST_FRAME_CONVENTIONS,
+        default="none",
+        help="feedback on the first frame of a shot: no blend (default) or blend with zeros (upstream TensorRT)",
+    )
+    video.add_argument(
+        "--scene-cut",
+        type=float,
+        default=SCENE_CUT_THRESHOLD * 255,
+        metavar="T",
+        help="reset the temporal state when consecutive frames differ by more than T/255 on average (default 30; 0 = "
+        "never)",
+    )
+    video.add_argument(
+        "--tile",
+        default="auto",
+        metavar="N|auto|0",
+        help="tile window in pixels (at least 16); auto (default); 0 = no tiling",
+    )
+    video.add_argument(
+        "--tile-pad", type=int, metavar="N", help="context margin per tile (default: the model's receptive radius)"
+    )
     video.add_argument("--merge", choices=("crop", "blend"), default="crop")
     video.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
-    video.add_argument("--compile", action="store_true", help="torch.compile the model (slow start; pays off on long videos)")
+    video.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (slow start; pays off on long videos)"
+    )
     video.add_argument("--precision", choices=PRECISIONS, default="auto")
-    video.add_argument("--device", default="auto", help="auto (the current accelerator: CUDA, MPS or XPU; else the CPU), cpu, cuda, cuda:N, mps, xpu")
+    video.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the current accelerator: CUDA, MPS or XPU; else the CPU), cpu, cuda, cuda:N, mps, xpu",
+    )
     video.add_argument("--codec", help="video codec (default: libx264 when available, else mpeg4)")
     video.add_argument("--crf", type=int, default=18, metavar="N", help="libx264 quality (default 18)")
     video.add_argument("--model-scale", type=int, metavar="N")
@@ -104,13 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("model", help="model file or built-in name")
     onnx.add_argument("output", help="the .onnx file to write")
     onnx.add_argument("--opset", type=int, default=17)
-    onnx.add_argument("--video", action="store_true", help="ParagonSR2 video mode: inputs input, prev_feat; outputs output, feature_map")
+    onnx.add_argument(
+        "--video",
+        action="store_true",
+        help="ParagonSR2 video mode: inputs input, prev_feat; outputs output, feature_map",
+    )
     onnx.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
-    onnx.add_argument("--size", metavar="HxW", help="fix height and width (for models whose graph depends on the size, e.g. SwinIR)")
+    onnx.add_argument(
+        "--size", metavar="HxW", help="fix height and width (for models whose graph depends on the size, e.g. SwinIR)"
+    )
     onnx.add_argument("--model-scale", type=int, metavar="N")
     onnx.add_argument("--upsampler-alpha", type=float, metavar="A")
 
-    doctor = commands.add_parser("doctor", help="check this machine: versions, devices, and a self-check of the engine (attach its output to bug reports)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine: versions, devices, and a self-check of the engine (attach its output to bug reports)",
+    )
     doctor.add_argument("--device", default="auto", help="device to check: auto (default), cpu, cuda, cuda:N, mps, xpu")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -168,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a failure inside a model or library: one line unless debugging
         if os.environ.get("TILEWISE_DEBUG"):
             raise
-        print(f"tilewise: error: unexpected {type(error).__name__}: {error} (set TILEWISE_DEBUG=1 for details)", file=sys.stderr)
+        print(
+            f"tilewise: error: unexpected {type(error).__name__}: {error} (set TILEWISE_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 
@@ -201,9 +305,15 @@ def _export_onnx(args) -> int:
     model = load_model(args.model, hints=_hints(args), cache=None)
     if model.architecture.id == "ONNX":
         raise UsageError(f"{Path(args.model).name} is an ONNX model already; use the file itself (or copy it)")
-    report = export_onnx(model, args.output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size)
+    report = export_onnx(
+        model, args.output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size
+    )
     checked = ", ".join(f"{size}: {error:.1e}" for size, error in report.max_error.items()) or "not validated"
-    print(f"wrote {report.path} (opset {report.opset}{', video' if report.video else ''}; onnxruntime vs PyTorch max error {checked})", file=sys.stderr)
+    print(
+        f"wrote {report.path} (opset {report.opset}{', video' if report.video else ''}; onnxruntime vs PyTorch max "
+        f"error {checked})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -254,7 +364,10 @@ def _output_paths(inputs: list[Path], output: str, fmt: str | None) -> list[Path
     folder = len(inputs) > 1 or out.is_dir() or output.endswith(("/", "\\"))
     if not folder:
         if out.suffix.lower() not in WRITE_EXTENSIONS:
-            raise UsageError(f"cannot write '{out.suffix or out.name}' files; name the output with one of {', '.join(WRITE_EXTENSIONS)}")
+            raise UsageError(
+                f"cannot write '{out.suffix or out.name}' files; name the output with one of "
+                f"{', '.join(WRITE_EXTENSIONS)}"
+            )
         return [out]
     results = []
     for path in inputs:
@@ -280,7 +393,14 @@ def _upscale(args) -> int:
     for path in inputs:
         check_readable(path)
     device = resolve_device(args.device)
-    options = UpscaleOptions(tiles=settings, precision=args.precision, device=str(device), target=target, resample=args.resample, alpha=args.alpha)
+    options = UpscaleOptions(
+        tiles=settings,
+        precision=args.precision,
+        device=str(device),
+        target=target,
+        resample=args.resample,
+        alpha=args.alpha,
+    )
     model = load_model(args.model, hints=_hints(args))
     show = not args.quiet and sys.stderr.isatty()
     for index, (source, destination) in enumerate(zip(inputs, outputs), start=1):
@@ -323,7 +443,9 @@ def _upscale_video(args) -> int:
     show = not args.quiet and sys.stderr.isatty()
     bar = _FrameProgress(source.name) if show else None
     try:
-        report = upscale_video_file(model, source, Path(args.output), options, codec=args.codec, crf=args.crf, progress=bar)
+        report = upscale_video_file(
+            model, source, Path(args.output), options, codec=args.codec, crf=args.crf, progress=bar
+        )
     except VideoIOError as error:
         raise UsageError(str(error)) from None
     finally:
@@ -370,7 +492,10 @@ class _ProgressBar:
         elapsed = time.monotonic() - self.start
         filled = int(self.width * done / max(total, 1))
         left = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} tiles, {elapsed:.1f}s, {left:.1f}s left ")
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} tiles, {elapsed:.1f}s, "
+            f"{left:.1f}s left "
+        )
         sys.stderr.flush()
 
     def finish(self) -> None:

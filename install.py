@@ -69,7 +69,10 @@ def install(find_spec=_importable, run_pip=None) -> list[str]:
             else:
                 _plain_run_pip(f"install --no-deps {requirement}")
         except Exception as error:
-            print(f"Tilewise: could not install {requirement}: {error}. Install it into the WebUI's Python environment by hand.")
+            print(
+                f"Tilewise: could not install {requirement}: {error}. Install it into the WebUI's Python environment "
+                f"by hand."
+            )
     return wanted
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from spandrel import ArchSupport
 
-from .base import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from . import classic, paragonsr2
+from .base import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError
 from .magic_kernel import MagicKernelSharp2021Upsample, MagicKernelSharpArch
 
 

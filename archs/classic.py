@@ -242,7 +242,9 @@ class MeanShift(nn.Conv2d):
     Its weight and bias are frozen parameters, so they are in every saved state dict.
     """
 
-    def __init__(self, rgb_range: float, sign: int, mean: Sequence[float] = DIV2K_MEAN, std: Sequence[float] = (1.0, 1.0, 1.0)):
+    def __init__(
+        self, rgb_range: float, sign: int, mean: Sequence[float] = DIV2K_MEAN, std: Sequence[float] = (1.0, 1.0, 1.0)
+    ):
         super().__init__(3, 3, kernel_size=1)
         std_t = torch.tensor(std, dtype=torch.float32)
         with torch.no_grad():
@@ -257,7 +259,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, n_feats: int, kernel_size: int, res_scale: float):
         super().__init__()
-        self.body = nn.Sequential(_conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True), _conv(n_feats, n_feats, kernel_size))
+        self.body = nn.Sequential(
+            _conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True), _conv(n_feats, n_feats, kernel_size)
+        )
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -323,9 +327,25 @@ class EDSR(nn.Module):
 # RDN: module names of the two supported layouts.
 RDN_LAYOUTS: dict[str, dict[str, str]] = {
     # yjn870/RDN-pytorch: sfe1, sfe2, rdbs.i.layers.c.conv, rdbs.i.lff, gff.{0,1}, upscale.{0,2}, output
-    "yjn870": {"sfe1": "sfe1", "sfe2": "sfe2", "rdbs": "rdbs", "gff": "gff", "up": "upscale", "layers": "layers", "lff": "lff"},
+    "yjn870": {
+        "sfe1": "sfe1",
+        "sfe2": "sfe2",
+        "rdbs": "rdbs",
+        "gff": "gff",
+        "up": "upscale",
+        "layers": "layers",
+        "lff": "lff",
+    },
     # EDSR-PyTorch rdn.py: SFENet1, SFENet2, RDBs.i.convs.c.conv.0, RDBs.i.LFF, GFF.{0,1}, UPNet.{0,2[,4]}
-    "edsr": {"sfe1": "SFENet1", "sfe2": "SFENet2", "rdbs": "RDBs", "gff": "GFF", "up": "UPNet", "layers": "convs", "lff": "LFF"},
+    "edsr": {
+        "sfe1": "SFENet1",
+        "sfe2": "SFENet2",
+        "rdbs": "RDBs",
+        "gff": "GFF",
+        "up": "UPNet",
+        "layers": "convs",
+        "lff": "LFF",
+    },
 }
 
 
@@ -355,7 +375,9 @@ class _RDB(nn.Module):
         super().__init__()
         names = RDN_LAYOUTS[layout]
         self._layers_name, self._lff_name = names["layers"], names["lff"]
-        layers = nn.Sequential(*[_DenseLayer(cin + i * growth, growth, kernel_size, layout == "edsr") for i in range(n_layers)])
+        layers = nn.Sequential(
+            *[_DenseLayer(cin + i * growth, growth, kernel_size, layout == "edsr") for i in range(n_layers)]
+        )
         self.add_module(self._layers_name, layers)
         self.add_module(self._lff_name, nn.Conv2d(cin + n_layers * growth, cin, 1))
 
@@ -486,7 +508,9 @@ def _shapes_match(state_dict: Mapping[str, object], build: Callable[[], nn.Modul
     return all(_shape(state_dict, key) == tuple(value.shape) for key, value in expected.items())
 
 
-def _guarded(infer: Callable[[StateDict], dict | None], build: Callable[[dict], nn.Module]) -> Callable[[StateDict], bool]:
+def _guarded(
+    infer: Callable[[StateDict], dict | None], build: Callable[[dict], nn.Module]
+) -> Callable[[StateDict], bool]:
     """A detect function: hyper-parameters from `infer`, then an exact key-and-shape comparison."""
 
     def detect(state_dict: StateDict) -> bool:
@@ -504,7 +528,9 @@ def _square_root(n: int) -> int | None:
     return root if root > 0 and root * root == n else None
 
 
-def _describe(model: nn.Module, state_dict: StateDict, arch: NativeArchitecture, tags: list[str], channels: int) -> ImageModelDescriptor:
+def _describe(
+    model: nn.Module, state_dict: StateDict, arch: NativeArchitecture, tags: list[str], channels: int
+) -> ImageModelDescriptor:
     return ImageModelDescriptor(
         model,
         state_dict,
@@ -603,7 +629,9 @@ class SRCNNArch(NativeArchitecture[SRCNN]):
 
 
 def _fsrcnn_params(sd: StateDict) -> dict | None:
-    w_first, w_shrink, w_last = (_shape(sd, k) for k in ("first_part.0.weight", "mid_part.0.weight", "last_part.weight"))
+    w_first, w_shrink, w_last = (
+        _shape(sd, k) for k in ("first_part.0.weight", "mid_part.0.weight", "last_part.weight")
+    )
     if w_first is None or w_shrink is None or w_last is None:
         return None
     n_convs = _count(sd, "mid_part.{}.bias", step=2)
@@ -614,7 +642,13 @@ def _fsrcnn_params(sd: StateDict) -> dict | None:
     k_first, k_last = _kernel(w_first), _kernel(w_last)
     if not (k_first and k_mid and k_last):
         return None
-    return {"in_channels": w_first[1], "d": w_first[0], "s": w_shrink[0], "m": m, "kernel_sizes": (k_first, k_mid, k_last)}
+    return {
+        "in_channels": w_first[1],
+        "d": w_first[0],
+        "s": w_shrink[0],
+        "m": m,
+        "kernel_sizes": (k_first, k_mid, k_last),
+    }
 
 
 class FSRCNNArch(NativeArchitecture[FSRCNN]):
@@ -695,7 +729,7 @@ class EDSRArch(NativeArchitecture[EDSR]):
 
 
 def _rdn_params(sd: StateDict) -> dict | None:
-    for layout, names in RDN_LAYOUTS.items():
+    for layout, names in RDN_LAYOUTS.items():  # noqa: B007 - the layout found is used after the loop
         if f"{names['sfe1']}.weight" in sd:
             break
     else:

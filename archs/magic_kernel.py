@@ -82,7 +82,9 @@ class MagicKernelSharpArch(NativeArchitecture[MagicKernelSharp2021Upsample]):
         keys = set(state_dict.keys()) - {"scale", "alpha"}
         return keys == expected
 
-    def load(self, state_dict: StateDict, hints: LoadHints | None = None) -> ImageModelDescriptor[MagicKernelSharp2021Upsample]:
+    def load(
+        self, state_dict: StateDict, hints: LoadHints | None = None
+    ) -> ImageModelDescriptor[MagicKernelSharp2021Upsample]:
         hints = hints or LoadHints()
         scale = hints.scale_or_none()
         if "scale" in state_dict:
@@ -96,7 +98,9 @@ class MagicKernelSharpArch(NativeArchitecture[MagicKernelSharp2021Upsample]):
         return describe(model, weights, self)
 
 
-def describe(model: MagicKernelSharp2021Upsample, state_dict: StateDict, arch: MagicKernelSharpArch) -> ImageModelDescriptor:
+def describe(
+    model: MagicKernelSharp2021Upsample, state_dict: StateDict, arch: MagicKernelSharpArch
+) -> ImageModelDescriptor:
     channels = model.blur.h.weight.shape[0]
     return ImageModelDescriptor(
         model,

@@ -260,7 +260,9 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.fc(x.mean(dim=(2, 3)))
@@ -419,7 +421,9 @@ class ParagonSR2(nn.Module):
             *(ResidualGroup(make_block(g * num_blocks + b) for b in range(num_blocks)) for g in range(num_groups))
         )
         self.conv_mid = nn.Conv2d(num_feat, num_feat, 3, padding=1)
-        self.up = nn.Sequential(nn.Conv2d(num_feat, num_feat * self.scale**2, 3, padding=1), nn.PixelShuffle(self.scale))
+        self.up = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat * self.scale**2, 3, padding=1), nn.PixelShuffle(self.scale)
+        )
         self.conv_out = nn.Conv2d(num_feat, in_chans, 3, padding=1)
         self.detail_gain = nn.Parameter(torch.tensor(float(detail_gain)))
 
@@ -606,7 +610,9 @@ class V5ChannelModulation(nn.Module):
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
-        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid())
+        self.net = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.net(x)
@@ -666,7 +672,9 @@ class V5LocalWindowAttention(nn.Module):
         return x + self.gamma * (total / (weight_sum + 1e-8))
 
     @staticmethod
-    def _fade(out: torch.Tensor, top: int, bottom: int, h: int, ov_h: int, left: int, right: int, w: int, ov_w: int) -> torch.Tensor:
+    def _fade(
+        out: torch.Tensor, top: int, bottom: int, h: int, ov_h: int, left: int, right: int, w: int, ov_w: int
+    ) -> torch.Tensor:
         """Blend weights for one window: linear ramps on the sides that have a neighbour."""
         weight = torch.ones_like(out)
         rows = min(ov_h, (bottom - top) // 4)
@@ -949,7 +957,11 @@ def classify(state_dict: StateDict) -> str | None:
         return "v5"
     if "in_conv.weight" in keys or "in_conv.parametrizations.weight.original" in keys or "in_conv.weight_orig" in keys:
         if _has_prefix(state_dict, "down_blocks.") and _has_prefix(state_dict, "up_blocks."):
-            if any(".magic_upsample." in k for k in keys) or "freq_luma.weight" in keys or _has_prefix(state_dict, "attention_fusion."):
+            if (
+                any(".magic_upsample." in k for k in keys)
+                or "freq_luma.weight" in keys
+                or _has_prefix(state_dict, "attention_fusion.")
+            ):
                 return "munet"
     if "conv_in.weight" in keys and (
         "global_detail_gain" in keys
@@ -1111,7 +1123,9 @@ class ParagonSR2Arch(NativeArchitecture[ParagonSR2]):
         if kind in _REFUSED:
             raise _refuse(kind)
         if kind != "dual-path":
-            raise ValueError("not a dual-path ParagonSR2 state dict (missing detail_gain/base/conv_in/conv_mid/up.0/conv_out)")
+            raise ValueError(
+                "not a dual-path ParagonSR2 state dict (missing detail_gain/base/conv_in/conv_mid/up.0/conv_out)"
+            )
         config = read_dual_path_config(state_dict)
         model = ParagonSR2(**config, upsampler_alpha=_hints_alpha(hints, DEFAULT_UPSAMPLER_ALPHA))
         tags = [model.variant, f"{model.num_feat}nf", f"{model.num_groups}x{model.num_blocks}"]

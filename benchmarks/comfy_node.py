@@ -50,29 +50,62 @@ def build_models(names: list[str], folder: Path) -> None:
 
     from safetensors.torch import save_file
     from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.DAT import DAT
     from spandrel.architectures.ESRGAN import ESRGAN
     from spandrel.architectures.SPAN import SPAN
-    from spandrel.architectures.DAT import DAT
     from spandrel.architectures.SwinIR import SwinIR
-
     from tilewise.archs.paragonsr2 import ParagonSR2
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from tiling import seeded
 
     makers = {
-        "compact": lambda: seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0),
+        "compact": lambda: seeded(
+            Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0
+        ),
         "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
         "rrdb6": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=6, scale=4), 1),
         "rrdb23": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4), 1),
-        "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
-        "dat": lambda: seeded(DAT(upscale=2, in_chans=3, img_size=64, img_range=1.0, depth=[6, 6], embed_dim=60, num_heads=[6, 6], expansion_factor=2, split_size=[8, 16], upsampler="pixelshuffledirect", resi_connection="1conv"), 5),
+        "swinir": lambda: seeded(
+            SwinIR(
+                upscale=2,
+                in_chans=3,
+                img_size=64,
+                window_size=8,
+                img_range=1.0,
+                depths=[6, 6],
+                embed_dim=60,
+                num_heads=[6, 6],
+                mlp_ratio=2,
+                upsampler="pixelshuffledirect",
+                resi_connection="1conv",
+            ),
+            3,
+        ),
+        "dat": lambda: seeded(
+            DAT(
+                upscale=2,
+                in_chans=3,
+                img_size=64,
+                img_range=1.0,
+                depth=[6, 6],
+                embed_dim=60,
+                num_heads=[6, 6],
+                expansion_factor=2,
+                split_size=[8, 16],
+                upsampler="pixelshuffledirect",
+                resi_connection="1conv",
+            ),
+            5,
+        ),
         "paragonsr2photo": lambda: seeded(ParagonSR2(scale=2, variant="photo"), 6),
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name == "paragonsr2":
-            shutil.copy(ROOT / "models" / "tilewise_paragonsr2_realtime_x2.safetensors", folder / "paragonsr2.safetensors")
+            shutil.copy(
+                ROOT / "models" / "tilewise_paragonsr2_realtime_x2.safetensors", folder / "paragonsr2.safetensors"
+            )
             continue
         model = makers[name]().model
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
@@ -86,8 +119,13 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
     comfy, python = comfy_harness.comfyui_dir(), comfy_harness.comfy_python()
     with tempfile.TemporaryDirectory() as base:  # not the repository: its nodes/ would shadow ComfyUI's nodes.py
         build_models(args.models.split(","), Path(base) / "models" / "upscale_models")
-        env = dict(os.environ, TILEWISE_BENCH_COMFYUI=str(comfy), TILEWISE_BENCH_BASE=base, PYTHONDONTWRITEBYTECODE="1",
-                   TILEWISE_CACHE_DIR=str(Path(base) / "cache"))  # a fresh probe store: first calls pay the probes
+        env = dict(
+            os.environ,
+            TILEWISE_BENCH_COMFYUI=str(comfy),
+            TILEWISE_BENCH_BASE=base,
+            PYTHONDONTWRITEBYTECODE="1",
+            TILEWISE_CACHE_DIR=str(Path(base) / "cache"),
+        )  # a fresh probe store: first calls pay the probes
         env.pop("PYTHONPATH", None)
         return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], cwd=base, env=env).returncode
 
@@ -106,9 +144,18 @@ def inner(args: argparse.Namespace) -> int:
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "tilewise"]
+    sys.argv = [
+        "main.py",
+        "--cpu",
+        "--base-directory",
+        str(base),
+        "--disable-all-custom-nodes",
+        "--whitelist-custom-nodes",
+        "tilewise",
+    ]
     import comfy.cli_args  # noqa: F401
     import utils.extra_config  # noqa: F401
+
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
@@ -119,21 +166,30 @@ def inner(args: argparse.Namespace) -> int:
         def run():
             with torch.inference_mode():
                 return fn()
+
         return worker.submit(run).result()
 
     photo = data.hubble_deep_field()
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    print(f"ComfyUI 0.3.75 in-process, CPU, {args.threads} threads, worker thread, {args.repeats} warm rounds; crops of hubble_deep_field")
-    print(f"  {'model':<11} {'size':>5} {'prec':<5} {'core s':>7} {'first s':>8} {'warm s':>7} {'limit s':>8} {'vs core':>8} {'vs limit':>9} {'first/warm':>11}")
+    print(
+        f"ComfyUI 0.3.75 in-process, CPU, {args.threads} threads, worker thread, {args.repeats} warm rounds; crops of "
+        f"hubble_deep_field"
+    )
+    print(
+        f"  {'model':<11} {'size':>5} {'prec':<5} {'core s':>7} {'first s':>8} {'warm s':>7} {'limit s':>8} "
+        f"{'vs core':>8} {'vs limit':>9} {'first/warm':>11}"
+    )
     unchanged = True
     for name in args.models.split(","):
-        loader = "TilewiseModelLoader" if name.startswith("paragonsr2") else "UpscaleModelLoader"  # spandrel lacks ParagonSR2
-        model = in_worker(lambda: mapping[loader].execute(f"{name}.safetensors")[0])
+        loader = (
+            "TilewiseModelLoader" if name.startswith("paragonsr2") else "UpscaleModelLoader"
+        )  # spandrel lacks ParagonSR2
+        model = in_worker(lambda loader=loader, name=name: mapping[loader].execute(f"{name}.safetensors")[0])
         classes = [type(m) for m in model.model.modules()]
         for size in (int(s) for s in args.sizes.split(",")):
             image = torch.from_numpy(np.ascontiguousarray(photo[:size, :size])).float().div(255)[None]
 
-            def core():
+            def core(model=model, image=image):
                 out = mapping["ImageUpscaleWithModel"].execute(model, image)
                 return out[0] if isinstance(out, tuple) else out.args[0]
 
@@ -143,7 +199,9 @@ def inner(args: argparse.Namespace) -> int:
                 limit = limit_forward(model.model, image.movedim(-1, 1), dtype, in_worker)
                 paths = {
                     "core": core,
-                    "tilewise": lambda: mapping["TilewiseUpscale"].execute(model, image, precision=precision)[0],
+                    "tilewise": lambda model=model, image=image, precision=precision: mapping[
+                        "TilewiseUpscale"
+                    ].execute(model, image, precision=precision)[0],
                     "limit": limit,
                 }
                 times: dict[str, list[float]] = {key: [] for key in paths}
@@ -152,9 +210,17 @@ def inner(args: argparse.Namespace) -> int:
                         start = time.perf_counter()
                         in_worker(fn)
                         times[key].append(time.perf_counter() - start)
-                core_warm, first, warm, limit = min(times["core"][1:]), times["tilewise"][0], min(times["tilewise"][1:]), min(times["limit"][1:])
-                print(f"  {name:<11} {size:>5} {precision:<5} {core_warm:>7.2f} {first:>8.2f} {warm:>7.2f} {limit:>8.2f} "
-                      f"{core_warm / warm:>7.2f}x {warm / limit:>8.2f}x {first / warm:>10.2f}x", flush=True)
+                core_warm, first, warm, limit = (
+                    min(times["core"][1:]),
+                    times["tilewise"][0],
+                    min(times["tilewise"][1:]),
+                    min(times["limit"][1:]),
+                )
+                print(
+                    f"  {name:<11} {size:>5} {precision:<5} {core_warm:>7.2f} {first:>8.2f} {warm:>7.2f} {limit:>8.2f} "
+                    f"{core_warm / warm:>7.2f}x {warm / limit:>8.2f}x {first / warm:>10.2f}x",
+                    flush=True,
+                )
             if before is not None:
                 after = in_worker(core)
                 same = [type(m) for m in model.model.modules()] == classes and torch.equal(before, after)

@@ -26,7 +26,6 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-
 from tilewise import engine
 
 HELD_OUT = ("astronaut", "coffee", "chelsea", "rocket")
@@ -76,13 +75,15 @@ def benchmark(scale: int, model: str) -> list[tuple[str, tuple[int, int], float,
     rows = []
     for name in HELD_OUT:
         hr, lr = held_out_pair(name, scale)
-        rows.append((
-            name,
-            lr.shape[:2],
-            psnr_y(bicubic_up(lr, scale), hr, scale),
-            psnr_y(engine_up(base, lr), hr, scale),
-            psnr_y(engine_up(descriptor, lr), hr, scale),
-        ))
+        rows.append(
+            (
+                name,
+                lr.shape[:2],
+                psnr_y(bicubic_up(lr, scale), hr, scale),
+                psnr_y(engine_up(base, lr), hr, scale),
+                psnr_y(engine_up(descriptor, lr), hr, scale),
+            )
+        )
     return rows
 
 
@@ -97,7 +98,9 @@ def report(scale: int, model: str, rows) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="PSNR-Y of the bundled ParagonSR2 realtime models vs bicubic and MagicKernelSharp.")
+    parser = argparse.ArgumentParser(
+        description="PSNR-Y of the bundled ParagonSR2 realtime models vs bicubic and MagicKernelSharp."
+    )
     parser.add_argument("--scale", type=int, choices=(2, 4), action="append", help="scale(s) to run (default both)")
     parser.add_argument("--x2", default="builtin:paragonsr2-realtime-2x", help="x2 model (file or builtin name)")
     parser.add_argument("--x4", default="builtin:paragonsr2-realtime-4x", help="x4 model (file or builtin name)")
@@ -109,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         rows = benchmark(scale, model)
         gain_bic, gain_mks = report(scale, model, rows)
-        print(f"mean gain: {gain_bic:+.2f} dB over bicubic, {gain_mks:+.2f} dB over MagicKernelSharp ({time.time() - start:.0f}s)")
+        print(
+            f"mean gain: {gain_bic:+.2f} dB over bicubic, {gain_mks:+.2f} dB over MagicKernelSharp "
+            f"({time.time() - start:.0f}s)"
+        )
     return 0
 
 

@@ -37,9 +37,8 @@ def main() -> int:
         from spandrel.architectures.ESRGAN import ESRGAN
 
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from tiling import seeded
-
         from tilewise.engine import UpscaleOptions, load_model, upscale
+        from tiling import seeded
 
         torch.set_num_threads(args.threads)
         built = seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=args.blocks, scale=4), 1).model
@@ -55,8 +54,11 @@ def main() -> int:
             upscale(model, image, options)
             times.append(time.perf_counter() - start)
     megabytes = path.stat().st_size / 2**20 if path.exists() else sum(p.numel() * 4 for p in built.parameters()) / 2**20
-    print(f"RRDB {args.blocks} blocks ({megabytes:.0f} MB), {image.shape[-1]}x{image.shape[-2]} ({image.shape[-1] * image.shape[-2] / 1e6:.2f} MP), "
-          f"precision {args.precision}, {args.threads} threads")
+    print(
+        f"RRDB {args.blocks} blocks ({megabytes:.0f} MB), {image.shape[-1]}x{image.shape[-2]} "
+        f"({image.shape[-1] * image.shape[-2] / 1e6:.2f} MP), "
+        f"precision {args.precision}, {args.threads} threads"
+    )
     print(f"  first call {times[0]:.1f} s, later call {times[1]:.1f} s, first/later {times[0] / times[1]:.2f}x")
     return 0
 

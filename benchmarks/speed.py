@@ -20,7 +20,8 @@ Every path runs in one long-lived worker thread, as in ComfyUI and A1111 (`--mai
 the main thread, as the CLI runs).
 Targets on CPU: default >= 1.6x naive, bf16 >= 3x; tiled-vs-untiled max error <= 1e-4 (fp32).
 
-    python benchmarks/speed.py [--megapixels 0.25] [--repeats 2] [--threads 2] [--models compact,esrgan] [--compile] [--main-thread]
+    python benchmarks/speed.py [--megapixels 0.25] [--repeats 2] [--threads 2] [--models compact,esrgan]
+                               [--compile] [--main-thread]
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ import torch
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
-
 from tilewise.archs.windows import plain_forms  # noqa: E402
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
 from tilewise.engine.compute.devices import cpu_has_native_bf16, resident_bytes  # noqa: E402
 from tilewise.engine.compute.precision import prefers_channels_last  # noqa: E402
-
+from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
 
 
 def models() -> dict:
@@ -54,11 +53,28 @@ def models() -> dict:
     from spandrel.architectures.SwinIR import SwinIR
 
     return {
-        "compact": lambda: seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0),
+        "compact": lambda: seeded(
+            Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0
+        ),
         "esrgan": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=4, scale=4), 1),
         "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
         "paragonsr2-photo": lambda: load_model(PARAGONSR2_FIXTURES / "paragonsr2_photo_x2.safetensors", cache=None),
-        "swinir": lambda: seeded(SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6, 6], embed_dim=60, num_heads=[6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv"), 3),
+        "swinir": lambda: seeded(
+            SwinIR(
+                upscale=2,
+                in_chans=3,
+                img_size=64,
+                window_size=8,
+                img_range=1.0,
+                depths=[6, 6],
+                embed_dim=60,
+                num_heads=[6, 6],
+                mlp_ratio=2,
+                upsampler="pixelshuffledirect",
+                resi_connection="1conv",
+            ),
+            3,
+        ),
     }
 
 
@@ -112,7 +128,7 @@ def interleaved(paths: dict, repeats: int) -> dict:
     memory = dict.fromkeys(paths, 0)
     labels = list(paths)
     for round_ in range(max(1, repeats)):
-        for label in labels[round_ % len(labels):] + labels[: round_ % len(labels)]:
+        for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
             fn = paths[label]
             with PeakRSS() as peak:
                 start = time.perf_counter()
@@ -140,18 +156,35 @@ def bench(name: str, descriptor, image: torch.Tensor, repeats: int, compile_: bo
     if type(descriptor.model).__module__.startswith("tilewise."):
         schemes["naive+ours"] = lambda: naive_tiled(plain, image)  # the same scheme with our forms
     if compile_:
-        schemes["compiled"] = lambda: upscale(descriptor, image, UpscaleOptions(device=cpu, tiles=TileSettings(compile=True)))
+        schemes["compiled"] = lambda: upscale(
+            descriptor, image, UpscaleOptions(device=cpu, tiles=TileSettings(compile=True))
+        )
     params = sum(p.numel() for p in descriptor.model.parameters())
-    print(f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: {prefers_channels_last(descriptor.model)})", flush=True)
-    print(f"  {'path':<10} {'cold s':>8} {'warm s':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}")
+    print(
+        f"\n{name} ({descriptor.architecture.id}, {params:,} params, x{descriptor.scale}, channels-last: "
+        f"{prefers_channels_last(descriptor.model)})",
+        flush=True,
+    )
+    print(
+        f"  {'path':<10} {'cold s':>8} {'warm s':>8} {'speed vs naive':>15} {'peak RSS MiB':>13} {'max abs diff':>13}"
+    )
     measured = interleaved(schemes, repeats)
     baseline = measured["naive"][1]
     for label, (cold, warm, result, memory) in measured.items():
-        print(f"  {label:<10} {cold:>8.2f} {warm:>8.2f} {baseline / warm:>15.2f} {memory / 2**20:>13.0f} {(result - untiled).abs().max().item():>13.2e}", flush=True)
-    layouts = interleaved({
-        "nchw": lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)),
-        "nhwc": lambda: _forced_nhwc(descriptor, lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))),
-    }, repeats)
+        print(
+            f"  {label:<10} {cold:>8.2f} {warm:>8.2f} {baseline / warm:>15.2f} {memory / 2**20:>13.0f} "
+            f"{(result - untiled).abs().max().item():>13.2e}",
+            flush=True,
+        )
+    layouts = interleaved(
+        {
+            "nchw": lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=False)),
+            "nhwc": lambda: _forced_nhwc(
+                descriptor, lambda: run_tiled(descriptor, image, settings=TileSettings(tile=0, channels_last=True))
+            ),
+        },
+        repeats,
+    )
     CHANNELS_LAST[name] = layouts["nchw"][1] / layouts["nhwc"][1]
 
 
@@ -179,11 +212,21 @@ CHANNELS_LAST: dict[str, float] = {}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megapixels", type=float, default=0.25, help="crop of the photo to use (about 0.87 for all of it)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per path: the first is cold, the best later one warm")
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile row (minutes of compilation per model on CPU)")
+    parser.add_argument(
+        "--megapixels", type=float, default=0.25, help="crop of the photo to use (about 0.87 for all of it)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per path: the first is cold, the best later one warm"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add a torch.compile row (minutes of compilation per model on CPU)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--main-thread", action="store_true", help="run in the main thread, as the CLI does (default: a worker thread, as the hosts do)")
+    parser.add_argument(
+        "--main-thread",
+        action="store_true",
+        help="run in the main thread, as the CLI does (default: a worker thread, as the hosts do)",
+    )
     parser.add_argument("--models", default=",".join(models()))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -193,9 +236,12 @@ def main() -> None:
     side = int((args.megapixels * 1e6) ** 0.5)
     crop = photo[: min(side, photo.shape[0]), : min(side, photo.shape[1])]
     image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div(255)[None]
-    print(f"photo: skimage hubble_deep_field crop {image.shape[-1]}x{image.shape[-2]} ({image.shape[-1] * image.shape[-2] / 1e6:.2f} MP), "
-          f"CPU, {args.threads} threads, native bf16: {cpu_has_native_bf16()}, "
-          f"run in {'a worker thread (as ComfyUI and A1111)' if HOST.worker else 'the main thread (as the CLI)'}")
+    print(
+        f"photo: skimage hubble_deep_field crop {image.shape[-1]}x{image.shape[-2]} "
+        f"({image.shape[-1] * image.shape[-2] / 1e6:.2f} MP), "
+        f"CPU, {args.threads} threads, native bf16: {cpu_has_native_bf16()}, "
+        f"run in {'a worker thread (as ComfyUI and A1111)' if HOST.worker else 'the main thread (as the CLI)'}"
+    )
     table = models()
     for name in args.models.split(","):
         bench(name, table[name](), image, args.repeats, args.compile)

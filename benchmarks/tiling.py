@@ -15,7 +15,6 @@ Target for (a): <= 1.05.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from skimage import data
 from spandrel import ImageModelDescriptor
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
-
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
 from tilewise.engine.compute.precision import forward_fn
 from tilewise.engine.plan.receptive import model_context
@@ -41,7 +39,9 @@ def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            spread = parameter.std() if parameter.numel() > 1 else parameter.new_zeros(())  # one element has no std (NaN)
+            spread = (
+                parameter.std() if parameter.numel() > 1 else parameter.new_zeros(())
+            )  # one element has no std (NaN)
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02 * spread.clamp_min(1e-3))
         descriptor = describe_state_dict(model.state_dict())
         probe = torch.rand(1, 3, 32, 32, generator=generator)
@@ -54,7 +54,9 @@ def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:
     return descriptor
 
 
-def naive_tiled(descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+def naive_tiled(
+    descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int = 512, overlap: int = 32
+) -> torch.Tensor:
     """One tile at a time, tiles stepping by tile - overlap, linear feather on every edge."""
     scale = descriptor.scale
     _, channels, height, width = image.shape
@@ -66,7 +68,7 @@ def naive_tiled(descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int
     feather = overlap * scale
     for y in ys:
         for x in xs:
-            patch = image[..., y:y + tile, x:x + tile]
+            patch = image[..., y : y + tile, x : x + tile]
             with torch.no_grad():
                 result = descriptor.model(patch).clamp(0, 1)
             h, w = result.shape[-2:]
@@ -77,8 +79,8 @@ def naive_tiled(descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int
                 mask[..., h - 1 - t, :] *= ramp
                 mask[..., :, t] *= ramp
                 mask[..., :, w - 1 - t] *= ramp
-            out[..., y * scale:y * scale + h, x * scale:x * scale + w] += result * mask
-            weight[..., y * scale:y * scale + h, x * scale:x * scale + w] += mask
+            out[..., y * scale : y * scale + h, x * scale : x * scale + w] += result * mask
+            weight[..., y * scale : y * scale + h, x * scale : x * scale + w] += mask
     return out / weight
 
 
@@ -101,9 +103,14 @@ def bench(name: str, descriptor: ImageModelDescriptor, image: torch.Tensor, repe
         "tilewise 512-px tiles": lambda: run_tiled(descriptor, image, settings=TileSettings(tile=512)),
         "naive 512 px, 32 px feather": lambda: naive_tiled(descriptor, image),
     }
-    print(f"\n{name}: {sum(p.numel() for p in descriptor.model.parameters()):,} params, x{descriptor.scale}, "
-          f"input {image.shape[-1]}x{image.shape[-2]}")
-    print(f"  (d) pad = {context.pad} px ({'exact receptive radius' if context.exact else 'effective radius'}; probe took {probe_time:.2f} s, once per model)")
+    print(
+        f"\n{name}: {sum(p.numel() for p in descriptor.model.parameters()):,} params, x{descriptor.scale}, "
+        f"input {image.shape[-1]}x{image.shape[-2]}"
+    )
+    print(
+        f"  (d) pad = {context.pad} px ({'exact receptive radius' if context.exact else 'effective radius'}; probe "
+        f"took {probe_time:.2f} s, once per model)"
+    )
     print(f"  untiled forward: {untiled_time:.2f} s")
     print(f"  {'scheme':<32} {'time / untiled':>15} {'max abs diff':>14}")
     for label, fn in schemes.items():
@@ -119,7 +126,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     photo = data.hubble_deep_field()  # 872 x 1000 RGB photograph
     image = torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1))).float().div(255)[None]
-    print(f"photo: skimage.data.hubble_deep_field, {image.shape[-1]}x{image.shape[-2]}, fp32, CPU, {args.threads} threads")
+    print(
+        f"photo: skimage.data.hubble_deep_field, {image.shape[-1]}x{image.shape[-2]}, fp32, CPU, {args.threads} threads"
+    )
     torch.manual_seed(0)
     compact = seeded(Compact(num_in_ch=3, num_out_ch=3, num_feat=48, num_conv=12, upscale=2, act_type="prelu"), 0)
     bench("Compact", compact, image, args.repeats)

@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiling import PARAGONSR2_FIXTURES, seeded  # noqa: E402
-
 from tilewise.engine import TileSettings, UpscaleOptions, load_model  # noqa: E402
 from tilewise.engine.video.temporal import VideoOptions, VideoUpscaler  # noqa: E402
+from tiling import PARAGONSR2_FIXTURES, seeded  # noqa: E402
 
 SCALE = 2
 BORDER = 8
@@ -52,7 +51,11 @@ def shift(image: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
     _, _, height, width = image.shape
     ys = (torch.arange(height, dtype=torch.float64) - dy + 0.5) / height * 2 - 1
     xs = (torch.arange(width, dtype=torch.float64) - dx + 0.5) / width * 2 - 1
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None].float().expand(image.shape[0], -1, -1, -1)
+    grid = (
+        torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        .float()
+        .expand(image.shape[0], -1, -1, -1)
+    )
     return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 1)
 
 
@@ -66,7 +69,12 @@ def make_clip(frames: int, noise: float, height: int = 96, width: int = 128, see
     photo = torch.from_numpy(data.astronaut().transpose(2, 0, 1).copy()).float().div(255)[None]
     path = camera_path(frames)
     top, left = 60, 150
-    hr = torch.cat([shift(photo, -SCALE * dy, -SCALE * dx)[..., top : top + SCALE * height, left : left + SCALE * width] for dy, dx in path])
+    hr = torch.cat(
+        [
+            shift(photo, -SCALE * dy, -SCALE * dx)[..., top : top + SCALE * height, left : left + SCALE * width]
+            for dy, dx in path
+        ]
+    )
     lr = F.interpolate(hr, scale_factor=1 / SCALE, mode="bicubic", antialias=True, align_corners=False)
     generator = torch.Generator().manual_seed(seed)
     lr = (lr + noise / 255 * torch.randn(lr.shape, generator=generator)).clamp(0, 1)
@@ -95,7 +103,9 @@ def warp(frame: torch.Tensor, before, after, scale: int) -> torch.Tensor:
 def flicker(frames: torch.Tensor, path, mask: torch.Tensor, scale: int) -> float:
     total, count = 0.0, 0
     for t in range(1, frames.shape[0]):
-        difference = (frames[t : t + 1] - warp(frames[t - 1 : t], path[t - 1], path[t], scale)).abs().mean(1, keepdim=True)
+        difference = (
+            (frames[t : t + 1] - warp(frames[t - 1 : t], path[t - 1], path[t], scale)).abs().mean(1, keepdim=True)
+        )
         m = mask[t - 1 : t]
         total += difference[m].sum().item()
         count += int(m.sum())
@@ -109,7 +119,9 @@ def psnr(out: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def run(descriptor, lr: torch.Tensor, mode: str, tile: int) -> tuple[torch.Tensor, float]:
-    runner = VideoUpscaler(descriptor, VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=tile), device="cpu"), temporal=mode))
+    runner = VideoUpscaler(
+        descriptor, VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=tile), device="cpu"), temporal=mode)
+    )
     out = torch.empty(lr.shape[0], 3, lr.shape[2] * SCALE, lr.shape[3] * SCALE)
     start = time.perf_counter()
     for t in range(lr.shape[0]):
@@ -137,16 +149,23 @@ def main() -> None:
     mask = static_mask(hr, path)
     lr_mask = F.max_pool2d((~mask).float(), SCALE) == 0  # LR pixels whose HR block is all static
     input_flicker = flicker(lr, path, lr_mask, 1)
-    print(f"clip: {args.frames} frames, LR {lr.shape[-1]}x{lr.shape[-2]}, noise sigma {args.noise}/255, "
-          f"static mask {mask.float().mean().item():.0%} of pixels; input flicker {input_flicker:.2f} (8-bit steps)")
+    print(
+        f"clip: {args.frames} frames, LR {lr.shape[-1]}x{lr.shape[-2]}, noise sigma {args.noise}/255, "
+        f"static mask {mask.float().mean().item():.0%} of pixels; input flicker {input_flicker:.2f} (8-bit steps)"
+    )
 
     try:
         paragon, paragon_name = load_model("builtin:paragonsr2-realtime-2x"), "builtin:paragonsr2-realtime-2x"
     except Exception as error:  # weights not bundled yet
         print(f"(bundled ParagonSR2 unavailable: {error}; using the stream fixture with random weights)")
         paragon, paragon_name = load_model(FIXTURE), FIXTURE.name
-    cases = [(paragon_name, paragon, ("off", "feedback", "stabilize")), ("Compact (seeded)", compact_model(), ("off", "stabilize"))]
-    print(f"{'model':34} {'mode':10} {'flicker':>8} {'rel':>6} {'vs off':>7} {'PSNR dB':>8} {'dPSNR':>7} {'s/frame':>8}")
+    cases = [
+        (paragon_name, paragon, ("off", "feedback", "stabilize")),
+        ("Compact (seeded)", compact_model(), ("off", "stabilize")),
+    ]
+    print(
+        f"{'model':34} {'mode':10} {'flicker':>8} {'rel':>6} {'vs off':>7} {'PSNR dB':>8} {'dPSNR':>7} {'s/frame':>8}"
+    )
     for name, descriptor, modes in cases:
         baseline = None
         for mode in modes:
@@ -154,7 +173,10 @@ def main() -> None:
             value, quality = flicker(out, path, mask, SCALE), psnr(out, hr)
             if baseline is None:
                 baseline = (value, quality)
-            print(f"{name:34} {mode:10} {value:8.3f} {value / input_flicker:6.2f} {value / baseline[0]:7.2f} {quality:8.3f} {quality - baseline[1]:+7.3f} {seconds:8.3f}")
+            print(
+                f"{name:34} {mode:10} {value:8.3f} {value / input_flicker:6.2f} {value / baseline[0]:7.2f} "
+                f"{quality:8.3f} {quality - baseline[1]:+7.3f} {seconds:8.3f}"
+            )
     print("target: 'vs off' <= 0.50 with dPSNR > -0.10 dB")
 
 

@@ -27,11 +27,10 @@ from importlib import metadata
 import torch
 from spandrel import ImageModelDescriptor
 
-from .compute import devices
-from .compute import transfer
-from .model.loading import load_model
-from .image.pipeline import UpscaleOptions, upscale
+from .compute import devices, transfer
 from .compute.precision import model_on
+from .image.pipeline import UpscaleOptions, upscale
+from .model.loading import load_model
 from .plan.planner import TileSettings, plan_run
 
 MODEL = "builtin:paragonsr2-realtime-2x"
@@ -104,7 +103,8 @@ def device_table(policy: devices.DevicePolicy) -> list[dict]:
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cpu":
-        return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+        threads, capability = torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()
+        return f"{platform.processor() or platform.machine()} ({threads} threads, {capability})"
     try:
         module = getattr(torch, device.type)
         return module.get_device_name(device) if hasattr(module, "get_device_name") else device.type
@@ -127,7 +127,9 @@ def check_image(channels: int = 3) -> torch.Tensor:
     return (base[:channels] * 0.85 + noise).clamp(0, 1)[None]
 
 
-def run(device: str = "auto", policy: devices.DevicePolicy | None = None, descriptor: ImageModelDescriptor | None = None) -> Report:
+def run(
+    device: str = "auto", policy: devices.DevicePolicy | None = None, descriptor: ImageModelDescriptor | None = None
+) -> Report:
     """Versions, devices and the self-check on `device` (see the module docstring)."""
     policy = policy or devices.DevicePolicy()
     with devices.using(policy):
@@ -152,7 +154,9 @@ def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def _tiled(descriptor, image, base: UpscaleOptions, untiled: torch.Tensor) -> Check:
     tiled = upscale(descriptor, image, _with_tile(base, TILE))
     error = _max_error(tiled, untiled)
-    return Check("tiled equals untiled", error <= EXACT, f"max error {error:.2e} with {TILE}-px tiles (limit {EXACT:.0e})", error)
+    return Check(
+        "tiled equals untiled", error <= EXACT, f"max error {error:.2e} with {TILE}-px tiles (limit {EXACT:.0e})", error
+    )
 
 
 def _with_tile(options: UpscaleOptions, tile: int, pad: int | None = None) -> UpscaleOptions:
@@ -165,15 +169,33 @@ def _precisions(descriptor, image, base: UpscaleOptions, untiled, policy, target
         name = _short(dtype)
         if dtype == torch.float32:
             continue
-        if dtype == torch.float16 and not descriptor.supports_half or dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
-            checks.append(Check(f"{name} against fp32", True, f"not applicable: {descriptor.architecture.name} does not support {name}"))
+        if (
+            dtype == torch.float16
+            and not descriptor.supports_half
+            or dtype == torch.bfloat16
+            and not descriptor.supports_bfloat16
+        ):
+            checks.append(
+                Check(
+                    f"{name} against fp32",
+                    True,
+                    f"not applicable: {descriptor.architecture.name} does not support {name}",
+                )
+            )
             continue
         out = upscale(descriptor, image, replace(base, precision=name))
         finite = bool(torch.isfinite(out).all())
         mean = float((out - untiled).abs().mean())
         worst = _max_error(out, untiled)
-        checks.append(Check(f"{name} against fp32", finite and mean <= LOW_PRECISION_MEAN,
-                            f"mean error {mean * 255:.2f}/255, max {worst * 255:.1f}/255 (limit: mean {LOW_PRECISION_MEAN * 255:.0f}/255)", mean))
+        checks.append(
+            Check(
+                f"{name} against fp32",
+                finite and mean <= LOW_PRECISION_MEAN,
+                f"mean error {mean * 255:.2f}/255, max {worst * 255:.1f}/255 (limit: mean "
+                f"{LOW_PRECISION_MEAN * 255:.0f}/255)",
+                mean,
+            )
+        )
     return checks
 
 
@@ -210,12 +232,20 @@ def _out_of_memory(descriptor: ImageModelDescriptor, image, base: UpscaleOptions
         logger.setLevel(level)
     error = _max_error(out, untiled)
     passed = failing.raised > 0 and error <= EXACT
-    return Check("out-of-memory recovery", passed, f"{failing.raised} simulated out-of-memory error(s), then smaller tiles; max error {error:.2e} against a clean run", error)
+    return Check(
+        "out-of-memory recovery",
+        passed,
+        f"{failing.raised} simulated out-of-memory error(s), then smaller tiles; max error {error:.2e} against a "
+        f"clean run",
+        error,
+    )
 
 
 def _fast_path(descriptor, image, base: UpscaleOptions, policy, target) -> Check:
     if policy.backend(target) != "cuda":
-        return Check("device fast path equals plain path", True, f"not applicable on {policy.backend(target)} (CUDA only)")
+        return Check(
+            "device fast path equals plain path", True, f"not applicable on {policy.backend(target)} (CUDA only)"
+        )
     options = _with_tile(base, TILE)
     transfer.reset_fast_path()
     fast = upscale(descriptor, image, options)
@@ -227,7 +257,9 @@ def _fast_path(descriptor, image, base: UpscaleOptions, policy, target) -> Check
         transfer.FORCE_PLAIN = previous
     error = _max_error(fast, plain)
     if failure is not None:
-        return Check("device fast path equals plain path", False, f"the fast path failed and was switched off: {failure}")
+        return Check(
+            "device fast path equals plain path", False, f"the fast path failed and was switched off: {failure}"
+        )
     return Check("device fast path equals plain path", error == 0.0, f"max error {error:.2e} (must be 0)", error)
 
 
@@ -248,8 +280,13 @@ def _speed(descriptor: ImageModelDescriptor, image, base: UpscaleOptions, policy
     plain(), ours()  # warm-up: first-call costs are not what this measures
     plain_time, our_time = _best_of_interleaved(plain, ours)
     ratio = our_time / plain_time if plain_time > 0 else math.inf
-    return Check("speed against one plain untiled forward", ratio <= SLOWEST,
-                 f"{our_time * 1000:.0f} ms with auto tiles against {plain_time * 1000:.0f} ms for one plain forward: {ratio:.2f}x (limit {SLOWEST:.0f}x)", ratio)
+    return Check(
+        "speed against one plain untiled forward",
+        ratio <= SLOWEST,
+        f"{our_time * 1000:.0f} ms with auto tiles against {plain_time * 1000:.0f} ms for one plain forward: "
+        f"{ratio:.2f}x (limit {SLOWEST:.0f}x)",
+        ratio,
+    )
 
 
 def _best_of_interleaved(first, second, repeats: int = 5) -> tuple[float, float]:

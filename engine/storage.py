@@ -19,7 +19,11 @@ def cache_dir() -> Path:
     explicit = os.environ.get("TILEWISE_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or (os.name == "nt" and os.environ.get("LOCALAPPDATA")) or Path.home() / ".cache"
+    base = (
+        os.environ.get("XDG_CACHE_HOME")
+        or (os.name == "nt" and os.environ.get("LOCALAPPDATA"))
+        or Path.home() / ".cache"
+    )
     return Path(base) / "tilewise"
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_api.latest import io, ui
-
 import folder_paths
+from comfy_api.latest import io, ui
 
 from ..engine import MIN_OPSET, export_onnx
 
@@ -32,19 +31,27 @@ class TilewiseExportONNX(io.ComfyNode):
             node_id="TilewiseExportONNX",
             display_name="Export Upscale Model to ONNX (Tilewise)",
             category="image/upscaling",
-            description="Writes the model as ONNX (dynamic batch, height and width) into the output folder, checked with onnxruntime against PyTorch.",
+            description="Writes the model as ONNX (dynamic batch, height and width) into the output folder, checked "
+            "with onnxruntime against PyTorch.",
             inputs=[
                 io.UpscaleModel.Input("upscale_model"),
                 io.String.Input("filename_prefix", default="tilewise/model", optional=True),
                 io.Int.Input("opset", default=MIN_OPSET, min=MIN_OPSET, max=23, optional=True),
-                io.Boolean.Input("video", default=False, optional=True, tooltip="ParagonSR2 video mode: inputs input, prev_feat; outputs output, feature_map"),
+                io.Boolean.Input(
+                    "video",
+                    default=False,
+                    optional=True,
+                    tooltip="ParagonSR2 video mode: inputs input, prev_feat; outputs output, feature_map",
+                ),
             ],
             outputs=[io.String.Output("path", display_name="path")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, upscale_model, filename_prefix: str = "tilewise/model", opset: int = MIN_OPSET, video: bool = False) -> io.NodeOutput:
+    def execute(
+        cls, upscale_model, filename_prefix: str = "tilewise/model", opset: int = MIN_OPSET, video: bool = False
+    ) -> io.NodeOutput:
         path = output_path(filename_prefix)
         report = export_onnx(upscale_model, path, opset=opset, video=video)
         errors = ", ".join(f"{size}: {error:.1e}" for size, error in report.max_error.items())

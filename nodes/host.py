@@ -11,15 +11,13 @@ import logging
 import os
 from typing import Callable, Iterator
 
-import torch
-from spandrel import ImageModelDescriptor
-
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
+import torch
+from spandrel import ImageModelDescriptor
 
-from ..engine import DevicePolicy, builtin_names
-from ..engine import release_variants
+from ..engine import DevicePolicy, builtin_names, release_variants
 
 log = logging.getLogger("tilewise")
 
@@ -64,9 +62,14 @@ def attach_patcher(descriptor: ImageModelDescriptor) -> None:
     if factory is None:
         return
     try:
-        descriptor.patcher = factory(descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        descriptor.patcher = factory(
+            descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
     except Exception as error:  # the pack's own nodes never need it: keep the model usable
-        log.warning("Tilewise: could not attach a ComfyUI model patcher (%s); the core upscale node may not accept this model.", error)
+        log.warning(
+            "Tilewise: could not attach a ComfyUI model patcher (%s); the core upscale node may not accept this model.",
+            error,
+        )
 
 
 class ComfyDevices(DevicePolicy):
@@ -86,7 +89,9 @@ class ComfyDevices(DevicePolicy):
         self.mm = management or mm
         oom = getattr(self.mm, "OOM_EXCEPTION", None)
         # ComfyUI sets OOM_EXCEPTION to Exception where torch has no OOM type: that is not a filter
-        self.oom_errors = (oom,) if isinstance(oom, type) and issubclass(oom, BaseException) and oom is not Exception else ()
+        self.oom_errors = (
+            (oom,) if isinstance(oom, type) and issubclass(oom, BaseException) and oom is not Exception else ()
+        )
 
     def default_device(self) -> torch.device:
         return self.mm.get_torch_device()
@@ -127,7 +132,8 @@ def processing_device(choice: str) -> torch.device:
 
 
 def result_device(choice: str, device: torch.device) -> torch.device:
-    """`auto`: ComfyUI's intermediate device (the CPU unless --gpu-only); `cpu`; `processing`: stay on the model's device."""
+    """`auto`: ComfyUI's intermediate device (the CPU unless --gpu-only); `cpu`; `processing`:
+    stay on the model's device."""
     if choice == "cpu":
         return torch.device("cpu")
     if choice == "processing":

@@ -11,7 +11,9 @@ from ..engine import model_summary
 def describe(descriptor: ImageModelDescriptor) -> str:
     """One `field: value` line per fact `tilewise info` shows, plus the usable precisions."""
     summary = model_summary(descriptor)
-    precisions = ["fp32"] + (["fp16"] if summary["supports_half"] else []) + (["bf16"] if summary["supports_bfloat16"] else [])
+    precisions = (
+        ["fp32"] + (["fp16"] if summary["supports_half"] else []) + (["bf16"] if summary["supports_bfloat16"] else [])
+    )
     requirements = summary["size_requirements"]
     lines = [
         f"architecture: {summary['architecture']}",
@@ -21,7 +23,8 @@ def describe(descriptor: ImageModelDescriptor) -> str:
         f"params: {summary['params']:,}",
         f"precisions: {', '.join(precisions)}",
         f"tiling: {summary['tiling']}",
-        f"size requirements: minimum {requirements['minimum']}, multiple of {requirements['multiple_of']}" + (", square" if requirements["square"] else ""),
+        f"size requirements: minimum {requirements['minimum']}, multiple of {requirements['multiple_of']}"
+        + (", square" if requirements["square"] else ""),
     ]
     if summary["tags"]:
         lines.append(f"tags: {', '.join(summary['tags'])}")
@@ -35,7 +38,8 @@ class TilewiseModelInfo(io.ComfyNode):
             node_id="TilewiseModelInfo",
             display_name="Upscale Model Info (Tilewise)",
             category="image/upscaling",
-            description="Shows an upscale model's architecture, scale, channels, parameter count and usable precisions.",
+            description="Shows an upscale model's architecture, scale, channels, parameter count and usable "
+            "precisions.",
             inputs=[io.UpscaleModel.Input("upscale_model")],
             outputs=[io.String.Output("info", display_name="info")],
             is_output_node=True,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..engine import LoadHints, is_builtin, load_model
-from ..engine import ONNX_EXTENSIONS, model_names_in
+from ..engine import ONNX_EXTENSIONS, LoadHints, is_builtin, load_model, model_names_in
 from . import host
 
 #: Widget value meaning "no hint": the model's own (or its file name's) value.
@@ -20,7 +19,9 @@ def model_names() -> list[str]:
     listed = host.model_names()
     files = [n for n in listed if not is_builtin(n)]
     known = set(files)
-    onnx = [n for n in model_names_in(folder_paths.get_folder_paths(host.MODEL_FOLDER), ONNX_EXTENSIONS) if n not in known]
+    onnx = [
+        n for n in model_names_in(folder_paths.get_folder_paths(host.MODEL_FOLDER), ONNX_EXTENSIONS) if n not in known
+    ]
     return sorted(files + onnx) + [n for n in listed if is_builtin(n)]
 
 
@@ -40,13 +41,29 @@ class TilewiseModelLoader(io.ComfyNode):
                 "The output also works with the core 'Upscale Image (using Model)' node."
             ),
             inputs=[
-                io.Combo.Input("model_name", options=names, default=default, tooltip="A file in models/upscale_models (subfolders included) or a built-in model."),
+                io.Combo.Input(
+                    "model_name",
+                    options=names,
+                    default=default,
+                    tooltip="A file in models/upscale_models (subfolders included) or a built-in model.",
+                ),
                 io.Int.Input(
-                    "scale_hint", default=NO_SCALE_HINT, min=0, max=16, step=1, optional=True,
-                    tooltip="Scale for formats that do not store it (SRCNN, FSRCNN); 0 = from the file or its name (x2, 4x).",
+                    "scale_hint",
+                    default=NO_SCALE_HINT,
+                    min=0,
+                    max=16,
+                    step=1,
+                    optional=True,
+                    tooltip="Scale for formats that do not store it (SRCNN, FSRCNN); 0 = from the file or its name "
+                    "(x2, 4x).",
                 ),
                 io.Float.Input(
-                    "upsampler_alpha", default=NO_ALPHA_HINT, min=-1.0, max=1.0, step=0.01, optional=True,
+                    "upsampler_alpha",
+                    default=NO_ALPHA_HINT,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
                     tooltip="ParagonSR2 / MagicKernelSharp base-path sharpening; -1 = the model's default.",
                 ),
             ],
@@ -54,15 +71,22 @@ class TilewiseModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name: str, scale_hint: int = NO_SCALE_HINT, upsampler_alpha: float = NO_ALPHA_HINT) -> io.NodeOutput:
-        hints = LoadHints(scale=scale_hint if scale_hint and scale_hint > 0 else None, upsampler_alpha=None if upsampler_alpha is None or upsampler_alpha < 0 else float(upsampler_alpha))
+    def execute(
+        cls, model_name: str, scale_hint: int = NO_SCALE_HINT, upsampler_alpha: float = NO_ALPHA_HINT
+    ) -> io.NodeOutput:
+        hints = LoadHints(
+            scale=scale_hint if scale_hint and scale_hint > 0 else None,
+            upsampler_alpha=None if upsampler_alpha is None or upsampler_alpha < 0 else float(upsampler_alpha),
+        )
         source = model_name if is_builtin(model_name) else host.model_path(model_name)
         descriptor = load_model(source, hints=hints)
         host.attach_patcher(descriptor)
         return io.NodeOutput(descriptor)
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, scale_hint: int = NO_SCALE_HINT, upsampler_alpha: float = NO_ALPHA_HINT):
+    def fingerprint_inputs(
+        cls, model_name: str, scale_hint: int = NO_SCALE_HINT, upsampler_alpha: float = NO_ALPHA_HINT
+    ):
         return (host.model_file_stamp(model_name), scale_hint, upsampler_alpha)
 
 

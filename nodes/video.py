@@ -39,14 +39,21 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import comfy.utils
+import folder_paths
 import torch
 from comfy_api.latest import io
 
-import comfy.utils
-import folder_paths
-
-from ..engine import CancelledError, ImageError, UpscaleOptions
-from ..engine import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
+from ..engine import (
+    FIRST_FRAME_CONVENTIONS,
+    SCENE_CUT_THRESHOLD,
+    TEMPORAL_MODES,
+    CancelledError,
+    ImageError,
+    UpscaleOptions,
+    VideoOptions,
+    VideoUpscaler,
+)
 from . import host
 from .upscale import TILE_WIDGETS, check_inputs, tile_input, tile_settings
 
@@ -108,7 +115,12 @@ def _take_stream(key: str, descriptor, options: VideoOptions, continuity: str, m
         raise ValueError(f"continuity must be one of {', '.join(CONTINUITY)}, got '{continuity}'")
     with _lock:
         stream = _streams.pop(key, None)
-    if stream is not None and continuity != "new video" and stream.runner.descriptor is descriptor and stream.runner.options == options:
+    if (
+        stream is not None
+        and continuity != "new video"
+        and stream.runner.descriptor is descriptor
+        and stream.runner.options == options
+    ):
         if continuity == "continue":
             return stream.runner
         if meta_batch is not None and stream.manager is meta_batch and not stream.finished:
@@ -152,19 +164,44 @@ def _tile_inputs() -> list:
 
 def _temporal_inputs() -> list:
     return [
-        io.Combo.Input("temporal_mode", options=list(TEMPORAL_MODES), default="auto",
-                       tooltip="off: every frame alone; feedback: ParagonSR2's feature feedback; stabilize: motion-aware blending of the previous output (any model); auto: feedback for ParagonSR2, stabilize otherwise."),
-        io.Float.Input("temporal_strength", default=-1.0, min=-1.0, max=0.99, step=0.01,
-                       tooltip="-1 = the mode's default (feedback: the model's alpha, 0.2; stabilize: 0.7). Weight of the past in [0, 1)."),
+        io.Combo.Input(
+            "temporal_mode",
+            options=list(TEMPORAL_MODES),
+            default="auto",
+            tooltip="off: every frame alone; feedback: ParagonSR2's feature feedback; stabilize: motion-aware "
+            "blending of the previous output (any model); auto: feedback for ParagonSR2, stabilize otherwise.",
+        ),
+        io.Float.Input(
+            "temporal_strength",
+            default=-1.0,
+            min=-1.0,
+            max=0.99,
+            step=0.01,
+            tooltip="-1 = the mode's default (feedback: the model's alpha, 0.2; stabilize: 0.7). Weight of the past "
+            "in [0, 1).",
+        ),
     ]
 
 
 def _extra_temporal_inputs() -> list:
     return [
-        io.Float.Input("scene_cut", default=round(SCENE_CUT_THRESHOLD, 3), min=0.0, max=1.0, step=0.001, optional=True,
-                       tooltip="Mean absolute gray change between frame thumbnails that counts as a cut (state reset); 0 = never."),
-        io.Combo.Input("first_frame", options=list(FIRST_FRAME_CONVENTIONS), default="none", optional=True,
-                       tooltip="Feedback on the first frame: none (upstream PyTorch) or blend with zeros (upstream TensorRT/ONNX)."),
+        io.Float.Input(
+            "scene_cut",
+            default=round(SCENE_CUT_THRESHOLD, 3),
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Mean absolute gray change between frame thumbnails that counts as a cut (state reset); 0 = never.",
+        ),
+        io.Combo.Input(
+            "first_frame",
+            options=list(FIRST_FRAME_CONVENTIONS),
+            default="none",
+            optional=True,
+            tooltip="Feedback on the first frame: none (upstream PyTorch) or blend with zeros (upstream "
+            "TensorRT/ONNX).",
+        ),
     ]
 
 
@@ -185,20 +222,37 @@ class TilewiseUpscaleVideo(io.ComfyNode):
                 io.Image.Input("images", tooltip="The frames, in display order."),
                 *_temporal_inputs(),
                 *_tile_inputs(),
-                io.Combo.Input("output_dtype", options=list(OUTPUT_DTYPES), default="fp32", optional=True,
-                               tooltip="fp16 halves the memory of the upscaled frames (ComfyUI's IMAGE is normally fp32)."),
+                io.Combo.Input(
+                    "output_dtype",
+                    options=list(OUTPUT_DTYPES),
+                    default="fp32",
+                    optional=True,
+                    tooltip="fp16 halves the memory of the upscaled frames (ComfyUI's IMAGE is normally fp32).",
+                ),
                 *_extra_temporal_inputs(),
-                io.Combo.Input("continuity", options=list(CONTINUITY), default="auto", optional=True,
-                               tooltip="auto: continue the state across the chunks of one Meta Batch run (meta_batch connected), else every run is a new video; continue: always continue this node's previous run; new video: always start afresh."),
-                io.Custom("VHS_BatchManager").Input("meta_batch", optional=True,
-                                                    tooltip="VideoHelperSuite's Meta Batch Manager: keeps the temporal state across its chunks."),
+                io.Combo.Input(
+                    "continuity",
+                    options=list(CONTINUITY),
+                    default="auto",
+                    optional=True,
+                    tooltip="auto: continue the state across the chunks of one Meta Batch run (meta_batch connected), "
+                    "else every run is a new video; continue: always continue this node's previous run; new video: "
+                    "always start afresh.",
+                ),
+                io.Custom("VHS_BatchManager").Input(
+                    "meta_batch",
+                    optional=True,
+                    tooltip="VideoHelperSuite's Meta Batch Manager: keeps the temporal state across its chunks.",
+                ),
             ],
             outputs=[io.Image.Output()],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, upscale_model, images, output_dtype: str = "fp32", continuity: str = "auto", meta_batch=None, **widgets) -> io.NodeOutput:
+    def execute(
+        cls, upscale_model, images, output_dtype: str = "fp32", continuity: str = "auto", meta_batch=None, **widgets
+    ) -> io.NodeOutput:
         """`widgets`: the temporal and tile widgets (see `video_options`)."""
         run_device, options = video_options(upscale_model, **widgets)
         if output_dtype not in OUTPUT_DTYPES:
@@ -265,7 +319,15 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
                 io.Video.Input("video"),
                 *_temporal_inputs(),
                 *_tile_inputs(),
-                io.Int.Input("crf", default=18, min=0, max=51, step=1, optional=True, tooltip="H.264 quality (lower = better, larger)."),
+                io.Int.Input(
+                    "crf",
+                    default=18,
+                    min=0,
+                    max=51,
+                    step=1,
+                    optional=True,
+                    tooltip="H.264 quality (lower = better, larger).",
+                ),
                 *_extra_temporal_inputs(),
             ],
             outputs=[io.Video.Output()],
@@ -294,7 +356,9 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
             source = _source_file(video, Path(scratch))
             host.raise_interrupt()
             try:
-                upscale_video_file(upscale_model, source, destination, options, crf=crf, progress=progress, cancel=host.interrupted)
+                upscale_video_file(
+                    upscale_model, source, destination, options, crf=crf, progress=progress, cancel=host.interrupted
+                )
             except CancelledError:
                 host.raise_interrupt()
                 raise

@@ -148,7 +148,8 @@ class UpscalerTilewise(Upscaler):
     def _list_scalers(self, dirname: str | None) -> list:
         if _IMPORT_ERROR is not None:
             _report(
-                f"Tilewise: cannot import its engine ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}); no Tilewise models are listed. "
+                f"Tilewise: cannot import its engine ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}); no Tilewise "
+                f"models are listed. "
                 "Restart the WebUI so that the extension's install.py can install what is missing."
             )
             return []
@@ -202,7 +203,9 @@ class UpscalerTilewise(Upscaler):
             return img
         progress = _ConsoleProgress(f"Tilewise {label}")
         try:
-            result = tw.upscale(descriptor, tw.pil_to_tensor(img), upscale_options(), progress=progress, cancel=interrupted)
+            result = tw.upscale(
+                descriptor, tw.pil_to_tensor(img), upscale_options(), progress=progress, cancel=interrupted
+            )
         except tw.CancelledError:
             return img  # as the host's own upscalers do when interrupted
         except tw.TilewiseError as error:
@@ -227,7 +230,8 @@ def upscale_options():
     """The engine options for the host's current settings, exactly as the CLI would build them.
 
     Tile size 0 = automatic (CLI `--tile auto`), -1 = whole image (CLI `--tile 0`), else the
-    window length (at least the engine's `MIN_USER_TILE`, else an error); tile padding -1 = the model's receptive radius (no `--tile-pad`),
+    window length (at least the engine's `MIN_USER_TILE`, else an error); tile padding -1 = the
+    model's receptive radius (no `--tile-pad`),
     else `--tile-pad N`; precision is `--precision`, with `auto` meaning fp32 when the host runs
     with `--no-half`. The target is the model's native scale (the host's loop does the rest).
     """
@@ -339,12 +343,30 @@ def on_ui_settings() -> None:
     section = ("upscaling", "Upscaling")
     choices = list(tw.PRECISIONS) if tw is not None else ["auto", "fp32", "fp16", "bf16"]
     options = [
-        (OPT_TILE, DEFAULT_TILE, "Tilewise tile size", getattr(gr, "Slider", None), {"minimum": -1, "maximum": 2048, "step": 1},
-         "0 = automatic, -1 = whole image at once; tiles are seamless, smaller ones only use less memory"),
-        (OPT_TILE_PAD, DEFAULT_TILE_PAD, "Tilewise tile padding", getattr(gr, "Slider", None), {"minimum": -1, "maximum": 256, "step": 1},
-         "context read around each tile; -1 = the model's receptive radius (exact)"),
-        (OPT_PRECISION, DEFAULT_PRECISION, "Tilewise precision", getattr(gr, "Radio", None), {"choices": choices},
-         "auto = fp16/bf16 on CUDA when the model supports it (fp32 with --no-half)"),
+        (
+            OPT_TILE,
+            DEFAULT_TILE,
+            "Tilewise tile size",
+            getattr(gr, "Slider", None),
+            {"minimum": -1, "maximum": 2048, "step": 1},
+            "0 = automatic, -1 = whole image at once; tiles are seamless, smaller ones only use less memory",
+        ),
+        (
+            OPT_TILE_PAD,
+            DEFAULT_TILE_PAD,
+            "Tilewise tile padding",
+            getattr(gr, "Slider", None),
+            {"minimum": -1, "maximum": 256, "step": 1},
+            "context read around each tile; -1 = the model's receptive radius (exact)",
+        ),
+        (
+            OPT_PRECISION,
+            DEFAULT_PRECISION,
+            "Tilewise precision",
+            getattr(gr, "Radio", None),
+            {"choices": choices},
+            "auto = fp16/bf16 on CUDA when the model supports it (fp32 with --no-half)",
+        ),
     ]
     for key, default, label, component, args, info in options:
         option = shared.OptionInfo(default, label, component, args, section=section)
@@ -371,12 +393,15 @@ def model_files(folder: Path) -> list[Path]:
 
 
 def display_names(folder: Path, files: list[Path]) -> dict[Path, str]:
-    """"Tilewise <path below the folder, without extension>"; the extension is kept when two files share a stem."""
+    """ "Tilewise <path below the folder, without extension>"; the extension is kept when two files share a stem."""
     stems = {path: path.relative_to(folder).with_suffix("").as_posix() for path in files}
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-    return {path: NAME_PREFIX + (stem if counts[stem.lower()] == 1 else path.relative_to(folder).as_posix()) for path, stem in stems.items()}
+    return {
+        path: NAME_PREFIX + (stem if counts[stem.lower()] == 1 else path.relative_to(folder).as_posix())
+        for path, stem in stems.items()
+    }
 
 
 def _file_key(source: str | None) -> tuple | None:
@@ -490,7 +515,11 @@ class _ScaleCache:
 
     @staticmethod
     def _warn(file_name: str, problem: str, guess: int) -> None:
-        log.warning("Tilewise: %s (listed as %dx; using it leaves images unchanged)", _naming(Exception(problem), file_name), guess)
+        log.warning(
+            "Tilewise: %s (listed as %dx; using it leaves images unchanged)",
+            _naming(Exception(problem), file_name),
+            guess,
+        )
 
     def _get(self, source: str):
         try:

@@ -36,7 +36,9 @@ def _module(name: str, **attrs) -> types.ModuleType:
 
 
 class _OptionInfo:
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs):
+    def __init__(
+        self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs
+    ):
         self.default, self.label, self.section = default, label, section
 
     def info(self, text):
@@ -71,23 +73,60 @@ def _walk_files(path, allowed_extensions=None):
 def install_stubs(checkout: str, models_dir: str) -> None:
     import torch
 
-    import modules  # the checkout's own package (a namespace package in A1111 and Forge)
-
     cpu = torch.device("cpu")
-    paths = dict(script_path=checkout, data_path=checkout, models_path=models_dir, cwd=checkout,
-                 extensions_dir=os.path.join(checkout, "extensions"), extensions_builtin_dir=os.path.join(checkout, "extensions-builtin"))
+    paths = dict(
+        script_path=checkout,
+        data_path=checkout,
+        models_path=models_dir,
+        cwd=checkout,
+        extensions_dir=os.path.join(checkout, "extensions"),
+        extensions_builtin_dir=os.path.join(checkout, "extensions-builtin"),
+    )
     _module("modules.paths_internal", **paths)
     _module("modules.paths", **paths)
     state = types.SimpleNamespace(interrupted=False, skipped=False)
-    cmd_opts = argparse.Namespace(no_half=True, upcast_sampling=False, unix_filenames_sanitization=False, filenames_max_length=128)
-    opts = _Options({"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8, "enable_upscale_progressbar": False, "upscaler_for_img2img": None})
-    _module("modules.shared", opts=opts, OptionInfo=_OptionInfo, state=state, cmd_opts=cmd_opts, device=cpu,
-            models_path=models_dir, script_path=checkout, data_path=checkout, walk_files=_walk_files,
-            progress_print_out=sys.stdout, sd_upscalers=[], hide_dirs={})
-    _module("modules.devices", device=cpu, device_esrgan=cpu, cpu=cpu, torch_gc=lambda: None,
-            without_autocast=contextlib.nullcontext, dtype=torch.float32)
+    cmd_opts = argparse.Namespace(
+        no_half=True, upcast_sampling=False, unix_filenames_sanitization=False, filenames_max_length=128
+    )
+    opts = _Options(
+        {
+            "ESRGAN_tile": 192,
+            "ESRGAN_tile_overlap": 8,
+            "enable_upscale_progressbar": False,
+            "upscaler_for_img2img": None,
+        }
+    )
+    _module(
+        "modules.shared",
+        opts=opts,
+        OptionInfo=_OptionInfo,
+        state=state,
+        cmd_opts=cmd_opts,
+        device=cpu,
+        models_path=models_dir,
+        script_path=checkout,
+        data_path=checkout,
+        walk_files=_walk_files,
+        progress_print_out=sys.stdout,
+        sd_upscalers=[],
+        hide_dirs={},
+    )
+    _module(
+        "modules.devices",
+        device=cpu,
+        device_esrgan=cpu,
+        cpu=cpu,
+        torch_gc=lambda: None,
+        without_autocast=contextlib.nullcontext,
+        dtype=torch.float32,
+    )
     callbacks = []
-    _module("modules.script_callbacks", on_ui_settings=callbacks.append, ui_settings_callbacks=callbacks, clear_callbacks=callbacks.clear)
+    _module(
+        "modules.script_callbacks",
+        on_ui_settings=callbacks.append,
+        ui_settings_callbacks=callbacks,
+        clear_callbacks=callbacks.clear,
+    )
     caches: dict = {}
     _module("modules.cache", cache=lambda section: caches.setdefault(section, {}), dump_cache=lambda: None)
     for name in ("modules.sd_samplers", "modules.stealth_infotext"):
@@ -102,8 +141,7 @@ def main(argv: list[str]) -> int:
     checkout, extensions_dir, models_dir, image_path, scale, data_path, out = argv
     sys.path.insert(0, checkout)
     install_stubs(checkout, models_dir)
-    from modules import modelloader, script_loading, shared
-    from modules import script_callbacks
+    from modules import modelloader, script_callbacks, script_loading, shared
 
     parser = argparse.ArgumentParser()
     script_loading.preload_extensions(extensions_dir, parser)
@@ -126,7 +164,14 @@ def main(argv: list[str]) -> int:
         callback()
 
     modelloader.load_upscalers()
-    print(json.dumps([{"name": d.name, "data_path": d.data_path, "scale": d.scale, "class": type(d.scaler).__name__} for d in shared.sd_upscalers]))
+    print(
+        json.dumps(
+            [
+                {"name": d.name, "data_path": d.data_path, "scale": d.scale, "class": type(d.scaler).__name__}
+                for d in shared.sd_upscalers
+            ]
+        )
+    )
 
     from PIL import Image
 

@@ -34,7 +34,9 @@ def make_video(path: Path, frames: int = 12, fps: int = 12, audio: bool = True) 
             layout = "fltp" if sound.codec_context.name == "aac" else "s16"
             for start in range(0, rate - size, size):
                 chunk = wave[:, start : start + size]
-                frame = av.AudioFrame.from_ndarray(chunk if layout == "fltp" else (chunk * 32767).astype(np.int16), format=layout, layout="mono")
+                frame = av.AudioFrame.from_ndarray(
+                    chunk if layout == "fltp" else (chunk * 32767).astype(np.int16), format=layout, layout="mono"
+                )
                 frame.sample_rate, frame.pts = rate, start
                 for packet in sound.encode(frame):
                     out.mux(packet)

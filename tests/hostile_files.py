@@ -55,11 +55,32 @@ def torch_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = N
     return path
 
 
-def _tensor(storage_key: str, numel: int, size: tuple[int, ...], stride: tuple[int, ...], rebuild: str = "_rebuild_tensor_v2") -> bytes:
+def _tensor(
+    storage_key: str, numel: int, size: tuple[int, ...], stride: tuple[int, ...], rebuild: str = "_rebuild_tensor_v2"
+) -> bytes:
     """Opcodes of `torch._utils.<rebuild>((storage pid), 0, size, stride, False, OrderedDict())`."""
-    pid = b"(" + _unicode("storage") + _global("torch", "FloatStorage") + _unicode(storage_key) + _unicode("cpu") + _long(numel) + b"tQ"
+    pid = (
+        b"("
+        + _unicode("storage")
+        + _global("torch", "FloatStorage")
+        + _unicode(storage_key)
+        + _unicode("cpu")
+        + _long(numel)
+        + b"tQ"
+    )
     tup = lambda values: b"(" + b"".join(_long(v) for v in values) + b"t"  # noqa: E731
-    return _global("torch._utils", rebuild) + b"(" + pid + _long(0) + tup(size) + tup(stride) + b"\x89" + _global("collections", "OrderedDict") + b")Rt" + b"R"
+    return (
+        _global("torch._utils", rebuild)
+        + b"("
+        + pid
+        + _long(0)
+        + tup(size)
+        + tup(stride)
+        + b"\x89"
+        + _global("collections", "OrderedDict")
+        + b")Rt"
+        + b"R"
+    )
 
 
 def nested_key(path: Path, depth: int = 1_000_000) -> Path:
@@ -92,7 +113,19 @@ def zero_stride_view(path: Path, side: int = 100_000) -> Path:
 def device_tensor_view(path: Path, side: int = 40_000) -> Path:
     """`_rebuild_device_tensor_from_cpu_tensor` over a zero-stride view (materialised on load)."""
     inner = _tensor("0", 1, (side, side), (0, 0))
-    body = PROTO + b"}" + _unicode("conv.weight") + _global("torch._utils", "_rebuild_device_tensor_from_cpu_tensor") + b"(" + inner + _unicode("cpu") + _unicode("cpu") + b"\x89t" + b"R" + b"s."
+    body = (
+        PROTO
+        + b"}"
+        + _unicode("conv.weight")
+        + _global("torch._utils", "_rebuild_device_tensor_from_cpu_tensor")
+        + b"("
+        + inner
+        + _unicode("cpu")
+        + _unicode("cpu")
+        + b"\x89t"
+        + b"R"
+        + b"s."
+    )
     return torch_zip(path, body, {"0": b"\0" * 4})
 
 
@@ -107,8 +140,28 @@ def legacy_storage_bomb(path: Path, numel: int = 1_500_000_000) -> Path:
     magic = PROTO + _long(0x1950A86A20F9469CFC6C) + b"."
     protocol = PROTO + _binint(1001) + b"."
     info = PROTO + b"}" + _unicode("little_endian") + b"\x88s."
-    pid = b"(" + _unicode("storage") + _global("torch", "FloatStorage") + _unicode("k") + _unicode("cpu") + _long(numel) + b"NtQ"
-    tensor = _global("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + _long(0) + b"(" + _long(1) + b"t(" + _long(1) + b"t\x89" + _global("collections", "OrderedDict") + b")RtR"
+    pid = (
+        b"("
+        + _unicode("storage")
+        + _global("torch", "FloatStorage")
+        + _unicode("k")
+        + _unicode("cpu")
+        + _long(numel)
+        + b"NtQ"
+    )
+    tensor = (
+        _global("torch._utils", "_rebuild_tensor_v2")
+        + b"("
+        + pid
+        + _long(0)
+        + b"("
+        + _long(1)
+        + b"t("
+        + _long(1)
+        + b"t\x89"
+        + _global("collections", "OrderedDict")
+        + b")RtR"
+    )
     state = PROTO + b"}" + _unicode("conv.weight") + tensor + b"s."
     keys = PROTO + b"]" + _unicode("k") + b"a."
     path.write_bytes(magic + protocol + info + state + keys + struct.pack("<q", numel) + b"\0" * 4)
@@ -141,7 +194,9 @@ def overflowing_offsets(path: Path) -> Path:
 
 
 def huge_shape(path: Path) -> Path:
-    return safetensors_header(path, json.dumps({"w": {"dtype": "F32", "shape": [2**64 - 1], "data_offsets": [0, 4]}}) + "    ")
+    return safetensors_header(
+        path, json.dumps({"w": {"dtype": "F32", "shape": [2**64 - 1], "data_offsets": [0, 4]}}) + "    "
+    )
 
 
 def deep_header(path: Path, depth: int = 100_000) -> Path:
@@ -189,7 +244,9 @@ def _onnx_model(nodes, outputs, functions=(), initializers=()):
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
     graph = helper.make_graph(list(nodes), "g", [x], list(outputs), initializer=list(initializers))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=list(functions))
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=list(functions)
+    )
 
 
 def onnx_external_in_function_branch(path: Path, secret: str = "secret.txt") -> Path:
@@ -202,16 +259,28 @@ def onnx_external_in_function_branch(path: Path, secret: str = "secret.txt") -> 
     leak.data_location = TensorProto.EXTERNAL
     leak.external_data.add(key="location", value=secret)
     leak.external_data.add(key="length", value="12")
-    branch = lambda name, node: helper.make_graph([node], name, [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])  # noqa: E731
+
+    def branch(name, node):
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])  # noqa: E731
+
     then_branch = branch("then", helper.make_node("Constant", [], ["b"], value=leak))
-    else_branch = branch("else", helper.make_node("Constant", [], ["b"], value=helper.make_tensor("zero", TensorProto.FLOAT, [1, 3, 1, 1], [0, 0, 0])))
+    else_branch = branch(
+        "else",
+        helper.make_node(
+            "Constant", [], ["b"], value=helper.make_tensor("zero", TensorProto.FLOAT, [1, 3, 1, 1], [0, 0, 0])
+        ),
+    )
     body = [
         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
         helper.make_node("If", ["cond"], ["b"], then_branch=then_branch, else_branch=else_branch),
         helper.make_node("Add", ["fx", "b"], ["fy"]),
     ]
     function = helper.make_function("local", "Leak", ["fx"], ["fy"], body, [helper.make_opsetid("", 17)])
-    model = _onnx_model([helper.make_node("Leak", ["x"], ["y"], domain="local")], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], [function])
+    model = _onnx_model(
+        [helper.make_node("Leak", ["x"], ["y"], domain="local")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [function],
+    )
     onnx.save(model, str(path))
     return path
 
@@ -223,7 +292,9 @@ def onnx_constant_of_shape(path: Path) -> Path:
 
     shape = helper.make_tensor("shape", TensorProto.INT64, [4], [1, 3, 24000, 24000])
     nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"]), helper.make_node("Add", ["x", "big"], ["y"])]
-    model = _onnx_model(nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], initializers=[shape])
+    model = _onnx_model(
+        nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], initializers=[shape]
+    )
     onnx.save(model, str(path))
     return path
 
@@ -236,13 +307,23 @@ def onnx_endless_loop(path: Path) -> Path:
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
     )
     trips = helper.make_tensor("trips", TensorProto.INT64, [], [2**62])
     true = helper.make_tensor("true", TensorProto.BOOL, [], [True])
-    model = _onnx_model([helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])], initializers=[trips, true])
+    model = _onnx_model(
+        [helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        initializers=[trips, true],
+    )
     onnx.save(model, str(path))
     return path
 

@@ -39,14 +39,14 @@ def pack_bytes(raw: bytes) -> bytes:
 def unpack_bytes(packed: bytes) -> bytes:
     if not packed.startswith(MAGIC):
         raise ValueError("not a packed test vector file")
-    (start,) = struct.unpack("<Q", packed[len(MAGIC):len(MAGIC) + 8])
-    body = lzma.decompress(packed[len(MAGIC) + 8:])
+    (start,) = struct.unpack("<Q", packed[len(MAGIC) : len(MAGIC) + 8])
+    body = lzma.decompress(packed[len(MAGIC) + 8 :])
     head, planes = body[:start], body[start:]
     words = len(planes) // 4 * 4
     quarter = words // 4
     data = bytearray(words)
     for i in range(4):
-        data[i::4] = planes[i * quarter:(i + 1) * quarter]
+        data[i::4] = planes[i * quarter : (i + 1) * quarter]
     return head + bytes(data) + planes[words:]
 
 
@@ -63,7 +63,9 @@ def folder() -> Path:
         name = packed.name[: -len(".xz")]
         data = unpack_bytes(packed.read_bytes())
         if hashlib.sha256(data).hexdigest() != sums.get(name):
-            raise RuntimeError(f"{packed}: unpacks to data that does not match SHA256SUMS; the bundled test vectors are damaged")
+            raise RuntimeError(
+                f"{packed}: unpacks to data that does not match SHA256SUMS; the bundled test vectors are damaged"
+            )
         (target / name).write_bytes(data)
     for manifest in ("manifest.json", "manifest_v5.json"):
         shutil.copy(BUNDLED / manifest, target / manifest)

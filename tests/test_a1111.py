@@ -10,8 +10,8 @@ real checkout when `TILEWISE_A1111_PATH` or `TILEWISE_FORGE_PATH` names one.
 from __future__ import annotations
 
 import argparse
-import importlib
 import ast
+import importlib
 import json
 import os
 import runpy
@@ -22,9 +22,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from model_zoo import ZOO
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_HOST = Path(__file__).resolve().parent / "fake_a1111"
@@ -43,7 +42,7 @@ def _forget_host() -> None:
 def _photo(width: int = 56, height: int = 40, mode: str = "RGB") -> Image.Image:
     from skimage import data
 
-    image = Image.fromarray(data.astronaut()[120:120 + height, 200:200 + width])
+    image = Image.fromarray(data.astronaut()[120 : 120 + height, 200 : 200 + width])
     if mode == "RGBA":
         alpha = Image.linear_gradient("L").resize((width, height))
         image = image.convert("RGBA")
@@ -75,7 +74,13 @@ class Host:
             monkeypatch.setattr(module, "models_path", str(self.models))
         errors.reported.clear()
         cache.caches.clear()
-        self.shared, self.errors, self.modelloader, self.scripts, self.callbacks = shared, errors, modelloader, scripts, script_callbacks
+        self.shared, self.errors, self.modelloader, self.scripts, self.callbacks = (
+            shared,
+            errors,
+            modelloader,
+            scripts,
+            script_callbacks,
+        )
         self.folder = self.models / "Tilewise"
 
     def add(self, source: Path, name: str | None = None, folder: Path | None = None) -> Path:
@@ -116,8 +121,12 @@ def _exact(tile: int = 32, pad: int = 8, precision: str = "fp32") -> dict:
 
 
 def _cli(image: Path, out: Path, model, *args: str) -> np.ndarray:
-    result = subprocess.run([sys.executable, "-m", "tilewise", "upscale", str(image), "-o", str(out), "--model", str(model), "-q", *args],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tilewise", "upscale", str(image), "-o", str(out), "--model", str(model), "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return np.asarray(Image.open(out))
 
@@ -128,7 +137,9 @@ def test_one_direct_upscaler_subclass_is_discovered(host, zoo_models):
     ours = host.start()
     from modules.upscaler import Upscaler
 
-    defined = [v for v in vars(host.module).values() if isinstance(v, type) and issubclass(v, Upscaler) and v is not Upscaler]
+    defined = [
+        v for v in vars(host.module).values() if isinstance(v, type) and issubclass(v, Upscaler) and v is not Upscaler
+    ]
     assert [c.__name__ for c in defined] == [CLASS_NAME]
     assert defined[0] in Upscaler.__subclasses__() and defined[0].__bases__ == (Upscaler,)
     assert [d.name for d in host.shared.sd_upscalers[:3]] == ["None", "Lanczos", "Nearest"]
@@ -206,12 +217,51 @@ def test_do_upscale_gives_the_cli_pixels(host, zoo_models, tmp_path):
     model = host.add(zoo_models.compact2)
     image = _photo()
     image.save(tmp_path / "in.png")
-    cli = subprocess.Popen([sys.executable, "-m", "tilewise", "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "cli.png"), "--model", str(model),
-                            "-q", "--tile", "32", "--tile-pad", "8", "--precision", "fp32", "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tilewise",
+            "upscale",
+            str(tmp_path / "in.png"),
+            "-o",
+            str(tmp_path / "cli.png"),
+            "--model",
+            str(model),
+            "-q",
+            "--tile",
+            "32",
+            "--tile-pad",
+            "8",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     site = [p for p in sys.path if p.endswith("site-packages")]  # -S: no .pth files, so no editable install
-    clean = subprocess.Popen([sys.executable, "-S", "-c", _CLEAN_INTERPRETER_RUN, str(FAKE_HOST), str(ROOT), str(host.models), str(model),
-                              str(tmp_path / "in.png"), str(tmp_path / "clean.png"), json.dumps(_exact())],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.pathsep.join(site)))
+    clean = subprocess.Popen(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            _CLEAN_INTERPRETER_RUN,
+            str(FAKE_HOST),
+            str(ROOT),
+            str(host.models),
+            str(model),
+            str(tmp_path / "in.png"),
+            str(tmp_path / "clean.png"),
+            json.dumps(_exact()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(site)),
+    )
     try:
         host.start()
         host.set(**_exact())
@@ -236,9 +286,24 @@ def test_default_settings_give_the_cli_default_pixels(host, tmp_path):
     image.save(tmp_path / "in.png")
     from tilewise.cli import main
 
-    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "cli.png"), "--model", "builtin:magic-kernel-sharp-2x", "-q"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "in.png"),
+                "-o",
+                str(tmp_path / "cli.png"),
+                "--model",
+                "builtin:magic-kernel-sharp-2x",
+                "-q",
+            ]
+        )
+        == 0
+    )
     entry = host.entry("builtin:magic-kernel-sharp-2x")
-    assert np.array_equal(np.asarray(entry.scaler.do_upscale(image, entry.data_path)), np.asarray(Image.open(tmp_path / "cli.png")))
+    assert np.array_equal(
+        np.asarray(entry.scaler.do_upscale(image, entry.data_path)), np.asarray(Image.open(tmp_path / "cli.png"))
+    )
 
 
 def test_every_pass_the_host_asks_for_is_one_native_run_equal_to_the_engine(host, zoo_models, monkeypatch):
@@ -252,7 +317,9 @@ def test_every_pass_the_host_asks_for_is_one_native_run_equal_to_the_engine(host
     entry = host.entry(model)
     pairs = []
     original = entry.scaler.do_upscale
-    monkeypatch.setattr(entry.scaler, "do_upscale", lambda img, path: pairs.append((img, original(img, path))) or pairs[-1][1])
+    monkeypatch.setattr(
+        entry.scaler, "do_upscale", lambda img, path: pairs.append((img, original(img, path))) or pairs[-1][1]
+    )
     entry.scaler.upscale(_photo(56, 40), 4, entry.data_path)
     entry.scaler.upscale(_photo(51, 39), 2, entry.data_path)
     assert pairs
@@ -429,12 +496,16 @@ def test_interrupt_stops_between_tiles_and_returns_the_input(host, zoo_models, f
 # ---------------------------------------------------------------------------------- failures
 def test_broken_model_is_listed_and_leaves_the_image_unchanged(host, caplog):
     host.folder.mkdir(parents=True)
-    (host.folder / "broken_x2.pth").write_text("<!DOCTYPE html><html><head><title>Sign in</title></head><body></body></html>")
+    (host.folder / "broken_x2.pth").write_text(
+        "<!DOCTYPE html><html><head><title>Sign in</title></head><body></body></html>"
+    )
     (host.folder / "empty.safetensors").write_bytes(b"")
     with caplog.at_level("WARNING", logger="tilewise"):
         host.start()
     broken = host.entry(host.folder / "broken_x2.pth")
-    assert broken.scale == 2 and host.entry(host.folder / "empty.safetensors").scale == 4  # guessed from the name, else 4
+    assert (
+        broken.scale == 2 and host.entry(host.folder / "empty.safetensors").scale == 4
+    )  # guessed from the name, else 4
     assert "broken_x2.pth" in caplog.text and "HTML" in caplog.text
     image = _photo()
     assert broken.scaler.do_upscale(image, broken.data_path) is image
@@ -451,7 +522,10 @@ def test_a_tile_of_10_is_refused_with_the_engine_message_and_the_image_kept(host
     image = _photo()
     assert entry.scaler.do_upscale(image, entry.data_path) is image
     (message,) = host.errors.reported
-    assert "tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10" in message and "Tilewise tile size" in message
+    assert (
+        "tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10" in message
+        and "Tilewise tile size" in message
+    )
 
 
 def test_a_model_deleted_after_start_up_is_reported(host, zoo_models):
@@ -537,7 +611,13 @@ def test_host_only_imports_are_guarded():
         tree = ast.parse(path.read_text())
         guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)}
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(n.split(".")[0] in ("modules_forge", "backend", "launch") for n in names):
                 assert id(node) in guarded, f"{path.name}:{node.lineno} imports {names} outside a try block"
 
@@ -567,7 +647,9 @@ def test_install_only_adds_missing_packages_without_touching_the_host():
     assert installer["install"](run_pip=lambda command, desc=None: calls.append(command)) == [] and calls == []
 
     absent = {"png", "spandrel"}
-    tried = installer["install"](find_spec=lambda module: module not in absent, run_pip=lambda command, desc=None: calls.append(command))
+    tried = installer["install"](
+        find_spec=lambda module: module not in absent, run_pip=lambda command, desc=None: calls.append(command)
+    )
     assert sorted(tried) == ["pypng>=0.20220715", "spandrel>=0.4.1,<0.5"]
     assert all(c.startswith("install --no-deps ") for c in calls) and len(calls) == 2
     assert not any(word in c.lower() for c in calls for word in ("torch", "pillow"))
@@ -600,7 +682,11 @@ def _real_checkout() -> Path | None:
     return None
 
 
-@pytest.mark.skipif(_real_checkout() is None, reason="set TILEWISE_A1111_PATH or TILEWISE_FORGE_PATH to an A1111 / Forge checkout to run the extension in the real host")
+@pytest.mark.skipif(
+    _real_checkout() is None,
+    reason="set TILEWISE_A1111_PATH or TILEWISE_FORGE_PATH to an A1111 / Forge checkout to run the extension in the "
+    "real host",
+)
 def test_real_host(tmp_path, zoo_models):
     checkout = _real_checkout()
     assert (checkout / "modules" / "upscaler.py").is_file(), f"{checkout} is not an A1111 / Forge checkout"
@@ -614,8 +700,22 @@ def test_real_host(tmp_path, zoo_models):
     image = tmp_path / "in.png"
     _photo(56, 40).save(image)
     out = tmp_path / "host.png"
-    result = subprocess.run([sys.executable, str(HARNESS), str(checkout), str(extensions), str(models), str(image), "2", str(model), str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(HARNESS),
+            str(checkout),
+            str(extensions),
+            str(models),
+            str(image),
+            "2",
+            str(model),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout.strip().splitlines()[-1])
     ours = {d["data_path"]: d for d in listed if d["class"] == CLASS_NAME}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import photo
 from model_zoo import ZOO
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, describe_state_dict, run_tiled
-from tilewise.engine.plan import autotile
 from tilewise.engine.compute import devices
+from tilewise.engine.plan import autotile
 from tilewise.engine.plan.planner import plan_run
 from tilewise.engine.plan.tiling import plan_tiles
 
@@ -104,7 +103,9 @@ def test_global_context_runs_whole_images_when_they_fit(monkeypatch):
     assert plan.tile == -1 and len(plan.tiles) == 1 and plan.batch == 1
     plan = plan_run(bounded, 150, 590, TileSettings(tile=0), CPU)  # by side: tiled, one window per forward on a CPU
     assert (plan.tile, plan.batch) == (296, 1) and len(plan.tiles) > 1
-    assert plan_run(bounded, 150, 590, TileSettings(tile=100, batch=3), CPU).batch == 3  # an explicit tile keeps its batch
+    assert (
+        plan_run(bounded, 150, 590, TileSettings(tile=100, batch=3), CPU).batch == 3
+    )  # an explicit tile keeps its batch
 
 
 def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, caplog):
@@ -121,9 +122,9 @@ def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, c
 
 
 def test_paragonsr2_photo_declares_global_context():
+    from conftest import PARAGONSR2_FIXTURES as fixtures
     from tilewise.engine import load_model
     from tilewise.engine.plan.receptive import has_global_context
-    from conftest import PARAGONSR2_FIXTURES as fixtures
 
     assert has_global_context(load_model(fixtures / "paragonsr2_photo_x2.safetensors", cache=None))
     assert has_global_context(load_model(fixtures / "paragonsr2_pro_x2.safetensors", cache=None))
@@ -279,7 +280,10 @@ def test_cpu_auto_weighs_the_working_set_against_margins(monkeypatch, pad, tiled
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
     plan = plan_run(model, 640, 640, TileSettings(tile=0, pad=pad), CPU)
     if tiled:
-        assert len(plan.tiles) > 1 and max(t.window.height * t.window.width for t in plan.tiles) * 25152 <= autotile.CPU_WORKING_SET
+        assert (
+            len(plan.tiles) > 1
+            and max(t.window.height * t.window.width for t in plan.tiles) * 25152 <= autotile.CPU_WORKING_SET
+        )
     else:
         assert len(plan.tiles) == 1
 

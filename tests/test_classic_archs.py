@@ -20,7 +20,6 @@ from spandrel.architectures.DnCNN import DnCNN
 from spandrel.architectures.ESRGAN import ESRGAN
 from spandrel.architectures.RCAN import RCAN
 from spandrel.architectures.SPAN import SPAN
-
 from tilewise.archs.base import HintNeededError, LoadHints
 from tilewise.archs.classic import ARCH_SUPPORTS, EDSRArch, ESPCNArch, FSRCNNArch, RDNArch, SRCNNArch, receptive_radius
 
@@ -170,10 +169,14 @@ def ref_fsrcnn(sd: dict, x: torch.Tensor, scale: int, m: int) -> torch.Tensor:
     x = F.prelu(conv(sd, "first_part.0", x), sd["first_part.1.weight"])
     for i in range(m + 2):
         x = F.prelu(conv(sd, f"mid_part.{2 * i}", x), sd[f"mid_part.{2 * i + 1}.weight"])
-    return F.conv_transpose2d(x, sd["last_part.weight"], sd["last_part.bias"], stride=scale, padding=4, output_padding=scale - 1)
+    return F.conv_transpose2d(
+        x, sd["last_part.weight"], sd["last_part.bias"], stride=scale, padding=4, output_padding=scale - 1
+    )
 
 
-def ref_edsr(sd: dict, x: torch.Tensor, n_resblocks: int, factors: list[int], res_scale: float, rgb_range: float) -> torch.Tensor:
+def ref_edsr(
+    sd: dict, x: torch.Tensor, n_resblocks: int, factors: list[int], res_scale: float, rgb_range: float
+) -> torch.Tensor:
     x = F.conv2d(x * rgb_range, sd["sub_mean.weight"], sd["sub_mean.bias"])
     x = conv(sd, "head.0", x)
     h = x
@@ -203,7 +206,9 @@ def ref_rdn_yjn(sd: dict, x: torch.Tensor, D: int, C: int, factors: list[int]) -
     return conv(sd, "output", h)
 
 
-def ref_rdn_edsr(sd: dict, x: torch.Tensor, D: int, C: int, factors: list[int], rgb_range: float = 255.0) -> torch.Tensor:
+def ref_rdn_edsr(
+    sd: dict, x: torch.Tensor, D: int, C: int, factors: list[int], rgb_range: float = 255.0
+) -> torch.Tensor:
     f1 = conv(sd, "SFENet1", x * rgb_range)
     h = conv(sd, "SFENet2", f1)
     outs = []
@@ -254,7 +259,9 @@ def our_detections(sd: dict) -> list[str]:
 
 
 def spandrel_detections(sd: dict) -> list[str]:
-    return [support.architecture.id for support in spandrel.MAIN_REGISTRY.architectures("detection") if support.detect(sd)]
+    return [
+        support.architecture.id for support in spandrel.MAIN_REGISTRY.architectures("detection") if support.detect(sd)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
 from tilewise.cli import main
 from tilewise.engine import UpscaleOptions, load_model, upscale
 from tilewise.engine.image.images import read_image
@@ -25,14 +24,18 @@ def test_upscale_with_default_builtin_model(photo_png, tmp_path):
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (160, 120)
     # the CLI writes exactly what the engine computes
-    engine = upscale(load_model("builtin:paragonsr2-realtime-2x"), read_image(photo_png).tensor, UpscaleOptions(device="cpu"))
+    engine = upscale(
+        load_model("builtin:paragonsr2-realtime-2x"), read_image(photo_png).tensor, UpscaleOptions(device="cpu")
+    )
     want = engine[0].mul(255).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(out)), want)
 
 
 def test_exact_size_and_npy(photo_png, tmp_path):
     out = tmp_path / "out.npy"
-    assert main(["upscale", str(photo_png), "-o", str(out), "--width", "101", "--height", "77", "--tile", "32", "-q"]) == 0
+    assert (
+        main(["upscale", str(photo_png), "-o", str(out), "--width", "101", "--height", "77", "--tile", "32", "-q"]) == 0
+    )
     assert np.load(out).shape == (77, 101, 3)
 
 
@@ -59,7 +62,18 @@ def test_info_json_has_every_key():
     result = _run("info", "builtin:magic-kernel-sharp-4x", "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    for key in ("architecture", "purpose", "scale", "input_channels", "output_channels", "params", "supports_half", "supports_bfloat16", "tiling", "size_requirements"):
+    for key in (
+        "architecture",
+        "purpose",
+        "scale",
+        "input_channels",
+        "output_channels",
+        "params",
+        "supports_half",
+        "supports_bfloat16",
+        "tiling",
+        "size_requirements",
+    ):
         assert key in info
     assert info["architecture"] == "MagicKernelSharp2021" and info["scale"] == 4 and info["params"] == 72
 
@@ -80,7 +94,13 @@ def test_info_json_has_every_key():
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(photo_png, tmp_path, args, message):
     notmodel = tmp_path / "photo.pth"
     notmodel.write_bytes(photo_png.read_bytes())
-    names = {"missing": str(tmp_path / "missing.png"), "out": str(tmp_path / "out" / "x.png"), "outdir": str(tmp_path / "outdir"), "photo": str(photo_png), "notmodel": str(notmodel)}
+    names = {
+        "missing": str(tmp_path / "missing.png"),
+        "out": str(tmp_path / "out" / "x.png"),
+        "outdir": str(tmp_path / "outdir"),
+        "photo": str(photo_png),
+        "notmodel": str(notmodel),
+    }
     result = _run(*[a.format(**names) for a in args])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -18,21 +18,27 @@ import time
 import uuid
 from pathlib import Path
 
+import comfy_harness as harness
+import hostile_files
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import comfy_harness as harness
-import hostile_files
-from model_zoo import ZOO
 from clips import describe_video, make_video
+from model_zoo import ZOO
+from PIL import Image
 from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOptions, load_model, plan_run, upscale
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "example_workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
-NODE_IDS = ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo", "TilewiseExportONNX", "TilewiseUpscaleVideo", "TilewiseUpscaleVideoFile")
+NODE_IDS = (
+    "TilewiseModelLoader",
+    "TilewiseUpscale",
+    "TilewiseModelInfo",
+    "TilewiseExportONNX",
+    "TilewiseUpscaleVideo",
+    "TilewiseUpscaleVideoFile",
+)
 BUILTINS = ("builtin:magic-kernel-sharp-2x", "builtin:magic-kernel-sharp-3x", "builtin:magic-kernel-sharp-4x")
 HTML_PAGE = "<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body>Download</body></html>\n"
 LARGE_SIDE = 1536  # the interrupted run: thousands of small tiles
@@ -46,7 +52,11 @@ def comfy(tmp_path_factory):
     try:
         python, comfy_dir = harness.comfy_python(), harness.comfyui_dir()
     except harness.HarnessError as error:
-        pytest.fail(f"could not set up ComfyUI {harness.COMFY_VERSION} for the tests (set {harness.SKIP_ENV}=1 to skip them): {error}", pytrace=False)
+        pytest.fail(
+            f"could not set up ComfyUI {harness.COMFY_VERSION} for the tests (set {harness.SKIP_ENV}=1 to skip them): "
+            f"{error}",
+            pytrace=False,
+        )
     base = tmp_path_factory.mktemp("comfyui")
     harness.link_pack(base / "custom_nodes")
     models = base / "models" / "upscale_models"
@@ -58,7 +68,14 @@ def comfy(tmp_path_factory):
     inputs.mkdir()
     shutil.copy(comfy_dir / "input" / "example.png", inputs / "example.png")
     gradient = np.linspace(0, 255, LARGE_SIDE, dtype=np.float32)
-    large = np.stack([gradient[None, :].repeat(LARGE_SIDE, 0), gradient[:, None].repeat(LARGE_SIDE, 1), np.full((LARGE_SIDE, LARGE_SIDE), 128, np.float32)], -1)
+    large = np.stack(
+        [
+            gradient[None, :].repeat(LARGE_SIDE, 0),
+            gradient[:, None].repeat(LARGE_SIDE, 1),
+            np.full((LARGE_SIDE, LARGE_SIDE), 128, np.float32),
+        ],
+        -1,
+    )
     Image.fromarray(large.astype(np.uint8)).save(inputs / "large.png")
     make_video(inputs / "tilewise_clip.mp4", frames=10, fps=12)  # the VIDEO example workflow's input
     server = harness.ComfyServer(python, comfy_dir, base)
@@ -101,7 +118,10 @@ def upscale_prompt(model: list | str, image: str, prefix: str, **options) -> dic
     """LoadImage -> [TilewiseModelLoader] -> TilewiseUpscale -> SaveImage; `model` is a file name or a link."""
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "3": {"class_type": "TilewiseUpscale", "inputs": {"upscale_model": ["2", 0] if isinstance(model, str) else model, "image": ["1", 0], **options}},
+        "3": {
+            "class_type": "TilewiseUpscale",
+            "inputs": {"upscale_model": ["2", 0] if isinstance(model, str) else model, "image": ["1", 0], **options},
+        },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
     if isinstance(model, str):
@@ -112,7 +132,11 @@ def upscale_prompt(model: list | str, image: str, prefix: str, **options) -> dic
 def saved_videos(comfy, entry: dict, node: str) -> list[Path]:
     """The files a SaveVideo node wrote (from its UI output)."""
     results = entry["outputs"][node]["images"]
-    return [comfy.base / "output" / r["subfolder"] / r["filename"] for r in results if (comfy.base / "output" / r["subfolder"] / r["filename"]).is_file()]
+    return [
+        comfy.base / "output" / r["subfolder"] / r["filename"]
+        for r in results
+        if (comfy.base / "output" / r["subfolder"] / r["filename"]).is_file()
+    ]
 
 
 def assert_success(entry: dict) -> None:
@@ -136,9 +160,18 @@ print("exports", hasattr(module, "comfy_entrypoint"), hasattr(module, "NODE_CLAS
 """
 
 
-@pytest.mark.parametrize("stubs", [("folder_paths", "comfy"), ("folder_paths", "comfy", "comfy_api")], ids=["no-comfy_api", "comfy_api-without-latest"])
+@pytest.mark.parametrize(
+    "stubs",
+    [("folder_paths", "comfy"), ("folder_paths", "comfy", "comfy_api")],
+    ids=["no-comfy_api", "comfy_api-without-latest"],
+)
 def test_comfyui_without_v3_api_gets_one_clear_log_line(stubs):
-    result = subprocess.run([sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py"), *stubs], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py"), *stubs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "exports False False" in result.stdout
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING tilewise")]
@@ -146,7 +179,9 @@ def test_comfyui_without_v3_api_gets_one_clear_log_line(stubs):
 
 
 def test_outside_comfyui_the_package_logs_nothing():
-    result = subprocess.run([sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_AS_HOST, str(ROOT / "__init__.py")], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "exports False False" in result.stdout
     assert "tilewise" not in result.stdout.replace("host_x_tilewise", "")
@@ -163,7 +198,11 @@ def test_pack_imports_without_failure(comfy, object_info):
     assert not [line for line in log.splitlines() if "IMPORT FAILED" in line and "tilewise" in line.lower()]
     assert "Unable to parse pyproject.toml" not in log
     startup = log.split("Starting server")[0]  # later prompts may log tracebacks on purpose
-    frames = [line for line in startup.splitlines() if line.strip().startswith('File "') and f"custom_nodes/{harness.PACK_DIR_NAME}/" in line]
+    frames = [
+        line
+        for line in startup.splitlines()
+        if line.strip().startswith('File "') and f"custom_nodes/{harness.PACK_DIR_NAME}/" in line
+    ]
     assert not frames, "a traceback passed through the pack:\n" + "\n".join(frames)
 
 
@@ -176,7 +215,18 @@ def test_object_info_lists_every_node(object_info):
     assert loader["output"] == ["UPSCALE_MODEL"]
     upscaler = object_info["TilewiseUpscale"]
     names = set(upscaler["input"]["required"]) | set(upscaler["input"].get("optional", {}))
-    assert {"upscale_model", "image", "tile_size", "tile_padding", "merge", "precision", "scale_mode", "resample", "alpha", "output_device"} <= names
+    assert {
+        "upscale_model",
+        "image",
+        "tile_size",
+        "tile_padding",
+        "merge",
+        "precision",
+        "scale_mode",
+        "resample",
+        "alpha",
+        "output_device",
+    } <= names
     assert upscaler["input"]["required"]["upscale_model"][0] == "UPSCALE_MODEL"
     assert upscaler["input"]["required"]["image"][0] == "IMAGE"
     tile = upscaler["input"]["optional"]["tile_size"][1]
@@ -185,7 +235,19 @@ def test_object_info_lists_every_node(object_info):
     assert upscaler["output"] == ["IMAGE"]
     video = object_info["TilewiseUpscaleVideo"]
     names = set(video["input"]["required"]) | set(video["input"].get("optional", {}))
-    assert {"upscale_model", "images", "temporal_mode", "temporal_strength", "tile_size", "tile_padding", "precision", "device", "output_dtype", "continuity", "meta_batch"} <= names
+    assert {
+        "upscale_model",
+        "images",
+        "temporal_mode",
+        "temporal_strength",
+        "tile_size",
+        "tile_padding",
+        "precision",
+        "device",
+        "output_dtype",
+        "continuity",
+        "meta_batch",
+    } <= names
     assert video["input"]["required"]["temporal_mode"][1]["options"] == ["off", "auto", "feedback", "stabilize"]
     assert video["input"]["optional"]["meta_batch"][0] == "VHS_BatchManager"
     assert video["output"] == ["IMAGE"]
@@ -208,7 +270,10 @@ def test_template_browser_lists_the_ui_workflows_only(comfy):
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
 def test_ui_workflow_matches_its_api_twin(object_info, path):
     ui = json.loads((WORKFLOWS / path.name).read_text())
-    twin = {key: {"class_type": node["class_type"], "inputs": node["inputs"]} for key, node in json.loads(path.read_text()).items()}
+    twin = {
+        key: {"class_type": node["class_type"], "inputs": node["inputs"]}
+        for key, node in json.loads(path.read_text()).items()
+    }
     assert harness.ui_to_api(ui, object_info) == twin
 
 
@@ -225,7 +290,9 @@ def test_example_workflow_runs(comfy, path):
     assert saves or videos
     for key in saves:
         images = [decode(png) for png in comfy.images(entry, key)]
-        assert images and all(image.ndim == 3 and min(image.shape[:2]) > 0 and image.std() > 0 for image in images), "a real, non-blank picture"
+        assert images and all(image.ndim == 3 and min(image.shape[:2]) > 0 and image.std() > 0 for image in images), (
+            "a real, non-blank picture"
+        )
     for key in videos:
         assert saved_videos(comfy, entry, key)
     for key, node in prompt.items():
@@ -253,8 +320,14 @@ def test_exact_size_workflow_equals_the_engine(comfy):
     entry = comfy.run(prompt, timeout=180)
     assert_success(entry)
     widgets = prompt["3"]["inputs"]
-    options = UpscaleOptions(device="cpu", target=ScaleTarget("size", width=widgets["width"], height=widgets["height"]), resample=widgets["resample"])
-    expected = as_saved(upscale(load_model(prompt["2"]["inputs"]["model_name"]), load_input(comfy, "example.png"), options))
+    options = UpscaleOptions(
+        device="cpu",
+        target=ScaleTarget("size", width=widgets["width"], height=widgets["height"]),
+        resample=widgets["resample"],
+    )
+    expected = as_saved(
+        upscale(load_model(prompt["2"]["inputs"]["model_name"]), load_input(comfy, "example.png"), options)
+    )
     (saved,) = comfy.images(entry, "4")
     image = decode(saved)
     assert image.shape[:2] == (widgets["height"], widgets["width"])
@@ -272,7 +345,10 @@ def test_batch_progress_counts_tiles_times_images(comfy):
         entry = comfy.wait(prompt_id, timeout=180)
         assert_success(entry)
         deadline = time.monotonic() + 5
-        while not events.of_type("executing", prompt_id) or events.of_type("executing", prompt_id)[-1].get("node") is not None:
+        while (
+            not events.of_type("executing", prompt_id)
+            or events.of_type("executing", prompt_id)[-1].get("node") is not None
+        ):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -316,7 +392,9 @@ def test_tilewise_loader_into_core_upscale(comfy):
     (saved,) = comfy.images(entry, "4")
     image = decode(saved).astype(np.float32)
     model = load_model(comfy.base / "models" / "upscale_models" / "sub" / "compact_x2_seed1.pth")
-    untiled = as_saved(upscale(model, load_input(comfy, "example.png"), UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu")))[0].astype(np.float32)
+    untiled = as_saved(
+        upscale(model, load_input(comfy, "example.png"), UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu"))
+    )[0].astype(np.float32)
     assert image.shape == untiled.shape == (1536, 1536, 3)
     # the core node feathers its own 512-pixel tiles: close to the untiled result, not equal
     assert np.abs(image - untiled).mean() < 1.0
@@ -348,14 +426,20 @@ def test_hostile_model_files_are_comfyui_errors_and_the_server_survives(comfy):
         assert entry["status"]["status_str"] == "error", name
         (error,) = harness.messages(entry, "execution_error")
         assert error["node_type"] == "TilewiseModelLoader", error
-        assert name in error["exception_message"] and "\x1b" not in error["exception_message"], error["exception_message"][:300]
+        assert name in error["exception_message"] and "\x1b" not in error["exception_message"], error[
+            "exception_message"
+        ][:300]
         assert len(error["exception_message"]) < 2500
     assert comfy.get("/system_stats")[0] == 200
-    assert_success(comfy.run(upscale_prompt(BUILTINS[0], "example.png", "errors/after-hostile", tile_size=-1), timeout=120))
+    assert_success(
+        comfy.run(upscale_prompt(BUILTINS[0], "example.png", "errors/after-hostile", tile_size=-1), timeout=120)
+    )
 
 
 def test_interrupt_stops_a_run_within_a_tile(comfy):
-    prompt = upscale_prompt("compact_x2.safetensors", "large.png", "interrupt/large", tile_size=40, tile_padding=8, tile_batch=1)
+    prompt = upscale_prompt(
+        "compact_x2.safetensors", "large.png", "interrupt/large", tile_size=40, tile_padding=8, tile_batch=1
+    )
     client = uuid.uuid4().hex
     events = harness.WebSocketEvents(comfy, client)
     try:
@@ -405,10 +489,19 @@ def test_video_frames_workflow_equals_the_engine(comfy):
     assert_success(entry)
     saved = [decode(png) for png in comfy.images(entry, "6")]
     assert len(saved) == prompt["3"]["inputs"]["amount"] and saved[0].shape == (512, 512, 3)
-    example = torch.from_numpy(np.asarray(Image.open(comfy.base / "input" / "example.png").convert("RGB")).astype(np.float32) / 255.0)
-    frame = torch.nn.functional.interpolate(example.movedim(-1, 0)[None], size=(256, 256), mode="area")  # what ImageScale "area" does
+    example = torch.from_numpy(
+        np.asarray(Image.open(comfy.base / "input" / "example.png").convert("RGB")).astype(np.float32) / 255.0
+    )
+    frame = torch.nn.functional.interpolate(
+        example.movedim(-1, 0)[None], size=(256, 256), mode="area"
+    )  # what ImageScale "area" does
     widgets = prompt["5"]["inputs"]
-    runner = VideoUpscaler(load_model(prompt["4"]["inputs"]["model_name"]), VideoOptions(upscale=UpscaleOptions(device="cpu"), temporal=widgets["temporal_mode"], scene_cut=widgets["scene_cut"]))
+    runner = VideoUpscaler(
+        load_model(prompt["4"]["inputs"]["model_name"]),
+        VideoOptions(
+            upscale=UpscaleOptions(device="cpu"), temporal=widgets["temporal_mode"], scene_cut=widgets["scene_cut"]
+        ),
+    )
     for index, image in enumerate(saved):
         expected = as_saved(runner.process(frame))[0]
         assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1, index
@@ -424,8 +517,14 @@ def test_nodes_in_process(comfy):
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [str(comfy.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(checks)],
-        cwd=comfy.base, env=env, capture_output=True, text=True, timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
+        cwd=comfy.base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # not the repo: its nodes/ would shadow ComfyUI's nodes.py
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"=* ?\d+ passed(, \d+ warnings?)? in [\d.]+s( \([\d:]+\))? ?=*", summary), summary  # every check ran: none skipped
+    assert re.fullmatch(r"=* ?\d+ passed(, \d+ warnings?)? in [\d.]+s( \([\d:]+\))? ?=*", summary), (
+        summary
+    )  # every check ran: none skipped

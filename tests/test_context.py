@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
+from tilewise.engine.image.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
 from tilewise.engine.plan import receptive
 from tilewise.engine.plan.receptive import has_inference_weights
-from tilewise.engine.image.memory import ROOM_FOR_AUTO_TILE, estimate_device_bytes
 
 CPU = torch.device("cpu")
 
@@ -69,7 +68,13 @@ def test_memory_estimate_grows_with_tiles_batch_and_images(tmp_path):
     weights = sum(p.numel() for p in model.model.parameters()) * 4
 
     def estimate(tile, batch=1, images=1, height=256, width=256):
-        return estimate_device_bytes(model, height, width, UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=batch), device="cpu"), images=images)
+        return estimate_device_bytes(
+            model,
+            height,
+            width,
+            UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=batch), device="cpu"),
+            images=images,
+        )
 
     assert weights < estimate(32) < estimate(64) < estimate(-1)
     assert estimate(64, batch=4) > estimate(64, batch=1)
@@ -77,7 +82,11 @@ def test_memory_estimate_grows_with_tiles_batch_and_images(tmp_path):
     assert estimate(-1, height=64, width=64) < estimate(-1)
     # automatic tiling asks for room for a 512-pixel window (the core node's), never less than a smaller image
     assert estimate(0) == estimate(-1)
-    assert estimate(0, height=2048, width=2048) == estimate(ROOM_FOR_AUTO_TILE, height=2048, width=2048) < estimate(-1, height=2048, width=2048)
+    assert (
+        estimate(0, height=2048, width=2048)
+        == estimate(ROOM_FOR_AUTO_TILE, height=2048, width=2048)
+        < estimate(-1, height=2048, width=2048)
+    )
 
 
 def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
@@ -85,7 +94,13 @@ def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
     model = load_model(ZOO["Compact"].save(tmp_path / "g.safetensors", seed=1, scale=2), cache=None)
 
     def estimate(tile, images=1):
-        return estimate_device_bytes(model, 2048, 2048, UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=4), device="cpu"), images=images)
+        return estimate_device_bytes(
+            model,
+            2048,
+            2048,
+            UpscaleOptions(tiles=TileSettings(tile=tile, pad=8, batch=4), device="cpu"),
+            images=images,
+        )
 
     bounded_auto = estimate(0)
     model.model.global_context = True
@@ -98,8 +113,8 @@ def test_memory_estimate_of_a_global_context_model_is_the_whole_image(tmp_path):
 def test_memory_estimate_without_measuring_runs_nothing_until_the_figure_is_known(tmp_path, monkeypatch):
     """Hosts make room before a first call without probe forwards (budgeting as ComfyUI's core
     node does); once a run has measured the model, the measured figure is used."""
-    from tilewise.engine.plan import autotile
     from tilewise.engine.image.memory import FALLBACK_ELEMENTS_PER_PIXEL
+    from tilewise.engine.plan import autotile
 
     model = load_model(ZOO["Compact"].save(tmp_path / "c.safetensors", seed=1, scale=2), cache=None)
     options = UpscaleOptions(tiles=TileSettings(tile=-1), device="cpu")
@@ -110,7 +125,11 @@ def test_memory_estimate_without_measuring_runs_nothing_until_the_figure_is_know
     assert first == weights + 64 * 64 * 2 * FALLBACK_ELEMENTS_PER_PIXEL * 4
     monkeypatch.setattr(autotile, "_probe", probe)
     measured = autotile.bytes_per_pixel(model, CPU, torch.float32)
-    assert estimate_device_bytes(model, 64, 64, options, measure=False) == weights + int(64 * 64 * measured) == estimate_device_bytes(model, 64, 64, options)
+    assert (
+        estimate_device_bytes(model, 64, 64, options, measure=False)
+        == weights + int(64 * 64 * measured)
+        == estimate_device_bytes(model, 64, 64, options)
+    )
 
 
 def test_a_normally_loaded_model_tiles_when_the_host_runs_us_in_inference_mode(tmp_path):

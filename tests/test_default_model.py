@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tilewise import engine
 from tilewise.archs.paragonsr2 import ParagonSR2
 from tilewise.engine.model.loading import BUNDLED, BUNDLED_DIR

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import photo
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, UpscaleOptions, plan_run, resolve_dtype, upscale
-from tilewise.engine.plan import autotile
 from tilewise.engine.compute import devices
 from tilewise.engine.errors import ImageError, ModelRunError
 from tilewise.engine.image.pipeline import check_memory
+from tilewise.engine.plan import autotile
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATED = ("mps", "xpu", "privateuseone")
@@ -65,7 +64,13 @@ def comfy_host(monkeypatch):
         folder_paths = types.ModuleType("folder_paths")
         package = types.ModuleType("tilewise.nodes")  # without its __init__, which needs comfy_api
         package.__path__ = [str(ROOT / "nodes")]
-        for name, module in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils, "folder_paths": folder_paths, "tilewise.nodes": package}.items():
+        for name, module in {
+            "comfy": comfy,
+            "comfy.model_management": mm,
+            "comfy.utils": utils,
+            "folder_paths": folder_paths,
+            "tilewise.nodes": package,
+        }.items():
             monkeypatch.setitem(sys.modules, name, module)
         spec = importlib.util.spec_from_file_location("tilewise.nodes.host", ROOT / "nodes" / "host.py")
         host = importlib.util.module_from_spec(spec)
@@ -91,7 +96,12 @@ def simulated(host: types.ModuleType, mm: types.ModuleType, backend: str):
 @pytest.mark.parametrize("backend", SIMULATED)
 def test_auto_precision_follows_the_hosts_judgement(comfy_host, backend):
     model = describe(ConvNet())
-    cases = {(True, True): torch.float16, (False, True): torch.bfloat16, (False, False): torch.float32, (True, False): torch.float16}
+    cases = {
+        (True, True): torch.float16,
+        (False, True): torch.bfloat16,
+        (False, False): torch.float32,
+        (True, False): torch.float16,
+    }
     for (fp16, bf16), expected in cases.items():
         mm = fake_model_management(8 << 30, fp16, bf16)
         policy = simulated(comfy_host(mm), mm, backend)
@@ -125,7 +135,9 @@ def test_auto_tile_follows_the_hosts_free_memory(comfy_host, backend):
         per_pixel = autotile.bytes_per_pixel(model, torch.device("cpu"), torch.float32)
     assert per_pixel > 0
     for side in (136, 264, 512):
-        free = int(math.ceil((side + 4) ** 2 * 4 * per_pixel / autotile.SAFETY))  # room for four windows of about `side`
+        free = int(
+            math.ceil((side + 4) ** 2 * 4 * per_pixel / autotile.SAFETY)
+        )  # room for four windows of about `side`
         mm = fake_model_management(free, True, False)
         with devices.using(simulated(comfy_host(mm), mm, backend)):
             plan = plan_run(model, 1200, 1000, TileSettings(pad=4), torch.device("cpu"), torch.float32)
@@ -195,18 +207,29 @@ def test_out_of_memory_recovery_follows_the_host(comfy_host, backend):
     image = photo(height=96, width=96)
     want = upscale(describe(ConvNet()), image, UpscaleOptions(tiles=TileSettings(tile=-1), precision="fp32"))
     failing = RunsOutAbove(48 * 48, FakeOutOfMemory("the host's out-of-memory error"))
-    got = upscale(describe(failing), image, UpscaleOptions(tiles=TileSettings(tile=-1, pad=6), precision="fp32", devices=policy))
+    got = upscale(
+        describe(failing), image, UpscaleOptions(tiles=TileSettings(tile=-1, pad=6), precision="fp32", devices=policy)
+    )
     assert failing.raised > 0 and mm.emptied > 0, "recovered through the host's cache emptying"
     assert (got - want).abs().max().item() <= 1e-6
-    with pytest.raises(ModelRunError, match="the host's out-of-memory error"):  # without the host's policy: a model error
-        upscale(describe(RunsOutAbove(48 * 48, FakeOutOfMemory("the host's out-of-memory error"))), image, UpscaleOptions(tiles=TileSettings(tile=-1, pad=6)))
+    with pytest.raises(
+        ModelRunError, match="the host's out-of-memory error"
+    ):  # without the host's policy: a model error
+        upscale(
+            describe(RunsOutAbove(48 * 48, FakeOutOfMemory("the host's out-of-memory error"))),
+            image,
+            UpscaleOptions(tiles=TileSettings(tile=-1, pad=6)),
+        )
 
 
-@pytest.mark.parametrize("message", [
-    "Could not allocate tensor with 18874368 bytes. There is not enough GPU video memory available!",  # DirectML
-    "MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1.20 GB, max allowed: 9.07 GB).",
-    "XPU out of memory. Tried to allocate 2.00 GiB",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Could not allocate tensor with 18874368 bytes. There is not enough GPU video memory available!",  # DirectML
+        "MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1.20 GB, max allowed: 9.07 GB).",
+        "XPU out of memory. Tried to allocate 2.00 GiB",
+    ],
+)
 def test_plain_policy_recognises_every_backends_out_of_memory(message):
     policy = devices.DevicePolicy()
     assert policy.is_out_of_memory(RuntimeError(message))
@@ -233,7 +256,9 @@ def test_resolve_names_what_exists():
     assert policy.resolve("cpu") == torch.device("cpu")
     assert policy.resolve("auto") == policy.default_device()
     if not torch.cuda.is_available():
-        with pytest.raises(devices.DeviceError, match="no cuda device on this machine .found: cpu.; use --device auto or cpu"):
+        with pytest.raises(
+            devices.DeviceError, match="no cuda device on this machine .found: cpu.; use --device auto or cpu"
+        ):
             policy.resolve("cuda")
     with pytest.raises(devices.DeviceError, match="not a device name"):
         policy.resolve("gpu0")
@@ -265,7 +290,17 @@ PRODUCT = sorted([*ROOT.glob("*.py"), *(p for d in PRODUCT_DIRS for p in (ROOT /
 
 
 def test_product_code_has_no_linux_only_or_process_wide_calls():
-    forbidden = ("/proc", "fcntl", "os.fork", "sysconf", "mallopt", "malloc_trim", "ctypes", "SetCPUAllocator", "-march=native")
+    forbidden = (
+        "/proc",
+        "fcntl",
+        "os.fork",
+        "sysconf",
+        "mallopt",
+        "malloc_trim",
+        "ctypes",
+        "SetCPUAllocator",
+        "-march=native",
+    )
     found = [(p.relative_to(ROOT).as_posix(), word) for p in PRODUCT for word in forbidden if word in p.read_text()]
     assert not found
     # classes are swapped only on Tilewise's private copies (inference_forms; tested there)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from tilewise.cli import main
 from tilewise.engine import doctor
 from tilewise.engine.compute import transfer
@@ -60,7 +59,9 @@ def test_fast_path_check_compares_both_paths(monkeypatch):
     monkeypatch.setattr(CpuCopies, "failures", {})
     descriptor = doctor.load_model(doctor.MODEL, cache=None)
     image = doctor.check_image()
-    base = doctor.UpscaleOptions(tiles=doctor.TileSettings(tile=-1), precision="fp32", device="cpu:0", devices=ClaimsCuda())
+    base = doctor.UpscaleOptions(
+        tiles=doctor.TileSettings(tile=-1), precision="fp32", device="cpu:0", devices=ClaimsCuda()
+    )
     transfer.reset_fast_path()
     with doctor.devices.using(ClaimsCuda()):
         check = doctor._fast_path(descriptor, image, base, ClaimsCuda(), torch.device("cpu", 0))

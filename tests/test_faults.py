@@ -11,11 +11,10 @@ import threading
 
 import pytest
 import torch
-
 from conftest import photo
 from model_zoo import ZOO
 from test_runner import ConvNet, FailsOnCalls, describe
-from tilewise.engine import CancelledError, ModelRunError, TileSettings, UpscaleOptions, load_model, run_tiled, upscale
+from tilewise.engine import CancelledError, TileSettings, UpscaleOptions, load_model, run_tiled, upscale
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -102,8 +101,22 @@ def test_interrupted_cli_leaves_no_partial_output(tmp_path):
         sources.append(tmp_path / f"big{index}.png")
         sources[-1].write_bytes(source.read_bytes())
     process = subprocess.Popen(
-        [sys.executable, "-m", "tilewise", "upscale", *map(str, sources), "-o", str(out), "--tile", "48", "--model", "builtin:magic-kernel-sharp-4x"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tilewise",
+            "upscale",
+            *map(str, sources),
+            "-o",
+            str(out),
+            "--tile",
+            "48",
+            "--model",
+            "builtin:magic-kernel-sharp-4x",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first = process.stderr.readline()  # "big0.png -> ...": the second image is now being upscaled
     assert "->" in first, first

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from tilewise.engine import ModelFileError, UnsafeModelError, canonicalize, read_state_dict
 
 WEIGHTS = {"conv.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2), "conv.bias": torch.ones(2)}
@@ -56,7 +55,19 @@ def test_safetensors_loads(tmp_path):
         {f"module._orig_mod.{k}": v for k, v in WEIGHTS.items()},
         {"state_dict": {f"module.{k}": v for k, v in WEIGHTS.items()}},
     ],
-    ids=["params_ema-wins", "params", "state_dict+meta", "model", "net", "single-key", "module.", "netG.", "_orig_mod.", "module._orig_mod.", "nested"],
+    ids=[
+        "params_ema-wins",
+        "params",
+        "state_dict+meta",
+        "model",
+        "net",
+        "single-key",
+        "module.",
+        "netG.",
+        "_orig_mod.",
+        "module._orig_mod.",
+        "nested",
+    ],
 )
 def test_wrappers_and_prefixes_are_canonicalised(tmp_path, wrapped):
     path = tmp_path / "wrapped.pth"

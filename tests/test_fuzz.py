@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_zoo import ZOO
 from tilewise.engine import TilewiseError, load_model
 
@@ -48,7 +47,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif op == "insert":
             data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
         elif op == "delete":
-            del data[at:at + rng.randint(1, 64)]
+            del data[at : at + rng.randint(1, 64)]
         elif op == "duplicate":
             end = min(len(data), at + rng.randint(1, 256))
             data[at:at] = data[at:end]

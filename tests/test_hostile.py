@@ -14,13 +14,12 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import hostile_files
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import hostile_files
 from model_zoo import ZOO
+from PIL import Image
 from tilewise.engine import ModelFileError, UnsafeModelError, load_model, scan_folder
 
 
@@ -40,7 +39,9 @@ def payloads(marker: Path) -> dict[str, object]:
         "exec": Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
         "eval": Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
         "subprocess": Payload(subprocess.Popen, ["touch", str(marker)]),
-        "nested": {"params_ema": {"conv.weight": torch.zeros(1), "meta": [{"deep": Payload(os.system, f"touch {marker}")}]}},
+        "nested": {
+            "params_ema": {"conv.weight": torch.zeros(1), "meta": [{"deep": Payload(os.system, f"touch {marker}")}]}
+        },
     }
 
 
@@ -55,7 +56,17 @@ def _write(kind: str, obj, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["os.system", "exec", "eval", "subprocess", "nested"])
-@pytest.mark.parametrize("kind,suffix", [("zip", ".pth"), ("zip", ".ckpt"), ("legacy", ".pt"), ("raw", ".bin"), ("raw", ".safetensors"), ("zip", ".safetensors")])
+@pytest.mark.parametrize(
+    "kind,suffix",
+    [
+        ("zip", ".pth"),
+        ("zip", ".ckpt"),
+        ("legacy", ".pt"),
+        ("raw", ".bin"),
+        ("raw", ".safetensors"),
+        ("zip", ".safetensors"),
+    ],
+)
 def test_pickled_code_never_runs(tmp_path, name, kind, suffix):
     marker = tmp_path / "pwned"
     path = _write(kind, payloads(marker)[name], tmp_path / f"evil{suffix}")
@@ -154,10 +165,19 @@ def _run_entry(entry: str, folder: Path, tmp_path: Path) -> dict[str, dict]:
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, str(ENTRY), entry, str(folder), str(image), str(out)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ENTRY), entry, str(folder), str(image), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+        env=env,
+        cwd=tmp_path,
+    )
     lines = done.stdout.splitlines()
-    assert done.returncode == 0 and lines and lines[-1] == "done", f"{entry} died (status {done.returncode}): {done.stderr[-2000:]}"
+    assert done.returncode == 0 and lines and lines[-1] == "done", (
+        f"{entry} died (status {done.returncode}): {done.stderr[-2000:]}"
+    )
     reports = {r["file"]: r for r in map(json.loads, lines[:-1])}
     assert set(reports) == {p.name for p in folder.iterdir()}, "every file was seen"
     return reports
@@ -194,9 +214,9 @@ def test_cli_refuses_image_bombs_before_decoding_them(hostile_images, tmp_path):
 
 
 def test_an_image_too_large_for_free_memory_is_refused_before_decoding(hostile_images, monkeypatch):
-    from tilewise.engine.image import images
     from tilewise.engine.compute.devices import DevicePolicy
     from tilewise.engine.errors import ImageError
+    from tilewise.engine.image import images
 
     monkeypatch.setattr(DevicePolicy, "free_memory", lambda self, device: 2 << 30)
     monkeypatch.setattr(images.Image.Image, "load", lambda self: pytest.fail("decoded before the size check"))
@@ -222,22 +242,25 @@ def test_webui_start_up_lists_every_hostile_file_and_says_why(hostile_folder, tm
         _clean(report["message"], name)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("nested_key.pth", "levels deep"),
-    ("self_referencing_key.pth", "parts"),
-    ("bytearray_bomb.pth", "builtins.bytearray"),
-    ("device_tensor_view.pth", "_rebuild_device_tensor_from_cpu_tensor"),
-    ("zero_stride_view.pth", "a view larger than its data"),
-    ("storage_bomb.pth", "declares 6000000000 bytes of tensor data"),
-    ("legacy_storage_bomb.pt", "declares 6000000000 bytes of tensor data"),
-    ("compact_huge_index.safetensors", "needs more than"),
-    ("overflowing_offsets.safetensors", "no valid offsets or shape"),
-    ("huge_shape.safetensors", "no valid offsets or shape"),
-    ("deep_header.safetensors", "nested far deeper"),
-    ("external_in_function_branch.onnx", "separate files (ONNX external data"),
-    ("constant_of_shape.onnx", "builds a tensor of 6.4 GiB"),
-    ("endless_loop.onnx", "uses Loop"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("nested_key.pth", "levels deep"),
+        ("self_referencing_key.pth", "parts"),
+        ("bytearray_bomb.pth", "builtins.bytearray"),
+        ("device_tensor_view.pth", "_rebuild_device_tensor_from_cpu_tensor"),
+        ("zero_stride_view.pth", "a view larger than its data"),
+        ("storage_bomb.pth", "declares 6000000000 bytes of tensor data"),
+        ("legacy_storage_bomb.pt", "declares 6000000000 bytes of tensor data"),
+        ("compact_huge_index.safetensors", "needs more than"),
+        ("overflowing_offsets.safetensors", "no valid offsets or shape"),
+        ("huge_shape.safetensors", "no valid offsets or shape"),
+        ("deep_header.safetensors", "nested far deeper"),
+        ("external_in_function_branch.onnx", "separate files (ONNX external data"),
+        ("constant_of_shape.onnx", "builds a tensor of 6.4 GiB"),
+        ("endless_loop.onnx", "uses Loop"),
+    ],
+)
 def test_each_hostile_file_gets_its_own_reason(hostile_folder, name, expected):
     if name.endswith(".onnx"):
         pytest.importorskip("onnx", reason="ONNX files need the onnx extra")
@@ -289,18 +312,41 @@ def test_outputs_get_the_permissions_of_a_normal_write(tmp_path, umask):
     """mkstemp's 0600 once survived the rename onto the output; now the umask decides."""
     image = tmp_path / "in.png"
     Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(image)
-    commands = [(["upscale", str(image), "--model", "builtin:magic-kernel-sharp-2x", "-o", str(tmp_path / "out.png"), "-q"], tmp_path / "out.png")]
+    commands = [
+        (
+            ["upscale", str(image), "--model", "builtin:magic-kernel-sharp-2x", "-o", str(tmp_path / "out.png"), "-q"],
+            tmp_path / "out.png",
+        )
+    ]
     try:
         import av  # noqa: F401
-
         from clips import make_video
 
         make_video(tmp_path / "in.mp4", frames=2, fps=5)
-        commands.append((["upscale-video", str(tmp_path / "in.mp4"), "--model", "builtin:magic-kernel-sharp-2x", "-o", str(tmp_path / "out.mp4"), "-q"], tmp_path / "out.mp4"))
+        commands.append(
+            (
+                [
+                    "upscale-video",
+                    str(tmp_path / "in.mp4"),
+                    "--model",
+                    "builtin:magic-kernel-sharp-2x",
+                    "-o",
+                    str(tmp_path / "out.mp4"),
+                    "-q",
+                ],
+                tmp_path / "out.mp4",
+            )
+        )
     except ImportError:
         pass
     for argv, output in commands:
-        done = subprocess.run([sys.executable, "-m", "tilewise", *argv], capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
+        done = subprocess.run(
+            [sys.executable, "-m", "tilewise", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=lambda: os.umask(umask),
+        )
         assert done.returncode == 0, done.stderr
         assert output.stat().st_mode & 0o777 == 0o666 & ~umask, f"{output.name}: {oct(output.stat().st_mode & 0o777)}"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tilewise-")], "no temporary file is left"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tilewise.engine import ImageError
 from tilewise.engine.image.images import pil_to_tensor, read_image, tensor_to_pil, write_image
 
@@ -27,7 +26,7 @@ def test_8bit_png_round_trip_keeps_channels(tmp_path, channels):
 
 
 def test_16bit_gray_png_from_pillow(tmp_path):
-    array = (np.arange(60, dtype=np.uint16).reshape(6, 10) * 1000)
+    array = np.arange(60, dtype=np.uint16).reshape(6, 10) * 1000
     Image.fromarray(array).save(tmp_path / "g.png")
     loaded = read_image(tmp_path / "g.png")
     assert loaded.bits == 16 and loaded.tensor.shape == (1, 1, 6, 10)
@@ -66,6 +65,6 @@ def test_unreadable_image(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ImageError, match="1 to 4 channels"):
         write_image(tmp_path / "x.png", torch.rand(1, 5, 4, 4))  # 5 channels cannot be written
     assert list(tmp_path.iterdir()) == []

@@ -6,15 +6,13 @@ import copy
 
 import pytest
 import torch
+from conftest import photo
 from spandrel import ModelLoader
 from spandrel.architectures.SPAN import SPAN
 from spandrel.architectures.SPAN.__arch.span import SPAB, Conv3XC
-
 from tilewise.engine import TileSettings, run_tiled
 from tilewise.engine.compute.inference_forms import prepare
 from tilewise.engine.compute.precision import model_on
-
-from conftest import photo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +118,9 @@ def test_the_engine_runs_the_forms_on_a_private_copy_only(monkeypatch):
     result = run_tiled(descriptor, image, settings=settings)
     assert [type(m) for m in descriptor.model.modules()] == classes and type(descriptor.model.conv_1) is Conv3XC
     private = model_on(descriptor, torch.device("cpu"), torch.float32)
-    assert private is not descriptor.model and type(private.conv_1) is not Conv3XC and isinstance(private.conv_1, Conv3XC)
+    assert (
+        private is not descriptor.model and type(private.conv_1) is not Conv3XC and isinstance(private.conv_1, Conv3XC)
+    )
     with monkeypatch.context() as patch:  # the reference: the same engine run with spandrel's own classes
         patch.setattr("tilewise.engine.compute.inference_forms.prepare", lambda model: 0)
         plain = ModelLoader().load_from_state_dict(state)
@@ -129,7 +129,9 @@ def test_the_engine_runs_the_forms_on_a_private_copy_only(monkeypatch):
     assert 0.9 < ((result > 0) & (result < 1)).float().mean()  # not a clamped, saturated image
     assert torch.equal(result, expected)
     variant = model_on(descriptor, torch.device("cpu"), torch.bfloat16)
-    assert variant is not private and type(variant.block_2) is type(private.block_2) is not type(descriptor.model.block_2)
+    assert variant is not private and type(variant.block_2) is type(private.block_2) is not type(
+        descriptor.model.block_2
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +143,19 @@ def swinir_pair(seed: int = 0, img_size: int = 32) -> tuple[torch.nn.Module, tor
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(seed)
-    original = SwinIR(upscale=2, in_chans=3, img_size=img_size, window_size=8, img_range=1.0, depths=[2, 2], embed_dim=24,
-                      num_heads=[4, 4], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv").eval()
+    original = SwinIR(
+        upscale=2,
+        in_chans=3,
+        img_size=img_size,
+        window_size=8,
+        img_range=1.0,
+        depths=[2, 2],
+        embed_dim=24,
+        num_heads=[4, 4],
+        mlp_ratio=2,
+        upsampler="pixelshuffledirect",
+        resi_connection="1conv",
+    ).eval()
     with torch.no_grad():
         for parameter in original.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)  # the position bias table starts near zero

@@ -10,9 +10,8 @@ import types
 import pytest
 import spandrel
 import torch
-from safetensors.torch import save_file
-
 from model_zoo import PREFIX_WRAPPERS, WRAPPERS, ZOO
+from safetensors.torch import save_file
 from tilewise.engine import HintRequiredError, LoadHints, ModelFileError, UnknownArchitectureError, load_model, registry
 from tilewise.engine.model import loading
 
@@ -39,7 +38,9 @@ def test_every_wrapper_loads_in_pth(tmp_path, name, wrapper):
     descriptor = load_model(entry.save(tmp_path / "wrapped.pth", seed=2, wrapper=wrapper), cache=None)
     assert descriptor.architecture.id == entry.arch_id
     plain = entry.state_dict(seed=2)
-    assert all(torch.equal(descriptor.model.state_dict()[k], v) for k, v in plain.items() if k in descriptor.model.state_dict())
+    assert all(
+        torch.equal(descriptor.model.state_dict()[k], v) for k, v in plain.items() if k in descriptor.model.state_dict()
+    )
 
 
 @pytest.mark.parametrize("wrapper", list(PREFIX_WRAPPERS))
@@ -109,11 +110,14 @@ def test_unknown_architecture_lists_top_level_keys(tmp_path):
     assert "layer00, layer01" in message and "layer09" in message and "layer10" not in message
 
 
-@pytest.mark.parametrize("keys,what", [
-    (["encoder.conv_in.weight", "decoder.conv_out.weight", "quant_conv.weight"], "VAE"),
-    (["text_model.embeddings.token_embedding.weight"], "text encoder"),
-    (["model.diffusion_model.input_blocks.0.0.weight"], "diffusion model"),
-])
+@pytest.mark.parametrize(
+    "keys,what",
+    [
+        (["encoder.conv_in.weight", "decoder.conv_out.weight", "quant_conv.weight"], "VAE"),
+        (["text_model.embeddings.token_embedding.weight"], "text encoder"),
+        (["model.diffusion_model.input_blocks.0.0.weight"], "diffusion model"),
+    ],
+)
 def test_other_model_kinds_are_named(tmp_path, keys, what):
     path = tmp_path / "other.safetensors"
     save_file({k: torch.zeros(1) for k in keys}, path)
@@ -130,7 +134,9 @@ def test_optimizer_state_is_named(tmp_path):
 
 def test_weights_that_do_not_fit_a_detected_architecture(tmp_path):
     weights = ZOO["Compact"].state_dict(seed=0)
-    weights["body.0.weight"] = weights["body.0.weight"][:, :2].contiguous()  # 2 input channels but a 3-channel bias path
+    weights["body.0.weight"] = weights["body.0.weight"][
+        :, :2
+    ].contiguous()  # 2 input channels but a 3-channel bias path
     weights["body.2.weight"] = torch.zeros(5, 5)
     path = tmp_path / "broken.safetensors"
     save_file(weights, path)
@@ -141,9 +147,12 @@ def test_weights_that_do_not_fit_a_detected_architecture(tmp_path):
 def _srcnn_weights() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return {
-        "conv1.weight": torch.randn(64, 1, 9, 9) * 0.01, "conv1.bias": torch.zeros(64),
-        "conv2.weight": torch.randn(32, 64, 5, 5) * 0.01, "conv2.bias": torch.zeros(32),
-        "conv3.weight": torch.randn(1, 32, 5, 5) * 0.01, "conv3.bias": torch.zeros(1),
+        "conv1.weight": torch.randn(64, 1, 9, 9) * 0.01,
+        "conv1.bias": torch.zeros(64),
+        "conv2.weight": torch.randn(32, 64, 5, 5) * 0.01,
+        "conv2.bias": torch.zeros(32),
+        "conv3.weight": torch.randn(1, 32, 5, 5) * 0.01,
+        "conv3.bias": torch.zeros(1),
     }
 
 

@@ -13,10 +13,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import photo
 from model_zoo import ZOO
+from PIL import Image
 from tilewise.cli import main
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
 
@@ -55,7 +54,7 @@ class Sampler:
 def _flat(samples: list[int]) -> tuple[int, int]:
     """Peak RSS over the first fifth (after warm-up) and over the last fifth."""
     fifth = max(1, len(samples) // 5)
-    return max(samples[fifth:2 * fifth]), max(samples[-fifth:])
+    return max(samples[fifth : 2 * fifth]), max(samples[-fifth:])
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from tilewise.archs.magic_kernel import BLUR_TAPS, SHARP_TAPS, MagicKernelSharp2021Upsample
 from tilewise.engine import load_model, upscale
 
@@ -57,7 +56,12 @@ def test_declared_receptive_radius_is_exact(alpha, scale):
     for offset, moves in ((r, True), (r + 1, False)):
         poked = base.clone()
         poked[..., 15, 15 + offset] = 1
-        changed = (model(poked) - model(base))[..., 15 * scale:(15 + 1) * scale, 15 * scale:(15 + 1) * scale].abs().max().item()
+        changed = (
+            (model(poked) - model(base))[..., 15 * scale : (15 + 1) * scale, 15 * scale : (15 + 1) * scale]
+            .abs()
+            .max()
+            .item()
+        )
         assert (changed > 0) == moves, (offset, changed)
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-
 import spandrel
+import torch
 from model_zoo import ZOO, make_photo_crop, output_in_range_fraction, save_checkpoint
 from tilewise.engine import load_model
 

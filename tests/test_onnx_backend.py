@@ -26,21 +26,32 @@ from safetensors.torch import save_file
 
 onnx = pytest.importorskip("onnx", reason="the optional 'onnx' extra is part of the test extra; install tilewise[test]")
 pytest.importorskip("onnxruntime")
+from conftest import photo  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from spandrel import ModelTiling  # noqa: E402
 from spandrel.architectures.Compact import Compact  # noqa: E402
-
-from conftest import photo  # noqa: E402
 from tilewise.cli import main  # noqa: E402
 from tilewise.engine import (  # noqa: E402
-    MODEL_EXTENSIONS, ModelFileError, ScaleTarget, TileSettings, TilewiseError, UnsafeModelError, UpscaleOptions,
-    describe_state_dict, find_model_files, load_model, plan_run, run_tiled, scan_folder, upscale,
+    MODEL_EXTENSIONS,
+    ModelFileError,
+    ScaleTarget,
+    TileSettings,
+    TilewiseError,
+    UnsafeModelError,
+    UpscaleOptions,
+    describe_state_dict,
+    find_model_files,
+    load_model,
+    plan_run,
+    run_tiled,
+    scan_folder,
+    upscale,
 )
-from tilewise.engine.model import onnx_backend
+from tilewise.engine.compute.precision import model_on  # noqa: E402
+from tilewise.engine.model import onnx_backend  # noqa: E402
 from tilewise.engine.model.catalog import model_names_in  # noqa: E402
 from tilewise.engine.model.export import export_onnx  # noqa: E402
 from tilewise.engine.model.files import ONNX_EXTENSIONS  # noqa: E402
-from tilewise.engine.compute.precision import model_on  # noqa: E402
 from tilewise.engine.plan.receptive import model_context  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -149,7 +160,9 @@ def test_rgba_image_and_exact_target_size(exported):
         got = upscale(model, rgba, options)
         assert got.shape == (1, 4, 72, 88)
         assert _max_diff(got, upscale(descriptor, rgba, untiled(options))) <= TOLERANCE
-    options = UpscaleOptions(device="cpu", target=ScaleTarget("size", width=150, height=101), tiles=TileSettings(tile=32))
+    options = UpscaleOptions(
+        device="cpu", target=ScaleTarget("size", width=150, height=101), tiles=TileSettings(tile=32)
+    )
     got = upscale(model, rgb, options)  # two passes of the 2x model, then Lanczos to the exact size
     assert got.shape == (1, 3, 101, 150)
     assert _max_diff(got, upscale(descriptor, rgb, untiled(options))) <= TOLERANCE
@@ -262,7 +275,9 @@ def test_cli_upscale_and_info(exported, tmp_path, capsys):
     weights = tmp_path / "same.safetensors"
     save_file({k: v.contiguous() for k, v in descriptor.model.state_dict().items()}, str(weights))
     image = tmp_path / "in.png"
-    Image.fromarray((photo("chelsea", 50, 100, 40, 52)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(image)
+    Image.fromarray(
+        (photo("chelsea", 50, 100, 40, 52)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ).save(image)
     outputs = []
     for model in (path, weights):
         out = tmp_path / f"out_{model.suffix[1:]}.png"
@@ -292,14 +307,20 @@ def test_catalog_lists_and_loads_onnx_files(exported, tmp_path):
     second.mkdir()
     (first / "sub" / "good.onnx").write_bytes(exported["x2"][1].read_bytes())
     (first / "broken.onnx").write_bytes(b"<!DOCTYPE html><html><body>Sign in</body></html>")
-    save_file({k: v.contiguous() for k, v in exported["x4"][0].model.state_dict().items()}, str(first / "w.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in exported["x4"][0].model.state_dict().items()}, str(first / "w.safetensors")
+    )
     (second / "other.ONNX").write_bytes(exported["x4"][1].read_bytes())
     entries = {e.name: e for e in scan_folder(first)}
     assert set(entries) == {"broken.onnx", "sub/good.onnx", "w.safetensors"}
     assert entries["sub/good.onnx"].model.architecture.id == "ONNX" and entries["w.safetensors"].model.scale == 4
     assert entries["broken.onnx"].error.startswith("broken.onnx: is a web page (HTML)")
     assert [p.name for p in find_model_files(first, extensions=ONNX_EXTENSIONS)] == ["broken.onnx", "good.onnx"]
-    assert model_names_in([first, second], ONNX_EXTENSIONS) == ["broken.onnx", os.path.join("sub", "good.onnx"), "other.ONNX"]
+    assert model_names_in([first, second], ONNX_EXTENSIONS) == [
+        "broken.onnx",
+        os.path.join("sub", "good.onnx"),
+        "other.ONNX",
+    ]
 
 
 def test_a1111_extension_lists_and_runs_onnx_files(exported, tmp_path, monkeypatch):
@@ -309,7 +330,9 @@ def test_a1111_extension_lists_and_runs_onnx_files(exported, tmp_path, monkeypat
         target = host.add(exported["x4"][1], "sub/compact.onnx")
         entry = next(d for d in host.start() if d.data_path == str(target))
         assert entry.name == "Tilewise sub/compact" and entry.scale == 4
-        image = Image.fromarray((photo("astronaut", 100, 180, 24, 28)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+        image = Image.fromarray(
+            (photo("astronaut", 100, 180, 24, 28)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        )
         assert entry.scaler.do_upscale(image, str(target)).size == (112, 96)
     finally:
         test_a1111._forget_host()
@@ -328,7 +351,8 @@ import torch
 from comfy_extras.nodes_upscale_model import ImageUpscaleWithModel
 from tilewise.nodes import loader
 names = loader.model_names()
-assert "sub/c.onnx" in names and "w.pth" in names and names.index("w.pth") < names.index("builtin:magic-kernel-sharp-2x"), names
+assert "sub/c.onnx" in names and "w.pth" in names, names
+assert names.index("w.pth") < names.index("builtin:magic-kernel-sharp-2x"), names
 assert "sub/c.onnx" not in folder_paths.get_filename_list("upscale_models")
 model = loader.TilewiseModelLoader.execute("sub/c.onnx").args[0]
 image = torch.load(expected_path)["image"]
@@ -344,7 +368,12 @@ def test_comfyui_loader_lists_onnx_files_and_core_node_runs_them(exported, tmp_p
     lists .onnx files ComfyUI's own list leaves out, and the core upscale node runs the result."""
     harness = pytest.importorskip("comfy_harness")
     comfy_dir = harness.cache_root() / f"comfyui-{harness.COMFY_VERSION}"
-    python = harness.cache_root() / f"venv-comfyui-{harness.COMFY_VERSION}-py{sys.version_info.major}{sys.version_info.minor}" / "bin" / "python"
+    python = (
+        harness.cache_root()
+        / f"venv-comfyui-{harness.COMFY_VERSION}-py{sys.version_info.major}{sys.version_info.minor}"
+        / "bin"
+        / "python"
+    )
     if not (comfy_dir / "main.py").is_file() or not python.is_file():
         pytest.skip("the ComfyUI test environment is not set up (tests/test_comfyui.py sets it up)")
     descriptor, path = exported["x2"]
@@ -359,8 +388,20 @@ def test_comfyui_loader_lists_onnx_files_and_core_node_runs_them(exported, tmp_p
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [str(python), "-c", COMFY_CHECK, str(comfy_dir), str(tmp_path / "pkg"), str(models), str(tmp_path / "expected.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            str(python),
+            "-c",
+            COMFY_CHECK,
+            str(comfy_dir),
+            str(tmp_path / "pkg"),
+            str(models),
+            str(tmp_path / "expected.pt"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0 and "ok ONNX 2" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -389,7 +430,9 @@ def test_truncated_and_garbage_files(exported, tmp_path):
     data = exported["x2"][1].read_bytes()
     for cut in (len(data) // 2, 300, 40):
         (tmp_path / "cut.onnx").write_bytes(data[:cut])
-        assert "truncated or damaged" in _refusal(tmp_path / "cut.onnx") or "no graph" in _refusal(tmp_path / "cut.onnx")
+        assert "truncated or damaged" in _refusal(tmp_path / "cut.onnx") or "no graph" in _refusal(
+            tmp_path / "cut.onnx"
+        )
     rng = np.random.default_rng(5)
     for index in range(5):
         (tmp_path / f"noise{index}.onnx").write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
@@ -412,7 +455,9 @@ def test_custom_operator_domain_is_refused(tmp_path):
     path = _save_graph(
         tmp_path / "custom.onnx",
         [helper.make_node("Upscale", ["x"], ["y"], domain="com.example.native")],
-        [_image("x")], [_image("y")], domains=["com.example.native"],
+        [_image("x")],
+        [_image("y")],
+        domains=["com.example.native"],
     )
     text = _refusal(path, UnsafeModelError)
     assert "custom operators" in text and "com.example.native" in text
@@ -420,7 +465,14 @@ def test_custom_operator_domain_is_refused(tmp_path):
 
 def test_external_data_is_refused_without_reading_it(exported, tmp_path):
     model = onnx.load(str(exported["x2"][1]))
-    onnx.save(model, str(tmp_path / "split.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="split.bin", size_threshold=0)
+    onnx.save(
+        model,
+        str(tmp_path / "split.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="split.bin",
+        size_threshold=0,
+    )
     assert (tmp_path / "split.bin").is_file()
     assert "separate files" in _refusal(tmp_path / "split.onnx", UnsafeModelError)
     hostile = onnx.load(str(tmp_path / "split.onnx"), load_external_data=False)
@@ -443,10 +495,18 @@ def test_graphs_that_are_not_image_models(tmp_path):
     text = _refusal(_save_graph(tmp_path / "x1.5.onnx", [resize], [_image("x")], [_image("y")], [scales]))
     assert "no integer scale" in text
     identity = helper.make_node("Identity", ["x"], ["y"])
-    assert "2-channel" in _refusal(_save_graph(tmp_path / "two.onnx", [identity], [_image("x", shape=(1, 2, "h", "w"))], [_image("y")]))
-    assert "UINT8 input" in _refusal(_save_graph(tmp_path / "u8.onnx", [identity], [_image("x", TensorProto.UINT8)], [_image("y", TensorProto.UINT8)]))
+    assert "2-channel" in _refusal(
+        _save_graph(tmp_path / "two.onnx", [identity], [_image("x", shape=(1, 2, "h", "w"))], [_image("y")])
+    )
+    assert "UINT8 input" in _refusal(
+        _save_graph(
+            tmp_path / "u8.onnx", [identity], [_image("x", TensorProto.UINT8)], [_image("y", TensorProto.UINT8)]
+        )
+    )
     add = helper.make_node("Add", ["x", "z"], ["y"])
-    assert "2 inputs" in _refusal(_save_graph(tmp_path / "two_inputs.onnx", [add], [_image("x"), _image("z")], [_image("y")]))
+    assert "2 inputs" in _refusal(
+        _save_graph(tmp_path / "two_inputs.onnx", [add], [_image("x"), _image("z")], [_image("y")])
+    )
 
 
 def test_fixed_size_too_small_for_the_models_reach(tmp_path):

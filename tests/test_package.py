@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_does_not_pull_in_comfyui():
-    code = "import sys, tilewise, tilewise.engine; print(any(m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths') for m in sys.modules)); print(hasattr(tilewise, 'comfy_entrypoint'))"
+    code = (
+        "import sys, tilewise, tilewise.engine; "
+        "print(any(m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths') for m in sys.modules)); "
+        "print(hasattr(tilewise, 'comfy_entrypoint'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
@@ -23,7 +27,12 @@ def test_module_help_runs():
 
 
 def test_internal_imports_are_relative():
-    offenders = [p for p in ROOT.rglob("*.py") if not {".venv", "tests", "benchmarks", "tools"} & set(p.relative_to(ROOT).parts) and ("from tilewise" in p.read_text() or "import tilewise" in p.read_text())]
+    offenders = [
+        p
+        for p in ROOT.rglob("*.py")
+        if not {".venv", "tests", "benchmarks", "tools"} & set(p.relative_to(ROOT).parts)
+        and ("from tilewise" in p.read_text() or "import tilewise" in p.read_text())
+    ]
     assert offenders == []
 
 
@@ -59,10 +68,19 @@ def test_hosts_import_only_the_engines_public_names():
                 if parts[0] == "engine":
                     if len(parts) > 1:
                         found.append(f"{path.name}:{node.lineno} imports from engine.{'.'.join(parts[1:])}")
-                    found += [f"{path.name}:{node.lineno} imports {a.name}, not public" for a in node.names if a.name not in public]
+                    found += [
+                        f"{path.name}:{node.lineno} imports {a.name}, not public"
+                        for a in node.names
+                        if a.name not in public
+                    ]
                 if parts[0] == "cli" and path.name != "cli.py":
                     found.append(f"{path.name}:{node.lineno} imports the CLI")
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ".engine." in node.value and "import" not in node.value:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and ".engine." in node.value
+                and "import" not in node.value
+            ):
                 found.append(f"{path.name}:{node.lineno} names an engine module: {node.value}")
     assert not found, found
 

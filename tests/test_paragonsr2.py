@@ -13,12 +13,10 @@ import threading
 
 import pytest
 import torch
+from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from safetensors.torch import load_file
 from spandrel import MAIN_REGISTRY, SizeRequirements
-
-from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from tilewise.archs import paragonsr2
-from tilewise.archs.windows import plain_forms
 from tilewise.archs.base import LoadHints, RecognisedButUnsupportedError
 from tilewise.archs.paragonsr2 import (
     ARCH_SUPPORTS,
@@ -28,6 +26,7 @@ from tilewise.archs.paragonsr2 import (
     WindowAttention,
     classify,
 )
+from tilewise.archs.windows import plain_forms
 
 TOLERANCE = 1e-4
 
@@ -41,8 +40,6 @@ def _manifest(name: str) -> list[dict]:
 
 DUAL = _manifest("manifest.json")
 V5 = _manifest("manifest_v5.json")
-
-
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,7 +108,13 @@ def test_dual_path_outputs_match_upstream(entry):
     assert max_error(out1, io["video_output1"]) <= TOLERANCE
     if "video_feat1" in io:  # the bundled photo vectors keep the outputs only: frame 2 then builds on our feature
         assert max_error(feat1, io["video_feat1"]) <= TOLERANCE
-    out2, feat2 = run(model, io["input_frame2"], feature_tap=True, prev_feat=io.get("video_feat1", feat1), alpha=entry["temporal_alpha"])
+    out2, feat2 = run(
+        model,
+        io["input_frame2"],
+        feature_tap=True,
+        prev_feat=io.get("video_feat1", feat1),
+        alpha=entry["temporal_alpha"],
+    )
     assert max_error(out2, io["video_output2"]) <= TOLERANCE
     if "video_feat2" in io:
         assert max_error(feat2, io["video_feat2"]) <= TOLERANCE
@@ -127,7 +130,9 @@ def test_the_bundled_vectors_cover_every_variant_and_video_feedback():
     assert any("video_feat2" in vectors(e["io_file"]) for e in DUAL)
 
 
-@pytest.mark.parametrize("entry", by_id([e for e in DUAL if "video_output1" in vectors(e["io_file"])]))  # bundled pro: no video outputs
+@pytest.mark.parametrize(
+    "entry", by_id([e for e in DUAL if "video_output1" in vectors(e["io_file"])])
+)  # bundled pro: no video outputs
 def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
     """The engine feeds ParagonSR2 channels-last input (its declared preference); the fixture
     outputs must still hold, including the video feature, which comes back in NHWC memory."""
@@ -139,7 +144,13 @@ def test_dual_path_matches_upstream_through_the_engine_in_nhwc(entry):
     nhwc = io["input"].contiguous(memory_format=torch.channels_last)
     out1, feat1 = run(descriptor.model, nhwc, feature_tap=True)
     assert max_error(out1, io["video_output1"]) <= TOLERANCE
-    out2, _ = run(descriptor.model, io["input_frame2"].contiguous(memory_format=torch.channels_last), feature_tap=True, prev_feat=feat1, alpha=entry["temporal_alpha"])
+    out2, _ = run(
+        descriptor.model,
+        io["input_frame2"].contiguous(memory_format=torch.channels_last),
+        feature_tap=True,
+        prev_feat=feat1,
+        alpha=entry["temporal_alpha"],
+    )
     assert max_error(out2, io["video_output2"]) <= TOLERANCE
 
 
@@ -164,7 +175,9 @@ def test_plain_forms_run_the_upstream_shaped_code_in_this_thread_only(monkeypatc
     window gathers are not used; another thread meanwhile keeps the fast forms."""
     calls = []
     gather = paragonsr2.to_windows
-    monkeypatch.setattr(paragonsr2, "to_windows", lambda *args: calls.append(threading.current_thread()) or gather(*args))
+    monkeypatch.setattr(
+        paragonsr2, "to_windows", lambda *args: calls.append(threading.current_thread()) or gather(*args)
+    )
     model = ParagonSR2Arch().load(weights("paragonsr2_photo_x2.safetensors")).model.eval()
     x = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(2))
     plain = model(x).detach()
@@ -225,7 +238,13 @@ def test_descriptor_metadata():
     model = descriptor.model
     assert model.supports_temporal is True and model.num_feat == 32 and model.temporal_alpha == 0.2
     v5 = ParagonSR2V5Arch().load(weights("paragonsr2v5_nano_x2.safetensors"))
-    assert (v5.purpose, v5.supports_half, v5.supports_bfloat16, v5.input_channels, v5.output_channels) == ("SR", False, True, 3, 3)
+    assert (v5.purpose, v5.supports_half, v5.supports_bfloat16, v5.input_channels, v5.output_channels) == (
+        "SR",
+        False,
+        True,
+        3,
+        3,
+    )
     assert v5.model.supports_temporal is False
 
 
@@ -379,7 +398,20 @@ def test_damaged_dual_path_files_fail_with_a_clear_error():
         ParagonSR2Arch().load(sd)
 
 
-SPANDREL_SAMPLES = ("Compact", "ESRGAN", "OmniSR", "PLKSR", "DITN", "SeemoRe", "ATD", "CRAFT", "DRUNet", "FBCNN", "LaMa", "MoESR")
+SPANDREL_SAMPLES = (
+    "Compact",
+    "ESRGAN",
+    "OmniSR",
+    "PLKSR",
+    "DITN",
+    "SeemoRe",
+    "ATD",
+    "CRAFT",
+    "DRUNet",
+    "FBCNN",
+    "LaMa",
+    "MoESR",
+)
 
 
 def _spandrel_state_dicts() -> dict[str, dict]:
@@ -478,7 +510,9 @@ def test_attention_variants_run_at_any_size(file):
     assert tiny.shape == (1, 3, 10, 14) and torch.isfinite(tiny).all()
 
 
-@pytest.mark.parametrize("file", ["paragonsr2_realtime_x2.safetensors", "paragonsr2_stream_x2.safetensors", "photo-without-attention"])
+@pytest.mark.parametrize(
+    "file", ["paragonsr2_realtime_x2.safetensors", "paragonsr2_stream_x2.safetensors", "photo-without-attention"]
+)
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_declared_receptive_radius_is_exact(file, alpha):
     # Gradient support in float64: the farthest pixels' influence (~1e-25 for stream) is far
@@ -494,11 +528,16 @@ def test_declared_receptive_radius_is_exact(file, alpha):
     centre = size // 2
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     image.requires_grad_(True)
-    model(image)[..., centre * s:(centre + 1) * s, centre * s:(centre + 1) * s].sum().backward()
+    model(image)[..., centre * s : (centre + 1) * s, centre * s : (centre + 1) * s].sum().backward()
     support = image.grad.abs().sum(dim=(0, 1))
     rows = torch.nonzero(support.sum(dim=1)).flatten() - centre
     cols = torch.nonzero(support.sum(dim=0)).flatten() - centre
-    assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (-radius, radius, -radius, radius)
+    assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (
+        -radius,
+        radius,
+        -radius,
+        radius,
+    )
 
 
 def test_video_first_frame_conventions():

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import photo
 from test_runner import ConvNet, describe
-from tilewise.engine import ImageError, ScaleTarget, TileSettings, UpscaleOptions, passes_needed, resize, run_tiled, upscale
+from tilewise.engine import (
+    ImageError,
+    ScaleTarget,
+    TileSettings,
+    UpscaleOptions,
+    passes_needed,
+    resize,
+    run_tiled,
+    upscale,
+)
 from tilewise.engine.image.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 
 WHOLE = TileSettings(tile=-1)
@@ -47,7 +55,9 @@ def test_rgba_alpha_modes(model, mode):
     elif mode == "resize":
         assert torch.allclose(out[:, 3:], resize(alpha, 40, 48, "lanczos"), atol=1e-6)
     else:
-        assert torch.allclose(out[:, 3:], luma(run_tiled(model, alpha.expand(-1, 3, -1, -1), settings=WHOLE)), atol=1e-6)
+        assert torch.allclose(
+            out[:, 3:], luma(run_tiled(model, alpha.expand(-1, 3, -1, -1), settings=WHOLE)), atol=1e-6
+        )
 
 
 def test_gray_alpha_keeps_two_channels(model):
@@ -127,7 +137,12 @@ def test_tiled_pipeline_equals_untiled(model):
 
 def test_progress_spans_every_pass(model):
     reports = []
-    upscale(model, photo("astronaut", 0, 0, 40, 40), _options(tiles=TileSettings(tile=24, pad=3), target=ScaleTarget("factor", factor=4)), progress=lambda d, t: reports.append((d, t)))
+    upscale(
+        model,
+        photo("astronaut", 0, 0, 40, 40),
+        _options(tiles=TileSettings(tile=24, pad=3), target=ScaleTarget("factor", factor=4)),
+        progress=lambda d, t: reports.append((d, t)),
+    )
     totals = {t for _, t in reports}
     assert len(totals) == 1 and reports[-1][0] == reports[-1][1]
     assert [d for d, _ in reports] == list(range(1, reports[-1][1] + 1))
@@ -142,13 +157,16 @@ def test_nan_and_out_of_range_pixels_are_sanitised(model):
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.parametrize("bad,message", [
-    (torch.rand(0, 3, 8, 8), "empty"),
-    (torch.rand(1, 3, 0, 8), "empty"),
-    (torch.rand(1, 5, 8, 8), "1 to 4 channels"),
-    (torch.zeros(1, 3, 8, 8, dtype=torch.bool), "image of numbers"),
-    (torch.rand(8, 8), r"shape \(B, C, H, W\)"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (torch.rand(0, 3, 8, 8), "empty"),
+        (torch.rand(1, 3, 0, 8), "empty"),
+        (torch.rand(1, 5, 8, 8), "1 to 4 channels"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.bool), "image of numbers"),
+        (torch.rand(8, 8), r"shape \(B, C, H, W\)"),
+    ],
+)
 def test_bad_images_are_clear_errors(model, bad, message):
     with pytest.raises(ImageError, match=message):
         upscale(model, bad, _options())
@@ -178,5 +196,7 @@ def test_a_result_that_cannot_fit_is_refused_before_allocating(model):
 
     start = time.perf_counter()
     with pytest.raises(ImageError, match=r"needs about .* GiB but only .* GiB is free"):
-        upscale(model, torch.rand(1, 3, 64, 64), _options(target=ScaleTarget("size", width=2_000_000, height=2_000_000)))
+        upscale(
+            model, torch.rand(1, 3, 64, 64), _options(target=ScaleTarget("size", width=2_000_000, height=2_000_000))
+        )
     assert time.perf_counter() - start < 5

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import photo
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, UpscaleOptions, resolve_dtype, run_tiled, upscale
@@ -82,7 +81,9 @@ def test_ambient_autocast_is_ignored():
 
 def test_out_of_memory_recognition():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
-    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes"))
+    assert is_out_of_memory(
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes")
+    )
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("size mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tilewise.engine.plan import autotile, probe_store
 from test_runner import ConvNet, describe
+from tilewise.engine.plan import autotile, probe_store
 
 CPU = torch.device("cpu")
 
@@ -120,8 +119,16 @@ def test_real_probes_agree_across_processes(tmp_path: Path):
         "model = describe(ConvNet())\n"
         "print(autotile.bytes_per_pixel(model, torch.device('cpu'), torch.float32))\n"
     )
-    env = {**os.environ, "TILEWISE_PROBE_CACHE": "1", "TILEWISE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
+    env = {
+        **os.environ,
+        "TILEWISE_PROBE_CACHE": "1",
+        "TILEWISE_CACHE_DIR": str(tmp_path),
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        for _ in range(2)
+    ]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
     figures = [float(run.stdout.split()[-1]) for run in runs]
     assert figures[0] == figures[1] > 0
@@ -131,8 +138,8 @@ def test_real_probes_agree_across_processes(tmp_path: Path):
 def test_the_tile_margin_is_probed_once_per_model_file(store, monkeypatch):
     """The receptive-radius probe (many forwards for a deep RRDB) runs in the first process
     that uses a model; later processes with the same weights read the kept margin."""
-    from tilewise.engine.plan import receptive
     from tilewise.engine.compute.precision import forward_fn
+    from tilewise.engine.plan import receptive
 
     calls = []
     probe = receptive._probe
@@ -156,8 +163,8 @@ def test_the_tile_margin_is_probed_once_per_model_file(store, monkeypatch):
 
 
 def test_a_corrupt_margin_record_means_probing_again(store, monkeypatch):
-    from tilewise.engine.plan import receptive
     from tilewise.engine.compute.precision import forward_fn
+    from tilewise.engine.plan import receptive
 
     model = describe(ConvNet())
     key = receptive._stored_key(model, 1)

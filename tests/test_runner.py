@@ -7,9 +7,8 @@ import logging
 
 import pytest
 import torch
-from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
-
 from conftest import photo
+from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequirements
 from tilewise.engine import CancelledError, TileSettings, TilewiseError, run_tiled
 from tilewise.engine.plan.planner import plan_run
 
@@ -21,8 +20,10 @@ class ConvNet(torch.nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, 8, 3, padding=1), torch.nn.LeakyReLU(0.2),
-            torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(channels, 8, 3, padding=1),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.LeakyReLU(0.2),
             torch.nn.Conv2d(8, channels * scale * scale, 3, padding=1),
         )
         self.shuffle = torch.nn.PixelShuffle(scale)
@@ -43,10 +44,22 @@ class FakeArch(Architecture):
         raise NotImplementedError
 
 
-def describe(model: torch.nn.Module, scale: int = 2, channels: int = 3, name: str = "TestNet", **kwargs) -> ImageModelDescriptor:
+def describe(
+    model: torch.nn.Module, scale: int = 2, channels: int = 3, name: str = "TestNet", **kwargs
+) -> ImageModelDescriptor:
     arch = FakeArch(name)
     options = {"supports_half": True, "supports_bfloat16": True, **kwargs}
-    return ImageModelDescriptor(model, model.state_dict(), architecture=arch, purpose="SR", tags=[], scale=scale, input_channels=channels, output_channels=channels, **options).eval()
+    return ImageModelDescriptor(
+        model,
+        model.state_dict(),
+        architecture=arch,
+        purpose="SR",
+        tags=[],
+        scale=scale,
+        input_channels=channels,
+        output_channels=channels,
+        **options,
+    ).eval()
 
 
 @pytest.fixture
@@ -208,17 +221,29 @@ def test_a_failing_tile_is_reported_with_its_place():
     from tilewise.engine import ModelRunError
 
     flaky = describe(FailsOnCalls({2}, error=ValueError))
-    with pytest.raises(ModelRunError, match=r"TestNet failed on the tile at x=\d+, y=\d+ \(\d+x\d+\): ValueError") as error:
+    with pytest.raises(
+        ModelRunError, match=r"TestNet failed on the tile at x=\d+, y=\d+ \(\d+x\d+\): ValueError"
+    ) as error:
         run_tiled(flaky, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=32, pad=3, batch=1))
     assert isinstance(error.value.__cause__, ValueError)
 
 
 def test_progress_counts_every_tile(convnet):
     reports = []
-    run_tiled(convnet, photo("chelsea", 0, 0, 2, 2).expand(2, -1, -1, -1).contiguous(), settings=TileSettings(tile=-1), progress=lambda d, t: reports.append((d, t)))
+    run_tiled(
+        convnet,
+        photo("chelsea", 0, 0, 2, 2).expand(2, -1, -1, -1).contiguous(),
+        settings=TileSettings(tile=-1),
+        progress=lambda d, t: reports.append((d, t)),
+    )
     assert reports == [(1, 2), (2, 2)]
     reports.clear()
-    run_tiled(convnet, photo("chelsea", 0, 0, 64, 64), settings=TileSettings(tile=24, pad=3, batch=2), progress=lambda d, t: reports.append((d, t)))
+    run_tiled(
+        convnet,
+        photo("chelsea", 0, 0, 64, 64),
+        settings=TileSettings(tile=24, pad=3, batch=2),
+        progress=lambda d, t: reports.append((d, t)),
+    )
     total = reports[-1][1]
     assert [d for d, _ in reports] == list(range(1, total + 1)) and total > 4
 
@@ -227,7 +252,13 @@ def test_cancel_stops_within_one_tile(convnet):
     done = []
     convnet.model.calls.clear()
     with pytest.raises(CancelledError):
-        run_tiled(convnet, photo("chelsea", 0, 0, 96, 96), settings=TileSettings(tile=24, pad=3, batch=1), progress=lambda d, t: done.append(d), cancel=lambda: len(done) >= 3)
+        run_tiled(
+            convnet,
+            photo("chelsea", 0, 0, 96, 96),
+            settings=TileSettings(tile=24, pad=3, batch=1),
+            progress=lambda d, t: done.append(d),
+            cancel=lambda: len(done) >= 3,
+        )
     assert len(convnet.model.calls) == 3
 
 
@@ -253,9 +284,15 @@ def test_out_of_memory_with_an_untileable_model_is_a_clear_error():
         run_tiled(flaky, photo("chelsea", 0, 0, 32, 32))
 
 
-@pytest.mark.parametrize("given, error", [
-    (10, "at least 16 pixels, got 10"), (-2, "got -2"), ("banana", "a number of pixels or auto"), (True, "got True"),
-])
+@pytest.mark.parametrize(
+    "given, error",
+    [
+        (10, "at least 16 pixels, got 10"),
+        (-2, "got -2"),
+        ("banana", "a number of pixels or auto"),
+        (True, "got True"),
+    ],
+)
 def test_tile_settings_are_validated_once_for_every_host(given, error):
     """One minimum and one message: the CLI, the ComfyUI nodes and the WebUI all call this."""
     from tilewise.engine import MIN_USER_TILE, TileSettingsError, tile_settings
@@ -276,5 +313,8 @@ def test_a_tile_of_10_is_refused_by_the_cli_with_the_engine_message(tmp_path, ph
     from tilewise import cli
 
     assert cli.main(["upscale", str(photo_png), "-o", str(tmp_path / "o.png"), "--tile", "10", "-q"]) == 2
-    assert "--tile: tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10" in capsys.readouterr().err
+    assert (
+        "--tile: tile size must be 0 (automatic), -1 (whole image) or at least 16 pixels, got 10"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "o.png").exists()

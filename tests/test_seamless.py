@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spandrel.architectures.ESRGAN import ESRGAN
-
-from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
+from conftest import PARAGONSR2_FIXTURES as FIXTURES
+from conftest import photo
 from model_zoo import ZOO, _esrgan_finish
+from spandrel.architectures.ESRGAN import ESRGAN
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
 from tilewise.engine.compute.precision import forward_fn
-from tilewise.engine.plan.receptive import EFFECTIVE_PROBE_RADIUS, EXACT_PROBE_RADIUS, PROBE_TOLERANCE, effective_radius, model_context, probe_margins
+from tilewise.engine.plan.receptive import (
+    EFFECTIVE_PROBE_RADIUS,
+    EXACT_PROBE_RADIUS,
+    PROBE_TOLERANCE,
+    effective_radius,
+    model_context,
+    probe_margins,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 
 def _images() -> torch.Tensor:
@@ -82,12 +87,14 @@ def test_effective_probe_costs_what_its_radius_needs_and_agrees_with_the_whole_p
     assert max(sides) <= 2 * margins[margins.index(after) + 1] + 1 < size // 2
     centre, s = size // 2, deep_rrdb.scale
     with torch.inference_mode():
-        whole = forward(image)[..., centre * s:(centre + 1) * s, centre * s:(centre + 1) * s]
-        crop = forward(image[..., centre - radius:centre + radius + 1, centre - radius:centre + radius + 1])
-        got = crop[..., radius * s:(radius + 1) * s, radius * s:(radius + 1) * s]
+        whole = forward(image)[..., centre * s : (centre + 1) * s, centre * s : (centre + 1) * s]
+        crop = forward(image[..., centre - radius : centre + radius + 1, centre - radius : centre + radius + 1])
+        got = crop[..., radius * s : (radius + 1) * s, radius * s : (radius + 1) * s]
         assert (got - whole).abs().max() <= PROBE_TOLERANCE
-        narrower = forward(image[..., centre - radius // 2:centre + radius // 2 + 1, centre - radius // 2:centre + radius // 2 + 1])
-        half = narrower[..., (radius // 2) * s:(radius // 2 + 1) * s, (radius // 2) * s:(radius // 2 + 1) * s]
+        narrower = forward(
+            image[..., centre - radius // 2 : centre + radius // 2 + 1, centre - radius // 2 : centre + radius // 2 + 1]
+        )
+        half = narrower[..., (radius // 2) * s : (radius // 2 + 1) * s, (radius // 2) * s : (radius // 2 + 1) * s]
         assert (half - whole).abs().max() > PROBE_TOLERANCE, "the radius is not far larger than needed"
 
 
@@ -117,7 +124,11 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
 
     sizes = []
     exact = receptive.exact_radius
-    monkeypatch.setattr(receptive, "exact_radius", lambda forward, image, scale: sizes.append(image.shape[-1]) or exact(forward, image, scale))
+    monkeypatch.setattr(
+        receptive,
+        "exact_radius",
+        lambda forward, image, scale: sizes.append(image.shape[-1]) or exact(forward, image, scale),
+    )
     shallow = describe_state_dict(ZOO["Compact"].state_dict(seed=4))
     context = receptive._probe(shallow, forward_fn(shallow, shallow.model), torch.device("cpu"), 1)
     assert context.exact and sizes == [41]
@@ -137,7 +148,9 @@ def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_prob
     assert not full.exact and full.bounded and full.pad > 8
     exact_calls, sides = [], []
     exact = receptive.exact_radius
-    monkeypatch.setattr(receptive, "exact_radius", lambda forward, image, scale: exact_calls.append(1) or exact(forward, image, scale))
+    monkeypatch.setattr(
+        receptive, "exact_radius", lambda forward, image, scale: exact_calls.append(1) or exact(forward, image, scale)
+    )
     forward = forward_fn(deep_rrdb, deep_rrdb.model)
 
     def counted(x):
@@ -147,7 +160,9 @@ def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_prob
     stopped = receptive._probe(deep_rrdb, counted, cpu, 1, reach=5)
     assert stopped.partial and stopped.pad >= 5 and stopped.pad <= full.pad and not exact_calls
     assert max(sides) < 2 * 14 + 2, "it looked no further than the margins just past the reach"
-    assert receptive._probe(deep_rrdb, forward, cpu, 1, reach=full.pad + 20) == full  # the effective answer, after the exact probes
+    assert (
+        receptive._probe(deep_rrdb, forward, cpu, 1, reach=full.pad + 20) == full
+    )  # the effective answer, after the exact probes
     shallow = describe_state_dict(ZOO["Compact"].state_dict(seed=4))
     whole = receptive._probe(shallow, forward_fn(shallow, shallow.model), cpu, 1)
     assert receptive._probe(shallow, forward_fn(shallow, shallow.model), cpu, 1, reach=whole.pad + 20) == whole  # exact

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PARAGONSR2_FIXTURES
 from model_zoo import ZOO
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, upscale
@@ -35,7 +34,11 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def old_spandrel() -> Path:
     if not (CACHE / "spandrel" / "__init__.py").is_file():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(CACHE), "spandrel==0.3.4"], check=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(CACHE), "spandrel==0.3.4"],
+            check=True,
+            timeout=600,
+        )
     return CACHE
 
 
@@ -43,7 +46,9 @@ def test_models_load_and_match_on_spandrel_0_3_4(tmp_path, old_spandrel):
     paths = [str(ZOO[name].save(tmp_path / f"{name}.safetensors", seed=0)) for name in NAMES]
     paths.append(str(PARAGONSR2_FIXTURES / "paragonsr2_stream_x2.safetensors"))
     env = {**os.environ, "PYTHONPATH": str(old_spandrel)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, *paths], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *paths], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     old = json.loads(result.stdout.strip().splitlines()[-1])
     for path in paths:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from tilewise.engine.plan.tiling import Tile, plan_axis, plan_tiles, split_evenly, split_tile
 
 
 def _check_plan(tiles: list[Tile], height: int, width: int, pad: int, align: int = 1) -> None:
     cover = torch.zeros(height, width, dtype=torch.int32)
     for t in tiles:
-        cover[t.core.y0:t.core.y1, t.core.x0:t.core.x1] += 1
+        cover[t.core.y0 : t.core.y1, t.core.x0 : t.core.x1] += 1
         w = t.window
         assert 0 <= w.y0 and w.y1 <= height and 0 <= w.x0 and w.x1 <= width
         # the window holds the core plus `pad` of context wherever the image has it
@@ -28,7 +26,10 @@ def _check_plan(tiles: list[Tile], height: int, width: int, pad: int, align: int
         assert max(heights) - min(heights) < align and max(widths) - min(widths) < align
 
 
-@pytest.mark.parametrize("height,width,tile,pad", [(1, 1, 64, 8), (7, 300, 64, 10), (513, 511, 128, 12), (1000, 37, 100, 30), (257, 263, 32, 0)])
+@pytest.mark.parametrize(
+    "height,width,tile,pad",
+    [(1, 1, 64, 8), (7, 300, 64, 10), (513, 511, 128, 12), (1000, 37, 100, 30), (257, 263, 32, 0)],
+)
 def test_plan_covers_exactly_once_with_context(height, width, tile, pad):
     _check_plan(plan_tiles(height, width, tile, pad), height, width, pad)
 
@@ -65,9 +66,9 @@ def test_split_tile_covers_the_old_core():
         pieces = split_tile(tile, height, width, 48, pad)
         cover = torch.zeros(height, width, dtype=torch.int32)
         for p in pieces:
-            cover[p.core.y0:p.core.y1, p.core.x0:p.core.x1] += 1
+            cover[p.core.y0 : p.core.y1, p.core.x0 : p.core.x1] += 1
             assert p.window.height <= 48 + 2 * pad and p.window.width <= 48 + 2 * pad
-        inside = cover[tile.core.y0:tile.core.y1, tile.core.x0:tile.core.x1]
+        inside = cover[tile.core.y0 : tile.core.y1, tile.core.x0 : tile.core.x1]
         assert bool((inside == 1).all()) and int(cover.sum()) == tile.core.height * tile.core.width
 
 
@@ -75,10 +76,19 @@ def _computed(tiles: list[Tile]) -> int:
     return sum(t.window.height * t.window.width for t in tiles)
 
 
-@pytest.mark.parametrize("height,width,side,pad,align", [
-    (872, 900, 712, 18, 1), (872, 900, 200, 9, 1), (61, 97, 40, 5, 1), (97, 61, 40, 5, 1),
-    (120, 88, 48, 6, 8), (50, 300, 32, 4, 1), (77, 77, 30, 0, 1), (200, 176, 64, 9, 16),
-])
+@pytest.mark.parametrize(
+    "height,width,side,pad,align",
+    [
+        (872, 900, 712, 18, 1),
+        (872, 900, 200, 9, 1),
+        (61, 97, 40, 5, 1),
+        (97, 61, 40, 5, 1),
+        (120, 88, 48, 6, 8),
+        (50, 300, 32, 4, 1),
+        (77, 77, 30, 0, 1),
+        (200, 176, 64, 9, 16),
+    ],
+)
 def test_window_shape_computes_the_fewest_pixels(height, width, side, pad, align):
     """Against a brute force over every (height, width) tile: no plan whose windows fit the
     budget computes fewer pixels, and the chosen one covers the image with its context.
@@ -96,7 +106,9 @@ def test_window_shape_computes_the_fewest_pixels(height, width, side, pad, align
     _check_plan(chosen, height, width, pad, align)
     assert area(chosen) <= budget
     # every tile length along each axis (plan_tiles plans the axes independently)
-    outcomes_y = {(len(cores), size) for cores, size in (plan_axis(height, t, pad, align) for t in range(1, height + 1))}
+    outcomes_y = {
+        (len(cores), size) for cores, size in (plan_axis(height, t, pad, align) for t in range(1, height + 1))
+    }
     outcomes_x = {(len(cores), size) for cores, size in (plan_axis(width, t, pad, align) for t in range(1, width + 1))}
     best = min(ny * sy * nx * sx for ny, sy in outcomes_y for nx, sx in outcomes_x if sy * sx <= budget)
     if align == 1:  # (with alignment a window at the far edge may run longer, see above)

@@ -4,10 +4,8 @@ path, including fp32 re-runs, out-of-memory resumes and cancels."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from conftest import photo
 from test_runner import ConvNet, FailsOnCalls, Overflows, describe
 from tilewise.engine import CancelledError, TileSettings, run_tiled
@@ -53,7 +51,13 @@ def test_deferred_cancel(deferred):
     model = describe(ConvNet())
     done = []
     with pytest.raises(CancelledError):
-        run_tiled(model, photo("chelsea", 0, 0, 96, 96), settings=TileSettings(tile=24, pad=3, batch=1), progress=lambda d, t: done.append(d), cancel=lambda: len(model.model.calls) >= 3)
+        run_tiled(
+            model,
+            photo("chelsea", 0, 0, 96, 96),
+            settings=TileSettings(tile=24, pad=3, batch=1),
+            progress=lambda d, t: done.append(d),
+            cancel=lambda: len(model.model.calls) >= 3,
+        )
     assert len(model.model.calls) == 3
 
 

@@ -7,16 +7,25 @@ import time
 
 import pytest
 import torch
+from conftest import PARAGONSR2_FIXTURES as FIXTURES
+from conftest import photo
 from safetensors.torch import load_file
-
-from conftest import PARAGONSR2_FIXTURES as FIXTURES, photo
 from tilewise.engine import TileSettings, TilewiseError, UpscaleOptions, describe_state_dict, load_model, upscale
-from tilewise.engine.video.temporal import SCENE_CUT_THRESHOLD, Stabilizer, VideoOptions, VideoUpscaler, estimate_motion, is_scene_cut, resolve_temporal_mode, shift_image, thumbnail, upscale_frames
+from tilewise.engine.video.temporal import (
+    SCENE_CUT_THRESHOLD,
+    Stabilizer,
+    VideoOptions,
+    VideoUpscaler,
+    estimate_motion,
+    is_scene_cut,
+    resolve_temporal_mode,
+    shift_image,
+    thumbnail,
+    upscale_frames,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
-
-
 
 
 def paragon(name: str):
@@ -28,7 +37,9 @@ def vectors(name: str) -> dict[str, torch.Tensor]:
 
 
 def options(temporal: str = "off", tile: int = -1, **kwargs) -> VideoOptions:
-    return VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=tile), device="cpu"), temporal=temporal, **kwargs)
+    return VideoOptions(
+        upscale=UpscaleOptions(tiles=TileSettings(tile=tile), device="cpu"), temporal=temporal, **kwargs
+    )
 
 
 def compact(seed: int = 0):
@@ -128,12 +139,16 @@ def test_feedback_runs_through_the_image_tile_loop_with_its_precision_fallback(m
         return forward(x, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", no_bf16)
-    bf16 = VideoOptions(upscale=UpscaleOptions(tiles=TileSettings(tile=48), device="cpu", precision="bf16"), temporal="feedback")
+    bf16 = VideoOptions(
+        upscale=UpscaleOptions(tiles=TileSettings(tile=48), device="cpu", precision="bf16"), temporal="feedback"
+    )
     with caplog.at_level("WARNING", logger="tilewise"):
         runner = VideoUpscaler(descriptor, bf16)
         tiled = torch.cat([runner.process(clip[i : i + 1]) for i in range(3)])
     messages = [r.getMessage() for r in caplog.records]
-    assert any("continuing with torch.bfloat16 autocast" in m for m in messages) and any("continuing in fp32" in m for m in messages)
+    assert any("continuing with torch.bfloat16 autocast" in m for m in messages) and any(
+        "continuing in fp32" in m for m in messages
+    )
     assert len(runner.plan(90, 110).tiles) > 1
     assert (tiled - whole).abs().max().item() <= 1e-5
 
@@ -145,7 +160,11 @@ def test_feedback_out_of_memory_below_the_smallest_tile_says_what_to_do(monkeypa
         raise torch.OutOfMemoryError("CPU out of memory")
 
     monkeypatch.setattr(descriptor.model, "forward", exhausted)
-    with pytest.raises(TilewiseError, match=r"out of memory even with 27-pixel tiles on cpu; free memory \(close other programs\), use a smaller model or image, or run on the CPU"):
+    with pytest.raises(
+        TilewiseError,
+        match=r"out of memory even with 27-pixel tiles on cpu; free memory \(close other programs\), use a smaller "
+        r"model or image, or run on the CPU",
+    ):
         upscale_frames(descriptor, panning_clip(1), options("feedback", tile=-1))
 
 
@@ -281,14 +300,19 @@ def _noisy(frame: torch.Tensor, generator: torch.Generator, sigma: float = 2.5 /
     return ((frame + sigma * torch.randn(frame.shape, generator=generator)).clamp(0, 1) * 255).round() / 255
 
 
-def pan(frames: int, step: tuple[float, float], height: int = 64, width: int = 80, noise: float = 2.5 / 255, seed: int = 3):
+def pan(
+    frames: int, step: tuple[float, float], height: int = 64, width: int = 80, noise: float = 2.5 / 255, seed: int = 3
+):
     """(T, 3, h, w) noisy frames of a photograph under a camera moving `step` px a frame (content moves by -step).
 
     Shifted at twice the size and downscaled with an antialiased bicubic, so that the frames are not aliased and the
     motion between them is well defined."""
     scene = photo("astronaut", 80, 100, 2 * height + 40, 2 * width + 40)
     generator = torch.Generator().manual_seed(seed)
-    crops = [shift_image(scene, -2 * step[0] * t, -2 * step[1] * t)[..., 20 : 20 + 2 * height, 20 : 20 + 2 * width] for t in range(frames)]
+    crops = [
+        shift_image(scene, -2 * step[0] * t, -2 * step[1] * t)[..., 20 : 20 + 2 * height, 20 : 20 + 2 * width]
+        for t in range(frames)
+    ]
     small = [torch.nn.functional.interpolate(c, scale_factor=0.5, mode="bicubic", antialias=True) for c in crops]
     return torch.cat([_noisy(c.clamp(0, 1), generator, noise) for c in small])
 
@@ -411,7 +435,7 @@ def test_memory_stays_flat_over_300_frames(mode):
 
 # -- video files and the CLI ---------------------------------------------------------------
 
-from clips import VFR_TIMES_MS, describe_video, frame_times, make_video, make_vfr_video  # noqa: E402
+from clips import VFR_TIMES_MS, describe_video, frame_times, make_vfr_video, make_video  # noqa: E402
 
 
 @pytest.fixture

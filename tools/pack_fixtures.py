@@ -27,10 +27,19 @@ SUBSET = {
     "paragonsr2_realtime_x2": None,  # video feedback: every tensor
     "paragonsr2_realtime_x2_nogamma": None,
     "paragonsr2_stream_x2": None,
-    "paragonsr2_photo_x2": ("input", "input_frame2", "output_alpha0.0", "output_alpha0.4", "video_output1", "video_output2"),
+    "paragonsr2_photo_x2": (
+        "input",
+        "input_frame2",
+        "output_alpha0.0",
+        "output_alpha0.4",
+        "video_output1",
+        "video_output2",
+    ),
     "paragonsr2_pro_x2": ("input", "input_frame2", "output_alpha0.0", "output_alpha0.4"),
     "paragonsr2v5_nano_x2": None,
 }
+
+
 def subset_io(path: Path, keep: tuple[str, ...]) -> bytes:
     from safetensors.torch import load_file, save
 

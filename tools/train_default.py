@@ -3,7 +3,8 @@
 The shipped files (models/README.md) were made with:
 
     python tools/train_default.py --scale 2 --seed 0 --threads 1
-    python tools/train_default.py --scale 4 --seed 0 --threads 1 --init models/tilewise_paragonsr2_realtime_x2.safetensors
+    python tools/train_default.py --scale 4 --seed 0 --threads 1 \
+        --init models/tilewise_paragonsr2_realtime_x2.safetensors
 
 Model: `ParagonSR2(variant="realtime", num_feat=16, num_groups=1, num_blocks=3)`, the upstream
 `paragonsr2_realtime` layout (~16.8k parameters at x2, ~44.6k at x4). Training starts from the
@@ -134,8 +135,8 @@ class PairSampler:
             hr, lr = self.pairs[self.rng.choice(len(self.pairs), p=self.weights)]
             top = int(self.rng.integers(0, lr.shape[0] - lp + 1))
             left = int(self.rng.integers(0, lr.shape[1] - lp + 1))
-            lr_crop = lr[top:top + lp, left:left + lp]
-            hr_crop = hr[top * s:(top + lp) * s, left * s:(left + lp) * s]
+            lr_crop = lr[top : top + lp, left : left + lp]
+            hr_crop = hr[top * s : (top + lp) * s, left * s : (left + lp) * s]
             if hr_crop.std() / 255.0 >= FLAT_STD or self.rng.random() < FLAT_KEEP:
                 break
         k, flip, perm = int(self.rng.integers(4)), bool(self.rng.integers(2)), self.rng.permutation(3)
@@ -182,8 +183,8 @@ class Monitor:
             hr, lr = bicubic_pair(load_rgb(name), scale)
             lh, lw = lr.shape[0] // 2, lr.shape[1] // 2
             n = size // scale
-            lr = lr[lh - n // 2:lh + n // 2, lw - n // 2:lw + n // 2]
-            hr = hr[(lh - n // 2) * scale:(lh + n // 2) * scale, (lw - n // 2) * scale:(lw + n // 2) * scale]
+            lr = lr[lh - n // 2 : lh + n // 2, lw - n // 2 : lw + n // 2]
+            hr = hr[(lh - n // 2) * scale : (lh + n // 2) * scale, (lw - n // 2) * scale : (lw + n // 2) * scale]
             bicubic = np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.Resampling.BICUBIC))
             tensor = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float().div(255)
             self.items.append((tensor, hr, psnr_y(bicubic, hr, scale)))
@@ -211,18 +212,28 @@ def init_from(model: ParagonSR2, path: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", type=int, choices=(2, 4), required=True)
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 5000 at x2, 4000 at x4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="default models/tilewise_paragonsr2_realtime_x{scale}.safetensors")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results can differ between thread counts)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default models/tilewise_paragonsr2_realtime_x{scale}.safetensors"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results can differ between thread counts)"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=None, help="HR crop size (default 96 at x2, 128 at x4)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--loss", choices=("l1", "charbonnier"), default="l1")
-    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights; 0 = ship the raw weights")
-    parser.add_argument("--init", type=Path, default=None, help="start from the matching tensors of this file (e.g. the x2 model)")
+    parser.add_argument(
+        "--ema", type=float, default=0.999, help="EMA decay of the shipped weights; 0 = ship the raw weights"
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from the matching tensors of this file (e.g. the x2 model)"
+    )
     parser.add_argument("--log-every", type=int, default=250)
     args = parser.parse_args(argv)
     args.steps = args.steps or (5000 if args.scale == 2 else 4000)
@@ -256,8 +267,10 @@ def train(args: argparse.Namespace) -> dict[str, torch.Tensor]:
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
-    print(f"x{args.scale}: {sum(p.numel() for p in trainable)} trainable parameters, {args.steps} steps of "
-          f"{args.batch} x {args.patch}px HR crops, lr {args.lr}, {args.loss}, seed {args.seed}, {args.threads} thread(s)")
+    print(
+        f"x{args.scale}: {sum(p.numel() for p in trainable)} trainable parameters, {args.steps} steps of "
+        f"{args.batch} x {args.patch}px HR crops, lr {args.lr}, {args.loss}, seed {args.seed}, {args.threads} thread(s)"
+    )
     start, running = time.time(), 0.0
     for step in range(args.steps):
         lr_batch, hr_batch = sampler.batch(args.batch)
@@ -276,8 +289,12 @@ def train(args: argparse.Namespace) -> dict[str, torch.Tensor]:
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             psnr, gain = monitor.gain(ema.eval())
             elapsed = time.time() - start
-            print(f"step {step + 1:6d}/{args.steps}  loss {running / args.log_every:.5f}  lr {scheduler.get_last_lr()[0]:.2e}  "
-                  f"train-crops PSNR-Y {psnr:.2f} dB ({gain:+.2f} vs bicubic)  {elapsed:6.0f}s", flush=True)
+            print(
+                f"step {step + 1:6d}/{args.steps}  loss {running / args.log_every:.5f}  lr "
+                f"{scheduler.get_last_lr()[0]:.2e}  "
+                f"train-crops PSNR-Y {psnr:.2f} dB ({gain:+.2f} vs bicubic)  {elapsed:6.0f}s",
+                flush=True,
+            )
             running = 0.0
     args.seconds = time.time() - start
     args.monitor = monitor.gain(ema.eval())
@@ -296,13 +313,24 @@ def save(state_dict: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
         "licence": "MIT (Tilewise); architecture ParagonSR2 by Philip Hofmann (MIT)",
         "training_images": json.dumps({name: licence for name, (licence, _) in TRAINING_IMAGES.items()}),
         "training_data": "scikit-image bundled data (skimage.data); held out: " + ", ".join(HELD_OUT),
-        "degradation": "Pillow Image.BICUBIC downscale of the whole 8-bit image (HR cropped to a multiple of the scale), 8-bit LR",
-        "recipe": json.dumps({
-            "steps": args.steps, "batch": args.batch, "hr_patch": args.patch, "lr": args.lr, "loss": args.loss,
-            "optimiser": "Adam(0.9, 0.99)", "schedule": f"warmup {WARMUP} + cosine to 1%", "ema": args.ema,
-            "seed": args.seed, "threads": args.threads, "init": args.init.name if args.init else "scratch",
-            "augment": "8 flips/rot90, channel permutation",
-        }),
+        "degradation": "Pillow Image.BICUBIC downscale of the whole 8-bit image (HR cropped to a multiple of the "
+        "scale), 8-bit LR",
+        "recipe": json.dumps(
+            {
+                "steps": args.steps,
+                "batch": args.batch,
+                "hr_patch": args.patch,
+                "lr": args.lr,
+                "loss": args.loss,
+                "optimiser": "Adam(0.9, 0.99)",
+                "schedule": f"warmup {WARMUP} + cosine to 1%",
+                "ema": args.ema,
+                "seed": args.seed,
+                "threads": args.threads,
+                "init": args.init.name if args.init else "scratch",
+                "augment": "8 flips/rot90, channel permutation",
+            }
+        ),
         "command": "python tools/train_default.py " + " ".join(sys.argv[1:]),
         "train_seconds": f"{args.seconds:.0f}",
         "date": datetime.date.today().isoformat(),
@@ -318,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dict = train(args)
     save(state_dict, args)
     psnr, gain = args.monitor
-    print(f"saved {args.out} ({args.out.stat().st_size} bytes) after {args.seconds:.0f}s; "
-          f"train-crops PSNR-Y {psnr:.2f} dB ({gain:+.2f} dB vs bicubic)")
+    print(
+        f"saved {args.out} ({args.out.stat().st_size} bytes) after {args.seconds:.0f}s; "
+        f"train-crops PSNR-Y {psnr:.2f} dB ({gain:+.2f} dB vs bicubic)"
+    )
     return 0
 
 

@@ -42,7 +42,11 @@ BACKENDS = ("cpu", "cuda", "mps", "xpu", "privateuseone")
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough gpu video memory", "failed to allocate memory")
 #: torch.OutOfMemoryError appeared in PyTorch 2.5; older hosts (A1111 pins 2.1) have only CUDA's.
 OOM_TYPES: tuple[type[BaseException], ...] = tuple(
-    {t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type)}
+    {
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if isinstance(t, type)
+    }
 )
 
 
@@ -77,7 +81,9 @@ class DevicePolicy:
             raise DeviceError(f"'{device}' is not a device name; use auto, cpu, cuda, cuda:N, mps or xpu") from error
         if not self.exists(resolved):
             found = ", ".join(str(d) for d in self.devices()) or "cpu"
-            raise DeviceError(f"there is no {resolved} device on this machine (found: {found}); use --device auto or cpu")
+            raise DeviceError(
+                f"there is no {resolved} device on this machine (found: {found}); use --device auto or cpu"
+            )
         return resolved
 
     def exists(self, device: torch.device) -> bool:
@@ -145,7 +151,11 @@ class DevicePolicy:
         no such statistics (MPS, DirectML, the CPU)."""
         module = getattr(torch, self.backend(device), None)
         with contextlib.suppress(Exception):
-            if self.backend(device) in ("cuda", "xpu") and hasattr(module, "max_memory_allocated") and module.is_available():
+            if (
+                self.backend(device) in ("cuda", "xpu")
+                and hasattr(module, "max_memory_allocated")
+                and module.is_available()
+            ):
                 return PeakMeter(module, device, self)
         return None
 

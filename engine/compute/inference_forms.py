@@ -45,8 +45,16 @@ def _span_forms() -> dict[type, type]:
         (new tensor, new dtype or device, or an in-place write), instead of on every call."""
 
         def _sources(self) -> tuple:
-            tensors = (self.conv[0].weight, self.conv[0].bias, self.conv[1].weight, self.conv[1].bias,
-                       self.conv[2].weight, self.conv[2].bias, self.sk.weight, self.sk.bias)
+            tensors = (
+                self.conv[0].weight,
+                self.conv[0].bias,
+                self.conv[1].weight,
+                self.conv[1].bias,
+                self.conv[2].weight,
+                self.conv[2].bias,
+                self.sk.weight,
+                self.sk.bias,
+            )
             return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,17 +134,24 @@ def _swinir_forms() -> dict[type, type]:
             out = _sum(from_windows(attended, order, b), x)
             hidden = self.mlp.fc1(self.norm2(out))
             act = self.mlp.act
-            hidden = torch.ops.aten.gelu_(hidden) if type(act) is torch.nn.GELU and act.approximate == "none" else act(hidden)
+            hidden = (
+                torch.ops.aten.gelu_(hidden)
+                if type(act) is torch.nn.GELU and act.approximate == "none"
+                else act(hidden)
+            )
             return _sum(self.mlp.fc2(hidden), out)
 
     return {SwinTransformerBlock: WindowedSwinBlock}
 
 
 @functools.lru_cache(maxsize=8)
-def _swin_region_labels(h: int, w: int, ws: int, shift: int, device: torch.device) -> tuple[torch.Tensor, tuple[bool, ...]]:
+def _swin_region_labels(
+    h: int, w: int, ws: int, shift: int, device: torch.device
+) -> tuple[torch.Tensor, tuple[bool, ...]]:
     """SwinIR's `calculate_mask` regions per window slot, (windows, ws*ws) float: in the rolled
     frame, rows [0, H-ws), [H-ws, H-shift), [H-shift, H) times the same for columns; and per
     window whether all its slots share one region (its mask is then all zeros)."""
+
     def bands(size: int) -> torch.Tensor:
         index = torch.arange(size)
         return (index >= size - ws).long() + (index >= size - shift).long()
@@ -150,7 +165,10 @@ def _sum(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """`fresh + other`, written into `fresh` when that gives the same tensor (same dtype after
     promotion, e.g. not a bf16 result under autocast plus an fp32 residual; no broadcasting
     into it); `fresh` must be a temporary nobody else holds."""
-    if torch.result_type(fresh, other) == fresh.dtype and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape:
+    if (
+        torch.result_type(fresh, other) == fresh.dtype
+        and torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape
+    ):
         return fresh.add_(other)
     return fresh + other
 

@@ -19,8 +19,7 @@ from typing import Callable, Literal
 import torch
 from spandrel import ImageModelDescriptor
 
-from . import devices
-from . import inference_forms
+from . import devices, inference_forms
 
 log = logging.getLogger("tilewise")
 
@@ -49,7 +48,12 @@ def resolve_dtype(precision: str, descriptor: ImageModelDescriptor, device: torc
             return torch.bfloat16
         return torch.float32
     dtype = _DTYPES[precision]
-    if dtype == torch.float16 and not descriptor.supports_half or dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
+    if (
+        dtype == torch.float16
+        and not descriptor.supports_half
+        or dtype == torch.bfloat16
+        and not descriptor.supports_bfloat16
+    ):
         log.warning("Tilewise: %s does not support %s; running in fp32.", descriptor.architecture.name, precision)
         return torch.float32
     if dtype == torch.bfloat16 and policy.is_cpu(device) and devices.cpu_has_native_bf16() is False:
@@ -83,7 +87,9 @@ _variants: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Modu
 _variants_lock = threading.Lock()
 
 
-def model_on(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, compiled: bool = False) -> torch.nn.Module:
+def model_on(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, compiled: bool = False
+) -> torch.nn.Module:
     """The descriptor's module on `device` in `dtype`; a cached copy when that differs from the original.
 
     The original is never moved or cast, so a model shared by several hosts or threads keeps
@@ -175,7 +181,9 @@ def _forward_lock(module: torch.nn.Module) -> threading.Lock:
         return lock
 
 
-def forward_fn(descriptor: ImageModelDescriptor, module: torch.nn.Module, autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def forward_fn(
+    descriptor: ImageModelDescriptor, module: torch.nn.Module, autocast: torch.dtype | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module`'s forward as the descriptor calls it (its `call_fn`), without spandrel's clamp,
     with any host autocast disabled, or under our own `autocast` dtype when one is given. Keyword
     arguments go to the module itself (video feature feedback: `prev_feat`, `alpha`).

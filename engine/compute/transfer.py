@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import devices
 from ..errors import first_line
+from . import devices
 
 log = logging.getLogger("tilewise")
 
@@ -123,7 +123,13 @@ class Transfers:
         self.device = device
         self.output_device = output_device
         policy = devices.active()
-        if copies is None and not FORCE_PLAIN and _fast_path_failed is None and policy.backend(device) == "cuda" and policy.is_cpu(output_device):
+        if (
+            copies is None
+            and not FORCE_PLAIN
+            and _fast_path_failed is None
+            and policy.backend(device) == "cuda"
+            and policy.is_cpu(output_device)
+        ):
             try:
                 copies = CudaCopies(device)
             except Exception as error:  # noqa: BLE001 - a stream cannot be made: plain path
@@ -146,7 +152,9 @@ class Transfers:
             if first:
                 _fast_path_failed = f"{type(error).__name__}: {first_line(error)}"
         if first:
-            log.warning("Tilewise: the GPU copy fast path failed (%s); using plain copies from now on.", _fast_path_failed)
+            log.warning(
+                "Tilewise: the GPU copy fast path failed (%s); using plain copies from now on.", _fast_path_failed
+            )
 
     def upload(self, windows: torch.Tensor, dtype: torch.dtype, layout: torch.memory_format) -> torch.Tensor:
         """Host windows -> device tensor in `dtype` and `layout` (asynchronous on the fast path)."""

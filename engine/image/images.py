@@ -136,7 +136,9 @@ def _from_pil(image: Image.Image) -> LoadedImage:
     if mode == "I":
         data = np.asarray(image, dtype=np.int64)
         peak = 65535.0 if data.max(initial=0) > 255 else 255.0
-        return LoadedImage(_hwc_to_tensor((np.clip(data, 0, peak) / peak).astype(np.float32)[:, :, None]), 16 if peak > 255 else 8)
+        return LoadedImage(
+            _hwc_to_tensor((np.clip(data, 0, peak) / peak).astype(np.float32)[:, :, None]), 16 if peak > 255 else 8
+        )
     if mode == "F":
         array = np.asarray(image, dtype=np.float32)
         return LoadedImage(_hwc_to_tensor(np.clip(array, 0, 1)[:, :, None]), 32)
@@ -184,11 +186,19 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
             shape, _fortran, dtype = reader(f)
     except (ValueError, OSError, SyntaxError, TypeError) as error:
         raise ImageError(f"{path}: cannot read this .npy array ({error})") from None
-    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4) or dtype.kind not in "fiu" or 0 in shape:
+    if (
+        len(shape) not in (2, 3)
+        or (len(shape) == 3 and not 1 <= shape[2] <= 4)
+        or dtype.kind not in "fiu"
+        or 0 in shape
+    ):
         raise ImageError(f"{path}: a .npy image must be an H x W x C array with 1 to 4 channels, got {shape} {dtype}")
     size = path.stat().st_size
     if math.prod(shape) * dtype.itemsize > size:
-        raise ImageError(f"{path}: the .npy header declares a {'x'.join(map(str, shape))} array but the file holds only {size} bytes (truncated or malformed)")
+        raise ImageError(
+            f"{path}: the .npy header declares a {'x'.join(map(str, shape))} array but the file holds only {size} "
+            f"bytes (truncated or malformed)"
+        )
     return shape
 
 
@@ -201,7 +211,9 @@ def _read_npy(path: Path) -> LoadedImage:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or not 1 <= array.shape[2] <= 4 or array.dtype.kind not in "fiu":
-        raise ImageError(f"{path}: a .npy image must be an H x W x C array with 1 to 4 channels, got {array.shape} {array.dtype}")
+        raise ImageError(
+            f"{path}: a .npy image must be an H x W x C array with 1 to 4 channels, got {array.shape} {array.dtype}"
+        )
     if array.dtype.kind in "iu":
         array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     return LoadedImage(_hwc_to_tensor(array.astype(np.float32)), 32)
@@ -226,6 +238,11 @@ def write_image(path: str | Path, tensor: torch.Tensor, bits: int = 8, quality: 
     suffix = path.suffix.lower()
     if suffix not in WRITE_EXTENSIONS:
         raise ImageError(f"{path}: cannot write '{path.suffix}' images; use one of {', '.join(WRITE_EXTENSIONS)}")
+    channels = tensor.shape[-3] if tensor.ndim >= 3 else 0
+    if tensor.ndim not in (3, 4) or (tensor.ndim == 4 and tensor.shape[0] != 1) or not 1 <= channels <= 4:
+        raise ImageError(
+            f"{path}: cannot write an image of shape {tuple(tensor.shape)}; give (1, C, H, W) with 1 to 4 channels"
+        )
     with storage.replacing(path, suffix) as temporary:
         _write(temporary, suffix, tensor, bits, quality)
     return path

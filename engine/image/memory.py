@@ -15,11 +15,11 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from ..compute import devices
-from ..plan.autotile import bytes_per_pixel, known_bytes_per_pixel
-from .pipeline import UpscaleOptions
 from ..compute.precision import resolve_device, resolve_dtype
-from ..plan.receptive import has_global_context
+from ..plan.autotile import bytes_per_pixel, known_bytes_per_pixel
 from ..plan.planner import plan_run
+from ..plan.receptive import has_global_context
+from .pipeline import UpscaleOptions
 
 #: For automatic tiling, room is made for a window of this length (ComfyUI's core upscale node
 #: uses 512); the engine's automatic tile then grows into whatever memory is free.
@@ -29,7 +29,14 @@ ROOM_FOR_AUTO_TILE = 512
 FALLBACK_ELEMENTS_PER_PIXEL = 3 * 384
 
 
-def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions = UpscaleOptions(), images: int = 1, measure: bool = True) -> int:
+def estimate_device_bytes(
+    descriptor: ImageModelDescriptor,
+    height: int,
+    width: int,
+    options: UpscaleOptions = UpscaleOptions(),
+    images: int = 1,
+    measure: bool = True,
+) -> int:
     """Bytes of device memory `upscale(descriptor, images x C x height x width, options)` may use.
 
     Counts the weights in the working dtype and the largest forward of the first model pass
@@ -42,7 +49,14 @@ def estimate_device_bytes(descriptor: ImageModelDescriptor, height: int, width: 
         return _estimate(descriptor, height, width, options, images, measure)
 
 
-def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options: UpscaleOptions, images: int, measure: bool = True) -> int:
+def _estimate(
+    descriptor: ImageModelDescriptor,
+    height: int,
+    width: int,
+    options: UpscaleOptions,
+    images: int,
+    measure: bool = True,
+) -> int:
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, descriptor, device)
     element = torch.empty((), dtype=dtype).element_size()
@@ -58,7 +72,11 @@ def _estimate(descriptor: ImageModelDescriptor, height: int, width: int, options
     per_forward = 1 if whole_auto else min(plan.batch, len(plan.tiles) * max(1, images))
     fallback = max(descriptor.scale, 1) * FALLBACK_ELEMENTS_PER_PIXEL * element
     try:
-        per_pixel = bytes_per_pixel(descriptor, device, dtype) if measure else known_bytes_per_pixel(descriptor, device, dtype) or fallback
+        per_pixel = (
+            bytes_per_pixel(descriptor, device, dtype)
+            if measure
+            else known_bytes_per_pixel(descriptor, device, dtype) or fallback
+        )
     except Exception:  # the probe itself failed (out of memory, a dtype the model rejects)
         per_pixel = fallback
     return int(weights + window * per_forward * per_pixel)

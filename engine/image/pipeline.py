@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
 from ..compute import devices as devices_
-from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from ..errors import ImageError
 from ..compute.precision import resolve_device, resolve_dtype
-from .resize import FILTERS, resize
-from ..run.runner import CancelFn, ProgressFn, run_tiled
+from ..errors import ImageError
 from ..plan.planner import TileSettings, plan_run
+from ..run.runner import CancelFn, ProgressFn, run_tiled
+from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from .resize import FILTERS, resize
 
 AlphaMode = Literal["resize", "model", "discard"]
 ALPHA_MODES: tuple[str, ...] = ("resize", "model", "discard")
@@ -125,7 +125,9 @@ def upscale(
         return _upscale(descriptor, image, options, progress, cancel)
 
 
-def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
+def _upscale(
+    descriptor, image, options: UpscaleOptions, progress: ProgressFn | None, cancel: CancelFn | None
+) -> torch.Tensor:
     image = _validated(image)
     if options.resample not in FILTERS:
         raise ValueError(f"resampling filter must be one of {', '.join(FILTERS)}, got '{options.resample}'")
@@ -140,7 +142,11 @@ def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | 
     colour, alpha = _split_alpha(image, descriptor.input_channels)
     alpha_through_model = alpha is not None and options.alpha == "model"
     stages = _stage_sizes(descriptor.scale, height, width, passes)
-    counter = _ProgressCounter(progress, sum(len(plan_run(descriptor, h, w, options.tiles, device, dtype).tiles) * batch for h, w in stages) * (2 if alpha_through_model else 1))
+    counter = _ProgressCounter(
+        progress,
+        sum(len(plan_run(descriptor, h, w, options.tiles, device, dtype).tiles) * batch for h, w in stages)
+        * (2 if alpha_through_model else 1),
+    )
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return _run_channels(descriptor, x, options, device, dtype, output_device, counter, cancel)
@@ -156,7 +162,14 @@ def _upscale(descriptor, image, options: UpscaleOptions, progress: ProgressFn | 
     return torch.cat([colour, alpha], dim=1)
 
 
-def check_fits(descriptor: ImageModelDescriptor, height: int, width: int, channels: int = 3, options: UpscaleOptions = UpscaleOptions(), batch: int = 1) -> None:
+def check_fits(
+    descriptor: ImageModelDescriptor,
+    height: int,
+    width: int,
+    channels: int = 3,
+    options: UpscaleOptions = UpscaleOptions(),
+    batch: int = 1,
+) -> None:
     """Raises `ImageError` when the result of `upscale` on images of this size cannot fit the
     output device's memory. For callers that know an image's size before decoding it (from its
     file header): a 169 MP PNG is refused before its 3.7 GB are decoded."""
@@ -164,14 +177,20 @@ def check_fits(descriptor: ImageModelDescriptor, height: int, width: int, channe
         _check_fits(descriptor, batch, channels, height, width, options)
 
 
-def _check_fits(descriptor, batch: int, channels: int, height: int, width: int, options: UpscaleOptions) -> tuple[tuple[int, int], int]:
+def _check_fits(
+    descriptor, batch: int, channels: int, height: int, width: int, options: UpscaleOptions
+) -> tuple[tuple[int, int], int]:
     target = options.target.output_size(height, width, descriptor.scale)
     passes = passes_needed(descriptor.scale, (height, width), target, options.max_passes)
-    check_memory(batch, channels, (height, width), target, descriptor.scale, passes, resolve_device(options.output_device))
+    check_memory(
+        batch, channels, (height, width), target, descriptor.scale, passes, resolve_device(options.output_device)
+    )
     return target, passes
 
 
-def output_bytes(batch: int, channels: int, size: tuple[int, int], target: tuple[int, int], scale: int, passes: int) -> int:
+def output_bytes(
+    batch: int, channels: int, size: tuple[int, int], target: tuple[int, int], scale: int, passes: int
+) -> int:
     """Peak bytes of the float32 results one `upscale` call holds: the last model output and the
     resized result (the model's own working memory is bounded by the tile size)."""
     model_out = (size[0] * scale**passes) * (size[1] * scale**passes) if scale > 1 else size[0] * size[1]
@@ -246,7 +265,16 @@ def _run_channels(descriptor, x, options, device, dtype, output_device, counter,
     channels = x.shape[1]
 
     def call(t: torch.Tensor) -> torch.Tensor:
-        return run_tiled(descriptor, t, settings=options.tiles, device=device, dtype=dtype, output_device=output_device, progress=counter.stage(), cancel=cancel)
+        return run_tiled(
+            descriptor,
+            t,
+            settings=options.tiles,
+            device=device,
+            dtype=dtype,
+            output_device=output_device,
+            progress=counter.stage(),
+            cancel=cancel,
+        )
 
     if channels == model_in:
         return call(x)

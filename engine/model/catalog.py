@@ -29,7 +29,9 @@ class CatalogEntry:
     error: str | None = None
 
 
-def find_model_files(folder: str | Path, recursive: bool = True, extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[Path]:
+def find_model_files(
+    folder: str | Path, recursive: bool = True, extensions: tuple[str, ...] = MODEL_EXTENSIONS
+) -> list[Path]:
     """Model files under `folder` (sorted; hidden files and folders skipped; symlink loops safe)."""
     root = Path(folder)
     if not root.is_dir():
@@ -92,7 +94,11 @@ def model_summary(descriptor) -> dict:
         "supports_half": descriptor.supports_half,
         "supports_bfloat16": descriptor.supports_bfloat16,
         "tiling": descriptor.tiling.name.lower(),
-        "size_requirements": {"minimum": requirements.minimum, "multiple_of": requirements.multiple_of, "square": requirements.square},
+        "size_requirements": {
+            "minimum": requirements.minimum,
+            "multiple_of": requirements.multiple_of,
+            "square": requirements.square,
+        },
         "tags": list(descriptor.tags),
         "backend": "onnxruntime" if onnx else "pytorch",
     }

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor
 
+from ..compute.precision import forward_fn
 from ..errors import TilewiseError
 from ..storage import exclusive_file
-from ..compute.precision import forward_fn
 
 MIN_OPSET = 17
 #: Traced size: odd, and not a multiple of 8, 16 or any window size in use.
@@ -91,7 +91,9 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise TilewiseError(f"ONNX opset {opset} is too old; use {MIN_OPSET} or newer")
     if video and not getattr(descriptor.model, "supports_temporal", False):
-        raise TilewiseError(f"{descriptor.architecture.name} has no video mode (previous-feature input); export it without video")
+        raise TilewiseError(
+            f"{descriptor.architecture.name} has no video mode (previous-feature input); export it without video"
+        )
     with torch.inference_mode(False):
         return _export(descriptor, path, opset, video, temporal_alpha, validate, size)
 
@@ -123,19 +125,31 @@ def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, val
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, inputs, str(temporary), input_names=names_in, output_names=names_out,
-                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False,
+                wrapper,
+                inputs,
+                str(temporary),
+                input_names=names_in,
+                output_names=names_out,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
             )
         report = ExportReport(path, opset, video)
         if validate:
             sizes = [(1, height, width), (2, height, width)] if size is not None else VALIDATION_SIZES
-            report.max_error = validate_onnx(temporary, wrapper, channels, video, getattr(model, "num_feat", 0), sizes, fixed=size is not None)
+            report.max_error = validate_onnx(
+                temporary, wrapper, channels, video, getattr(model, "num_feat", 0), sizes, fixed=size is not None
+            )
         temporary.replace(path)
         return report
     except TilewiseError:
         raise
     except Exception as error:
-        raise TilewiseError(f"ONNX export of {descriptor.architecture.name} failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+        raise TilewiseError(
+            f"ONNX export of {descriptor.architecture.name} failed: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}"
+        ) from error
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -152,7 +166,15 @@ def _trace_size(descriptor: ImageModelDescriptor) -> tuple[int, int]:
     return height, width
 
 
-def validate_onnx(path: Path, wrapper: torch.nn.Module, channels: int, video: bool, num_feat: int, sizes=VALIDATION_SIZES, fixed: bool = False) -> dict[str, float]:
+def validate_onnx(
+    path: Path,
+    wrapper: torch.nn.Module,
+    channels: int,
+    video: bool,
+    num_feat: int,
+    sizes=VALIDATION_SIZES,
+    fixed: bool = False,
+) -> dict[str, float]:
     """Max abs difference between onnxruntime and PyTorch on `VALIDATION_SIZES`; raises above tolerance."""
     try:
         import onnxruntime as ort

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from . import pickle_scan
 from ..errors import ModelFileError, UnsafeModelError, printable
+from . import pickle_scan
 
 StateDict = dict[str, torch.Tensor]
 
@@ -41,7 +41,17 @@ MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
 #: torch writes archive members uncompressed; a member inflating beyond this ratio is a zip bomb.
 MAX_ZIP_RATIO = 200
 
-_WRAPPER_KEYS = ("params_ema", "params-ema", "params", "model_state_dict", "state_dict", "model", "net", "netG", "generator")
+_WRAPPER_KEYS = (
+    "params_ema",
+    "params-ema",
+    "params",
+    "model_state_dict",
+    "state_dict",
+    "model",
+    "net",
+    "netG",
+    "generator",
+)
 _PREFIXES = ("module.", "netG.", "_orig_mod.")
 _DOWNLOAD_AGAIN = "Download it again from its original page (use the file's direct download link)."
 
@@ -58,14 +68,17 @@ def read_state_dict(path: str | Path) -> StateDict:
     if suffix == ".safetensors" and kind != "safetensors":
         raise UnsafeModelError(
             path,
-            f"is named .safetensors but holds a {kind} file; it was refused because safetensors files must contain only data.",
+            f"is named .safetensors but holds a {kind} file; it was refused because safetensors files must contain "
+            f"only data.",
             _DOWNLOAD_AGAIN,
         )
     if kind == "safetensors":
         raw = _read_safetensors(path)
     else:
         if suffix not in PICKLE_EXTENSIONS and suffix != ".safetensors":
-            raise ModelFileError(path, f"has an unsupported extension '{path.suffix}'.", f"Use one of {', '.join(WEIGHT_EXTENSIONS)}.")
+            raise ModelFileError(
+                path, f"has an unsupported extension '{path.suffix}'.", f"Use one of {', '.join(WEIGHT_EXTENSIONS)}."
+            )
         if kind == "zip":
             _check_torch_zip(path)
         _scan_pickles(path, kind)
@@ -80,7 +93,9 @@ def check_model_file(path: Path) -> bytes:
 
 def _check_file(path: Path) -> bytes:
     if not path.exists():
-        raise ModelFileError(path, f"not found at '{path}'.", "Check the path, or put the model file in your upscale models folder.")
+        raise ModelFileError(
+            path, f"not found at '{path}'.", "Check the path, or put the model file in your upscale models folder."
+        )
     if path.is_dir():
         raise ModelFileError(path, "is a folder, not a model file.", "Give the path of a .safetensors or .pth file.")
     size = path.stat().st_size
@@ -110,7 +125,9 @@ def _refuse_pages(path: Path, head: bytes) -> None:
 def _refuse_image(path: Path, head: bytes) -> None:
     """Checked after the checkpoint formats: a safetensors header length can begin with b"BM"."""
     if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")):
-        raise ModelFileError(path, "is an image, not model weights.", "Give the model file, and pass images as the input.")
+        raise ModelFileError(
+            path, "is an image, not model weights.", "Give the model file, and pass images as the input."
+        )
 
 
 def sniff_foreign(path: Path, head: bytes) -> None:
@@ -125,7 +142,11 @@ def sniff_foreign(path: Path, head: bytes) -> None:
     elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= path.stat().st_size:
         kind = "a safetensors file"
     if kind:
-        raise ModelFileError(path, f"is named {path.suffix} but holds {kind} (PyTorch weights).", "Rename it to .safetensors or .pth (whichever it is) so that Tilewise reads it as weights.")
+        raise ModelFileError(
+            path,
+            f"is named {path.suffix} but holds {kind} (PyTorch weights).",
+            "Rename it to .safetensors or .pth (whichever it is) so that Tilewise reads it as weights.",
+        )
     _refuse_image(path, head)
 
 
@@ -142,17 +163,22 @@ def _sniff(path: Path, head: bytes) -> str:
             if header_len > MAX_SAFETENSORS_HEADER:
                 raise UnsafeModelError(
                     path,
-                    f"declares a safetensors header of {header_len} bytes (limit {MAX_SAFETENSORS_HEADER}); it was refused as malformed or hostile.",
+                    f"declares a safetensors header of {header_len} bytes (limit {MAX_SAFETENSORS_HEADER}); it was "
+                    f"refused as malformed or hostile.",
                     _DOWNLOAD_AGAIN,
                 )
             if header_len + 8 > path.stat().st_size:
-                raise ModelFileError(path, "is a truncated safetensors file (its header is cut short).", _DOWNLOAD_AGAIN)
+                raise ModelFileError(
+                    path, "is a truncated safetensors file (its header is cut short).", _DOWNLOAD_AGAIN
+                )
             return "safetensors"
     _refuse_image(path, head)
     raise ModelFileError(
         path,
         "is not a checkpoint Tilewise can read (neither safetensors nor a PyTorch archive).",
-        _DOWNLOAD_AGAIN + " Other formats are not PyTorch weights (an ONNX model must be named .onnx; NCNN and TensorRT are not supported).",
+        _DOWNLOAD_AGAIN
+        + " Other formats are not PyTorch weights (an ONNX model must be named .onnx; NCNN and TensorRT are not "
+        "supported).",
     )
 
 
@@ -175,11 +201,19 @@ def _check_safetensors_extent(path: Path) -> None:
         try:
             header = json.loads(f.read(header_len))
         except (ValueError, UnicodeDecodeError):
-            raise ModelFileError(path, "is a damaged safetensors file (its header is not valid JSON).", _DOWNLOAD_AGAIN) from None
+            raise ModelFileError(
+                path, "is a damaged safetensors file (its header is not valid JSON).", _DOWNLOAD_AGAIN
+            ) from None
         except RecursionError:
-            raise UnsafeModelError(path, "has a safetensors header nested far deeper than any real one; it was refused as malformed or hostile.", _DOWNLOAD_AGAIN) from None
+            raise UnsafeModelError(
+                path,
+                "has a safetensors header nested far deeper than any real one; it was refused as malformed or hostile.",
+                _DOWNLOAD_AGAIN,
+            ) from None
     if not isinstance(header, dict):
-        raise ModelFileError(path, "is a damaged safetensors file (its header is not a table of tensors).", _DOWNLOAD_AGAIN)
+        raise ModelFileError(
+            path, "is a damaged safetensors file (its header is not a table of tensors).", _DOWNLOAD_AGAIN
+        )
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -187,11 +221,18 @@ def _check_safetensors_extent(path: Path) -> None:
         try:
             start, stop = info["data_offsets"]
             shape = info["shape"]
-            valid = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62 for v in (start, stop, *shape)) and start <= stop
+            valid = (
+                all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62 for v in (start, stop, *shape))
+                and start <= stop
+            )
         except (KeyError, TypeError, ValueError):
             valid = False
         if not valid:
-            raise ModelFileError(path, f"is a damaged safetensors file (entry '{printable(name)}' has no valid offsets or shape).", _DOWNLOAD_AGAIN)
+            raise ModelFileError(
+                path,
+                f"is a damaged safetensors file (entry '{printable(name)}' has no valid offsets or shape).",
+                _DOWNLOAD_AGAIN,
+            )
         end = max(end, stop)
     if 8 + header_len + end > size:
         missing = 8 + header_len + end - size
@@ -213,8 +254,14 @@ def _check_torch_zip(path: Path) -> None:
             "Use a .safetensors or plain state-dict .pth version of this model.",
         )
     for member in members:
-        if member.compress_type != zipfile.ZIP_STORED and member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1):
-            raise UnsafeModelError(path, f"contains a member ('{member.filename}') that inflates {member.file_size} bytes out of {member.compress_size}; refused as a zip bomb.")
+        if member.compress_type != zipfile.ZIP_STORED and member.file_size > MAX_ZIP_RATIO * max(
+            member.compress_size, 1
+        ):
+            raise UnsafeModelError(
+                path,
+                f"contains a member ('{member.filename}') that inflates {member.file_size} bytes out of "
+                f"{member.compress_size}; refused as a zip bomb.",
+            )
 
 
 #: The first pickle of torch's legacy (non-zip) format.
@@ -236,7 +283,11 @@ def _scan_pickles(path: Path, kind: str) -> None:
                     for key, storage in result.storages.items():
                         member = members.get(f"{prefix}data/{key}")
                         if member is None or member.file_size < storage.nbytes:
-                            raise pickle_scan.PickleRefused(f"declares {storage.nbytes} bytes of tensor data for storage '{printable(key)}' but holds {member.file_size if member else 0}", unsafe=False)
+                            raise pickle_scan.PickleRefused(
+                                f"declares {storage.nbytes} bytes of tensor data for storage '{printable(key)}' but "
+                                f"holds {member.file_size if member else 0}",
+                                unsafe=False,
+                            )
         else:
             size = path.stat().st_size
             with path.open("rb") as stream:
@@ -246,13 +297,22 @@ def _scan_pickles(path: Path, kind: str) -> None:
                         pickle_scan.scan(stream, result)
             declared = sum(s.nbytes for s in result.storages.values())
             if declared > size:
-                raise pickle_scan.PickleRefused(f"declares {declared} bytes of tensor data but the whole file has {size}", unsafe=False)
+                raise pickle_scan.PickleRefused(
+                    f"declares {declared} bytes of tensor data but the whole file has {size}", unsafe=False
+                )
     except pickle_scan.PickleRefused as refusal:
         if refusal.unsafe:
-            raise UnsafeModelError(path, f"{refusal}; it was refused because it is not plain weights.", "Use a .safetensors version of this model, or re-save only its state dict from a trusted Python session.") from None
+            raise UnsafeModelError(
+                path,
+                f"{refusal}; it was refused because it is not plain weights.",
+                "Use a .safetensors version of this model, or re-save only its state dict from a trusted Python "
+                "session.",
+            ) from None
         raise ModelFileError(path, f"is a damaged PyTorch file: it {refusal}.", _DOWNLOAD_AGAIN) from None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ModelFileError(path, f"is a truncated or damaged PyTorch file ({_short(error)}).", _DOWNLOAD_AGAIN) from None
+        raise ModelFileError(
+            path, f"is a truncated or damaged PyTorch file ({_short(error)}).", _DOWNLOAD_AGAIN
+        ) from None
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
@@ -270,8 +330,21 @@ def _read_torch_pickle(path: Path) -> Any:
             f"contains {what}; it was refused because unpickling it could run code.",
             "Use a .safetensors version of this model, or re-save only its state dict from a trusted Python session.",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error, KeyError, IndexError, AttributeError, TypeError) as error:
-        raise ModelFileError(path, f"is a truncated or damaged PyTorch file ({_short(error)}).", _DOWNLOAD_AGAIN) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        struct.error,
+        KeyError,
+        IndexError,
+        AttributeError,
+        TypeError,
+    ) as error:
+        raise ModelFileError(
+            path, f"is a truncated or damaged PyTorch file ({_short(error)}).", _DOWNLOAD_AGAIN
+        ) from None
 
 
 def _short(error: BaseException) -> str:
@@ -289,7 +362,11 @@ def canonicalize(raw: Any, path: str | Path = "<state dict>") -> StateDict:
     numbers, metadata) are dropped.
     """
     if isinstance(raw, torch.Tensor) or not isinstance(raw, Mapping):
-        raise ModelFileError(path, f"holds a {type(raw).__name__}, not a state dict of named weights.", "It may be a different kind of file; use the model's weights file.")
+        raise ModelFileError(
+            path,
+            f"holds a {type(raw).__name__}, not a state dict of named weights.",
+            "It may be a different kind of file; use the model's weights file.",
+        )
     state: Mapping[str, Any] = raw
     for _ in range(4):
         inner = next((state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
@@ -305,13 +382,17 @@ def canonicalize(raw: Any, path: str | Path = "<state dict>") -> StateDict:
         changed = False
         for prefix in _PREFIXES:
             if all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+                tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
                 changed = True
     if not tensors:
         keys = ", ".join(printable(str(k)) for k in list(state.keys())[:10])
         kind = recognise_non_upscaler(map(str, state.keys()))
         problem = f"is {kind}" if kind else "contains no weight tensors"
-        raise ModelFileError(path, f"{problem} (top-level keys: {keys or 'none'}).", "It is not an upscaler checkpoint; use the model's weights file.")
+        raise ModelFileError(
+            path,
+            f"{problem} (top-level keys: {keys or 'none'}).",
+            "It is not an upscaler checkpoint; use the model's weights file.",
+        )
     return tensors
 
 

@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from spandrel import ArchRegistry, ImageModelDescriptor, MAIN_REGISTRY, ModelDescriptor, StateDict
+from spandrel import MAIN_REGISTRY, ArchRegistry, ImageModelDescriptor, ModelDescriptor, StateDict
 
-from ...archs import HintNeededError, LoadHints, NativeArchitecture, RecognisedButUnsupportedError, native_arch_supports
-from ...archs import magic_kernel
+from ...archs import (
+    HintNeededError,
+    LoadHints,
+    NativeArchitecture,
+    RecognisedButUnsupportedError,
+    magic_kernel,
+    native_arch_supports,
+)
 from ..errors import HintRequiredError, ModelFileError, TilewiseError, UnknownArchitectureError, first_line
 from .files import ONNX_EXTENSIONS, read_state_dict, recognise_non_upscaler, top_level_keys
 
@@ -75,7 +81,7 @@ def is_builtin(source: str | Path) -> bool:
 
 
 def _load_builtin(name: str, hints: LoadHints) -> ImageModelDescriptor:
-    key = name[len(BUILTIN_SCHEME):]
+    key = name[len(BUILTIN_SCHEME) :]
     match = _MKS_NAME.match(key)
     if match:
         return magic_kernel.builtin(int(match.group(1)), alpha=hints.upsampler_alpha or 0.0)
@@ -85,12 +91,19 @@ def _load_builtin(name: str, hints: LoadHints) -> ImageModelDescriptor:
     raise ModelFileError(name, "is not a built-in model.", f"Built-in models: {', '.join(builtin_names())}.")
 
 
-def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>", hints: LoadHints | None = None) -> ImageModelDescriptor:
+def describe_state_dict(
+    state_dict: StateDict, path: str | Path = "<state dict>", hints: LoadHints | None = None
+) -> ImageModelDescriptor:
     """Detects the architecture of a canonical state dict and builds its descriptor (on CPU, fp32)."""
     hints = hints or LoadHints(file_name=Path(path).name)
     support = next((s for s in registry().architectures("detection") if _detects(s, state_dict)), None)
     if support is None:
-        raise UnknownArchitectureError(path, _unknown_reason(state_dict), "If it is an upscaler, its architecture is not supported yet; check for a newer Tilewise or spandrel_extra_arches.")
+        raise UnknownArchitectureError(
+            path,
+            _unknown_reason(state_dict),
+            "If it is an upscaler, its architecture is not supported yet; check for a newer Tilewise or "
+            "spandrel_extra_arches.",
+        )
     arch = support.architecture
     try:
         with _BuildBudget(path, arch.name, state_dict):
@@ -111,7 +124,9 @@ def describe_state_dict(state_dict: StateDict, path: str | Path = "<state dict>"
             "The file may be damaged or a variant Tilewise does not know; report it with the model's download page.",
         ) from None
     if not isinstance(descriptor, ImageModelDescriptor):
-        raise UnknownArchitectureError(path, f"is a {arch.name} {descriptor.purpose.lower()} model, not an upscaler or restoration model.")
+        raise UnknownArchitectureError(
+            path, f"is a {arch.name} {descriptor.purpose.lower()} model, not an upscaler or restoration model."
+        )
     descriptor.model.eval()
     for parameter in descriptor.model.parameters():
         parameter.requires_grad_(False)
@@ -270,10 +285,16 @@ def _load_onnx(path: Path, hints: LoadHints) -> ImageModelDescriptor:
     return load_onnx(path, hints)
 
 
-def _to(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, source: str | Path) -> ImageModelDescriptor:
+def _to(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, source: str | Path
+) -> ImageModelDescriptor:
     if dtype == torch.float16 and not descriptor.supports_half:
-        raise ModelFileError(source, f"({descriptor.architecture.name}) does not support fp16.", "Use precision fp32 or auto.")
+        raise ModelFileError(
+            source, f"({descriptor.architecture.name}) does not support fp16.", "Use precision fp32 or auto."
+        )
     if dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
-        raise ModelFileError(source, f"({descriptor.architecture.name}) does not support bf16.", "Use precision fp32 or auto.")
+        raise ModelFileError(
+            source, f"({descriptor.architecture.name}) does not support bf16.", "Use precision fp32 or auto."
+        )
     descriptor.model.to(device=device, dtype=dtype)
     return descriptor

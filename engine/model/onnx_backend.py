@@ -45,9 +45,9 @@ from spandrel import Architecture, ImageModelDescriptor, ModelTiling, SizeRequir
 
 from ...archs import LoadHints
 from ..errors import ModelFileError, TilewiseError, UnsafeModelError, first_line, printable
-from .files import check_model_file, sniff_foreign
 from ..plan.receptive import PROBE_TOLERANCE, SAFETY
 from ..plan.tiling import split_evenly
+from .files import check_model_file, sniff_foreign
 
 log = logging.getLogger("tilewise")
 
@@ -141,7 +141,9 @@ def _cuda_session(data: bytes, device: torch.device) -> Any | None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        log.warning("Tilewise: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the ONNX model runs on the CPU.")
+        log.warning(
+            "Tilewise: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the ONNX model runs on the CPU."
+        )
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     try:
@@ -182,7 +184,9 @@ class OnnxUpscaler(torch.nn.Module):
     #: the session reads contiguous NCHW arrays; an NHWC input would only cost a copy.
     prefers_channels_last = False
 
-    def __init__(self, sessions: _Sessions, interface: GraphInterface, scale: int, output_channels: int, fixed_margin: int = 0):
+    def __init__(
+        self, sessions: _Sessions, interface: GraphInterface, scale: int, output_channels: int, fixed_margin: int = 0
+    ):
         super().__init__()
         self.sessions = sessions
         self.interface = interface
@@ -221,7 +225,7 @@ class OnnxUpscaler(torch.nn.Module):
             return self._run_once(x)
         pieces = []
         for start in range(0, x.shape[0], batch):
-            chunk = x[start:start + batch]
+            chunk = x[start : start + batch]
             count = chunk.shape[0]
             if count < batch:  # a static batch larger than what is left: repeat the last image
                 chunk = torch.cat([chunk, chunk[-1:].expand(batch - count, -1, -1, -1)])
@@ -243,10 +247,21 @@ class OnnxUpscaler(torch.nn.Module):
         caller_dtype = x.dtype
         x = x.detach().to(dtype=_NUMPY_TO_TORCH[interface.input_dtype]).contiguous()
         b, _, h, w = x.shape
-        out = torch.empty(b, self.output_channels, h * self.scale, w * self.scale, dtype=_NUMPY_TO_TORCH[interface.output_dtype], device=x.device)
+        out = torch.empty(
+            b,
+            self.output_channels,
+            h * self.scale,
+            w * self.scale,
+            dtype=_NUMPY_TO_TORCH[interface.output_dtype],
+            device=x.device,
+        )
         binding = session.io_binding()
-        binding.bind_input(interface.input_name, "cuda", index, interface.input_dtype.type, tuple(x.shape), x.data_ptr())
-        binding.bind_output(interface.output_name, "cuda", index, interface.output_dtype.type, tuple(out.shape), out.data_ptr())
+        binding.bind_input(
+            interface.input_name, "cuda", index, interface.input_dtype.type, tuple(x.shape), x.data_ptr()
+        )
+        binding.bind_output(
+            interface.output_name, "cuda", index, interface.output_dtype.type, tuple(out.shape), out.data_ptr()
+        )
         torch.cuda.current_stream(x.device).synchronize()  # onnxruntime uses its own stream
         try:
             session.run_with_iobinding(binding)
@@ -267,11 +282,13 @@ class OnnxUpscaler(torch.nn.Module):
         jobs = [(i, cy, wy, cx, wx) for i in range(b) for cy, wy in spans_y for cx, wx in spans_x]
         per_run = WINDOWS_PER_RUN if self.interface.batch is None else self.interface.batch
         for start in range(0, len(jobs), per_run):
-            group = jobs[start:start + per_run]
-            windows = torch.stack([x[i, :, wy[0]:wy[1], wx[0]:wx[1]] for i, _, wy, _, wx in group])
+            group = jobs[start : start + per_run]
+            windows = torch.stack([x[i, :, wy[0] : wy[1], wx[0] : wx[1]] for i, _, wy, _, wx in group])
             result = self.run(windows)
             for (i, cy, wy, cx, wx), r in zip(group, result):
-                out[i, :, cy[0] * s:cy[1] * s, cx[0] * s:cx[1] * s] = r[:, (cy[0] - wy[0]) * s:(cy[1] - wy[0]) * s, (cx[0] - wx[0]) * s:(cx[1] - wx[0]) * s]
+                out[i, :, cy[0] * s : cy[1] * s, cx[0] * s : cx[1] * s] = r[
+                    :, (cy[0] - wy[0]) * s : (cy[1] - wy[0]) * s, (cx[0] - wx[0]) * s : (cx[1] - wx[0]) * s
+                ]
         return out[..., : h * s, : w * s]
 
 
@@ -332,7 +349,9 @@ def _run_session(session: Any, interface: GraphInterface, array: np.ndarray) -> 
         return session.run([interface.output_name], {interface.input_name: array}, options)[0]
     except Exception as error:
         if options.terminate:
-            raise _ProbeTimeout(f"ran longer than {deadline:g} s on a {array.shape[-1]}x{array.shape[-2]} probe image") from None
+            raise _ProbeTimeout(
+                f"ran longer than {deadline:g} s on a {array.shape[-1]}x{array.shape[-2]} probe image"
+            ) from None
         raise _translated(error) from None
     finally:
         timer.cancel()
@@ -358,26 +377,46 @@ def load_onnx(path: str | Path, hints: LoadHints | None = None) -> ImageModelDes
     sniff_foreign(path, head)
     size = path.stat().st_size
     if size > MAX_ONNX_BYTES:
-        raise ModelFileError(path, f"is {size / 1024**3:.1f} GiB; a single-file ONNX model is at most 2 GiB, so this is not one Tilewise can read.", _DOWNLOAD_AGAIN)
+        raise ModelFileError(
+            path,
+            f"is {size / 1024**3:.1f} GiB; a single-file ONNX model is at most 2 GiB, so this is not one Tilewise can "
+            f"read.",
+            _DOWNLOAD_AGAIN,
+        )
     try:
         onnx = importlib.import_module("onnx")
         importlib.import_module("onnxruntime")
     except ImportError as error:
-        raise ModelFileError(path, f"is an ONNX model, and running ONNX models needs the packages onnx and onnxruntime ({error.name or 'one'} is not installed).", _INSTALL) from None
+        raise ModelFileError(
+            path,
+            f"is an ONNX model, and running ONNX models needs the packages onnx and onnxruntime "
+            f"({error.name or 'one'} is not installed).",
+            _INSTALL,
+        ) from None
     data = path.read_bytes()
     model = _parse(path, data, onnx)
     check_safety(path, model)
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        raise ModelFileError(path, f"is not a valid ONNX graph ({first_line(error)}).", "It may be damaged or need a newer onnx package; " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
+        raise ModelFileError(
+            path,
+            f"is not a valid ONNX graph ({first_line(error)}).",
+            "It may be damaged or need a newer onnx package; " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:],
+        ) from None
     interface = read_interface(path, model)
     check_static_sizes(path, model)
     del model
     try:
         session = new_session(data, ["CPUExecutionProvider"])
     except Exception as error:
-        raise ModelFileError(path, f"cannot be run by onnxruntime ({first_line(error)}).", "If its opset is newer than your onnxruntime supports, upgrade onnxruntime; else " + _DOWNLOAD_AGAIN[0].lower() + _DOWNLOAD_AGAIN[1:]) from None
+        raise ModelFileError(
+            path,
+            f"cannot be run by onnxruntime ({first_line(error)}).",
+            "If its opset is newer than your onnxruntime supports, upgrade onnxruntime; else "
+            + _DOWNLOAD_AGAIN[0].lower()
+            + _DOWNLOAD_AGAIN[1:],
+        ) from None
     sessions = _Sessions(data, session)
     _complete_interface(path, interface, session)
     run = _time_limited(path, _numpy_runner(sessions, interface))
@@ -413,9 +452,15 @@ def _parse(path: Path, data: bytes, onnx) -> Any:
     try:
         model = onnx.load(io.BytesIO(data), load_external_data=False)
     except Exception as error:
-        raise ModelFileError(path, f"is not a readable ONNX model: it is truncated or damaged ({first_line(error)}).", _DOWNLOAD_AGAIN) from None
+        raise ModelFileError(
+            path, f"is not a readable ONNX model: it is truncated or damaged ({first_line(error)}).", _DOWNLOAD_AGAIN
+        ) from None
     if not model.HasField("graph") or len(model.graph.node) == 0 or len(model.graph.output) == 0:
-        raise ModelFileError(path, "is not a readable ONNX model: it has no graph (the file is truncated, damaged or not ONNX).", _DOWNLOAD_AGAIN)
+        raise ModelFileError(
+            path,
+            "is not a readable ONNX model: it has no graph (the file is truncated, damaged or not ONNX).",
+            _DOWNLOAD_AGAIN,
+        )
     return model
 
 
@@ -433,7 +478,11 @@ def _messages(model):
         for descriptor_field in message.DESCRIPTOR.fields:
             if descriptor_field.type != FieldDescriptor.TYPE_MESSAGE:
                 continue
-            repeated = descriptor_field.is_repeated if hasattr(descriptor_field, "is_repeated") else descriptor_field.label == FieldDescriptor.LABEL_REPEATED
+            repeated = (
+                descriptor_field.is_repeated
+                if hasattr(descriptor_field, "is_repeated")
+                else descriptor_field.label == FieldDescriptor.LABEL_REPEATED
+            )
             if repeated:
                 pending.extend(getattr(message, descriptor_field.name))
             elif message.HasField(descriptor_field.name):
@@ -454,26 +503,36 @@ def check_safety(path: Path, model) -> None:
     local_functions = {(f.domain, f.name) for f in model.functions}
     messages = list(_messages(model))
     nodes = [m for m in messages if isinstance(m, onnx.NodeProto)]
-    custom = sorted({n.domain for n in nodes if n.domain not in ALLOWED_DOMAINS and (n.domain, n.op_type) not in local_functions})
+    custom = sorted(
+        {n.domain for n in nodes if n.domain not in ALLOWED_DOMAINS and (n.domain, n.op_type) not in local_functions}
+    )
     if custom:
         raise UnsafeModelError(
             path,
-            f"uses custom operators (domain {', '.join(repr(d) for d in custom)}), which need native code libraries; Tilewise runs only standard ONNX operators.",
+            f"uses custom operators (domain {', '.join(repr(d) for d in custom)}), which need native code libraries; "
+            f"Tilewise runs only standard ONNX operators.",
             "Export the model again with standard operators only.",
         )
     tensors = [m for m in messages if isinstance(m, onnx.TensorProto)]
-    external = [t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0]
+    external = [
+        t.name or "(unnamed)"
+        for t in tensors
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
+    ]
     if external:
         raise UnsafeModelError(
             path,
-            f"keeps {len(external)} tensor(s) in separate files (ONNX external data, e.g. '{printable(external[0])}'); Tilewise refuses them because the file chooses which paths are read.",
-            "Re-save it as one file in a trusted Python session: onnx.save(onnx.load('model.onnx'), 'single.onnx', save_as_external_data=False).",
+            f"keeps {len(external)} tensor(s) in separate files (ONNX external data, e.g. "
+            f"'{printable(external[0])}'); Tilewise refuses them because the file chooses which paths are read.",
+            "Re-save it as one file in a trusted Python session: onnx.save(onnx.load('model.onnx'), 'single.onnx', "
+            "save_as_external_data=False).",
         )
     unbounded = sorted({n.op_type for n in nodes if n.domain in ("", "ai.onnx") and n.op_type in UNBOUNDED_OPS})
     if unbounded:
         raise UnsafeModelError(
             path,
-            f"uses {', '.join(unbounded)}, whose iteration count the file chooses (it could run without end); image upscalers do not need it.",
+            f"uses {', '.join(unbounded)}, whose iteration count the file chooses (it could run without end); image "
+            f"upscalers do not need it.",
             "Export the model again without loops (torch.onnx.export of a traced model has none).",
         )
 
@@ -494,7 +553,15 @@ def check_static_sizes(path: Path, model) -> None:
 
     for tensor in model.graph.initializer:
         if tensor.ByteSize() > 4096:  # weights; shapes and other small constants keep their data for propagation
-            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+            for name in (
+                "raw_data",
+                "float_data",
+                "int32_data",
+                "int64_data",
+                "double_data",
+                "uint64_data",
+                "string_data",
+            ):
                 tensor.ClearField(name)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -513,7 +580,8 @@ def check_static_sizes(path: Path, model) -> None:
         if size > MAX_STATIC_TENSOR:
             raise ModelFileError(
                 path,
-                f"builds a tensor of {size / 1024**3:.1f} GiB ('{printable(value.name)}', shape {'x'.join(map(str, dims))}) whatever the image size; it was refused as malformed or hostile.",
+                f"builds a tensor of {size / 1024**3:.1f} GiB ('{printable(value.name)}', shape "
+                f"{'x'.join(map(str, dims))}) whatever the image size; it was refused as malformed or hostile.",
                 _REEXPORT,
             )
 
@@ -562,31 +630,53 @@ def read_interface(path: Path, model) -> GraphInterface:
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
-        raise ModelFileError(path, f"has {len(inputs)} inputs ({names}); Tilewise runs models with one image input.", _REEXPORT)
+        raise ModelFileError(
+            path, f"has {len(inputs)} inputs ({names}); Tilewise runs models with one image input.", _REEXPORT
+        )
     image_in, image_out = inputs[0], model.graph.output[0]
     kinds = {onnx.TensorProto.FLOAT: np.dtype(np.float32), onnx.TensorProto.FLOAT16: np.dtype(np.float16)}
     for role, value in (("input", image_in), ("output", image_out)):
         if not value.type.HasField("tensor_type"):
-            raise ModelFileError(path, f"has a graph {role} ('{value.name}') that is not a tensor; it is not an image model.", _REEXPORT)
+            raise ModelFileError(
+                path, f"has a graph {role} ('{value.name}') that is not a tensor; it is not an image model.", _REEXPORT
+            )
         elem = value.type.tensor_type.elem_type
         if elem not in kinds:
             name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
-            raise ModelFileError(path, f"has a {name} {role} ('{value.name}'); Tilewise runs models with float32 or float16 images.", _REEXPORT)
+            raise ModelFileError(
+                path,
+                f"has a {name} {role} ('{value.name}'); Tilewise runs models with float32 or float16 images.",
+                _REEXPORT,
+            )
         dims = _dims(value)
         if dims is not None and len(dims) != 4:
-            raise ModelFileError(path, f"has a rank-{len(dims)} {role} ('{value.name}'); an image model takes and returns (batch, channels, height, width).", _REEXPORT)
+            raise ModelFileError(
+                path,
+                f"has a rank-{len(dims)} {role} ('{value.name}'); an image model takes and returns (batch, channels, "
+                f"height, width).",
+                _REEXPORT,
+            )
     dims = _dims(image_in) or [None] * 4
     channels = dims[1]
     if channels is not None and channels not in IMAGE_CHANNELS:
-        raise ModelFileError(path, f"takes {channels}-channel input; Tilewise runs image models with 1, 3 or 4 channels.", _REEXPORT)
+        raise ModelFileError(
+            path, f"takes {channels}-channel input; Tilewise runs image models with 1, 3 or 4 channels.", _REEXPORT
+        )
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     count = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     producer = model.producer_name.strip()[:40] if model.producer_name else ""
     return GraphInterface(
-        input_name=image_in.name, output_name=image_out.name,
-        input_dtype=kinds[image_in.type.tensor_type.elem_type], output_dtype=kinds[image_out.type.tensor_type.elem_type],
-        batch=dims[0], channels=channels, height=dims[2], width=dims[3],
-        opset=opset, parameter_count=count, producer=producer,
+        input_name=image_in.name,
+        output_name=image_out.name,
+        input_dtype=kinds[image_in.type.tensor_type.elem_type],
+        output_dtype=kinds[image_out.type.tensor_type.elem_type],
+        batch=dims[0],
+        channels=channels,
+        height=dims[2],
+        width=dims[3],
+        opset=opset,
+        parameter_count=count,
+        producer=producer,
     )
 
 
@@ -604,12 +694,25 @@ def _complete_interface(path: Path, interface: GraphInterface, session: Any) -> 
         interface.height = interface.height or static[2]
         interface.width = interface.width or static[3]
     elif shape is not None and len(shape) != 4:
-        raise ModelFileError(path, f"has a rank-{len(shape)} input; an image model takes (batch, channels, height, width).", _REEXPORT)
+        raise ModelFileError(
+            path, f"has a rank-{len(shape)} input; an image model takes (batch, channels, height, width).", _REEXPORT
+        )
     if interface.channels is not None and interface.channels not in IMAGE_CHANNELS:
-        raise ModelFileError(path, f"takes {interface.channels}-channel input; Tilewise runs image models with 1, 3 or 4 channels.", _REEXPORT)
-    for value, dtype in ((inputs[interface.input_name], interface.input_dtype), (outputs[interface.output_name], interface.output_dtype)):
+        raise ModelFileError(
+            path,
+            f"takes {interface.channels}-channel input; Tilewise runs image models with 1, 3 or 4 channels.",
+            _REEXPORT,
+        )
+    for value, dtype in (
+        (inputs[interface.input_name], interface.input_dtype),
+        (outputs[interface.output_name], interface.output_dtype),
+    ):
         if _ORT_TYPES.get(value.type) != dtype:
-            raise ModelFileError(path, f"has '{value.name}' of type {value.type} in onnxruntime; Tilewise runs float32 or float16 images.", _REEXPORT)
+            raise ModelFileError(
+                path,
+                f"has '{value.name}' of type {value.type} in onnxruntime; Tilewise runs float32 or float16 images.",
+                _REEXPORT,
+            )
 
 
 NumpyRun = Callable[[np.ndarray], np.ndarray]
@@ -623,7 +726,7 @@ def _numpy_runner(sessions: _Sessions, interface: GraphInterface) -> NumpyRun:
             return _run_session(sessions.cpu, interface, array)
         pieces = []
         for start in range(0, array.shape[0], batch):
-            chunk = array[start:start + batch]
+            chunk = array[start : start + batch]
             count = chunk.shape[0]
             if count < batch:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - count, axis=0)])
@@ -642,26 +745,38 @@ def _check_output(path: Path, shape_in: tuple[int, ...], result: Any) -> tuple[i
     problem and `ModelFileError` for one no size can fix."""
     if not isinstance(result, np.ndarray) or result.ndim != 4:
         rank = getattr(result, "ndim", "?")
-        raise ModelFileError(path, f"returns a rank-{rank} output; an image model returns (batch, channels, height, width).", _REEXPORT)
+        raise ModelFileError(
+            path, f"returns a rank-{rank} output; an image model returns (batch, channels, height, width).", _REEXPORT
+        )
     b, c, h, w = shape_in
     rb, rc, rh, rw = result.shape
     if rb != b:
-        raise ModelFileError(path, f"returns a batch of {rb} for {b} input images; it is not an image model Tilewise can run.", _REEXPORT)
+        raise ModelFileError(
+            path, f"returns a batch of {rb} for {b} input images; it is not an image model Tilewise can run.", _REEXPORT
+        )
     if rc not in IMAGE_CHANNELS:
-        raise ModelFileError(path, f"returns {rc}-channel output; Tilewise runs image models with 1, 3 or 4 output channels.", _REEXPORT)
+        raise ModelFileError(
+            path, f"returns {rc}-channel output; Tilewise runs image models with 1, 3 or 4 output channels.", _REEXPORT
+        )
     if rh % h or rw % w or rh // h != rw // w or not 1 <= rh // h <= MAX_SCALE:
         raise _ProbeFailed(f"a {w}x{h} input gave a {rw}x{rh} output, which is no integer scale from 1 to {MAX_SCALE}")
     return rh // h, rc
 
 
-def _probe_once(path: Path, run: NumpyRun, channels: int, batch: int, height: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
+def _probe_once(
+    path: Path, run: NumpyRun, channels: int, batch: int, height: int, width: int, rng: np.random.Generator
+) -> tuple[int, int]:
     array = rng.random((batch, channels, height, width), dtype=np.float32)
     try:
         result = run(array)
     except ModelFileError:
         raise
     except MemoryError:
-        raise ModelFileError(path, f"ran out of memory on a {width}x{height} probe image; it was refused as malformed or hostile.", _REEXPORT) from None
+        raise ModelFileError(
+            path,
+            f"ran out of memory on a {width}x{height} probe image; it was refused as malformed or hostile.",
+            _REEXPORT,
+        ) from None
     except Exception as error:
         raise _ProbeFailed(f"running it on a {width}x{height} image failed: {first_line(error)}") from None
     return _check_output(path, array.shape, result)
@@ -682,7 +797,10 @@ def probe_dynamic(path: Path, run: NumpyRun, interface: GraphInterface) -> tuple
                 reason = str(failure)
                 continue
             if again != (scale, out_channels):
-                reason = f"its scale or channels change with the input size ({scale}x, {out_channels} channels at one size; {again[0]}x, {again[1]} at another)"
+                reason = (
+                    f"its scale or channels change with the input size ({scale}x, {out_channels} channels at one size; "
+                    f"{again[0]}x, {again[1]} at another)"
+                )
                 continue
             interface.channels = channels
             return scale, out_channels, multiple
@@ -743,11 +861,17 @@ def fixed_margin(path: Path, run: NumpyRun, interface: GraphInterface, scale: in
         if needed is None:
             raise ModelFileError(
                 path,
-                f"has a fixed input size ({interface.height or '*'}x{interface.width or '*'}, height x width) and its output depends on more context than a quarter of it, so its tiles cannot be shown to join seamlessly.",
+                f"has a fixed input size ({interface.height or '*'}x{interface.width or '*'}, height x width) and its "
+                f"output depends on more context than a quarter of it, so its tiles cannot be shown to join "
+                f"seamlessly.",
                 "Export it again with dynamic height and width (e.g. tilewise export-onnx from the original weights).",
             )
         margin = max(margin, math.ceil(needed * SAFETY))
     shortest = min(v for v in (interface.height, interface.width) if v is not None)
     if 2 * margin >= shortest:
-        raise ModelFileError(path, f"has a fixed input size too small for the {margin}-pixel margin its tiles need.", "Export it again with dynamic height and width.")
+        raise ModelFileError(
+            path,
+            f"has a fixed input size too small for the {margin}-pixel margin its tiles need.",
+            "Export it again with dynamic height and width.",
+        )
     return margin

@@ -186,9 +186,28 @@ def scan(stream: BinaryIO, result: ScanResult | None = None) -> ScanResult:
                 return result
             if name == "MARK":
                 stack.append(_MARK)
-            elif name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
-                          "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-                          "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"):
+            elif name in (
+                "INT",
+                "BININT",
+                "BININT1",
+                "BININT2",
+                "LONG",
+                "LONG1",
+                "LONG4",
+                "FLOAT",
+                "BINFLOAT",
+                "STRING",
+                "BINSTRING",
+                "SHORT_BINSTRING",
+                "UNICODE",
+                "BINUNICODE",
+                "SHORT_BINUNICODE",
+                "BINUNICODE8",
+                "BINBYTES",
+                "SHORT_BINBYTES",
+                "BINBYTES8",
+                "BYTEARRAY8",
+            ):
                 stack.append(arg)
             elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
                 stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
@@ -331,7 +350,8 @@ def _tensor(args: _Node) -> _Node:
         if extent > storage.numel or numel > storage.numel:
             raise PickleRefused(
                 f"declares a tensor of shape {tuple(size)} over a storage of {storage.numel} elements "
-                "(a view larger than its data)", unsafe=False,
+                "(a view larger than its data)",
+                unsafe=False,
             )
     node = _Node("tensor", args.items)
     return node
@@ -352,7 +372,13 @@ def _call(function, args) -> Any:
         return _Node("tensor", args.items)
     if name == FROM_TYPE:  # (rebuild function, tensor type, its arguments, state)
         items = args.items or []
-        if len(items) != 4 or not isinstance(items[0], _Node) or items[0].kind != "global" or not isinstance(items[1], _Node) or items[1].name not in TYPES:
+        if (
+            len(items) != 4
+            or not isinstance(items[0], _Node)
+            or items[0].kind != "global"
+            or not isinstance(items[1], _Node)
+            or items[1].name not in TYPES
+        ):
             raise PickleRefused("rebuilds a tensor subclass Tilewise does not load")
         inner = _call(items[0], items[2])
         if not isinstance(inner, _Node) or inner.kind != "tensor":

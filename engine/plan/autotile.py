@@ -22,9 +22,10 @@ by how fast those pixels run: a forward whose largest tensor exceeds `LARGE_TENS
 `LARGE_TENSOR_PENALTY` times slower per pixel (`largest_tensor_per_pixel`). The runner compares
 the memory-limited window with the largest window below that size and takes the cheaper
 (`planner._cheaper_cpu_tile`). A window whose estimated working set exceeds `CPU_WORKING_SET`
-costs more per pixel the further it exceeds it (`working_set_rate`). That working set was once a hard cap, which made RRDB-like
-models (margins of 79 px) run 42-px cores in 200-px windows, computing 20x the image's pixels
-where the whole image fitted; as a cost it still picks windows for RRDB with narrow margins.
+costs more per pixel the further it exceeds it (`working_set_rate`). That working set was once
+a hard cap, which made RRDB-like models (margins of 79 px) run 42-px cores in 200-px windows,
+computing 20x the image's pixels where the whole image fitted; as a cost it still picks
+windows for RRDB with narrow margins.
 Re-measured without the removed allocator tricks (worker thread, RRDB 4 blocks x4, pad 8,
 fp32): 480², eight 256 x 136 windows 13.6 s, whole 13.8 s; 640², 200-px windows 22.8 s, whole
 26.2 s.
@@ -40,8 +41,8 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from ..compute import devices
-from . import probe_store
 from ..compute.precision import forward_fn, model_on
+from . import probe_store
 
 PROBE = 64
 SAFETY = 0.5  # use at most half of what is free
@@ -106,7 +107,13 @@ def _measured(descriptor: ImageModelDescriptor, device: torch.device, dtype: tor
     return measured
 
 
-def _memo(table: "weakref.WeakKeyDictionary", descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, measure) -> float:
+def _memo(
+    table: "weakref.WeakKeyDictionary",
+    descriptor: ImageModelDescriptor,
+    device: torch.device,
+    dtype: torch.dtype,
+    measure,
+) -> float:
     """`table`'s figure for (model, device, dtype), from `measure()` the first time."""
     key = (str(device), dtype)
     with _lock:
@@ -141,9 +148,14 @@ def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.
     with largest:
         hooked = _hooked_estimate(model, forward, x) / (size * size)
     with _lock:  # the same forward gives the tensor profile (`large_tensor_rate`)
-        _profiles.setdefault(descriptor.model, {}).setdefault((str(device), dtype), tuple(s / (size * size) for s in largest.sizes))
+        _profiles.setdefault(descriptor.model, {}).setdefault(
+            (str(device), dtype), tuple(s / (size * size) for s in largest.sizes)
+        )
     if policy.is_cpu(device):
-        return {"bytes": max(hooked, _rss_growth(forward, descriptor, device, dtype)), "largest": largest.largest / (size * size)}
+        return {
+            "bytes": max(hooked, _rss_growth(forward, descriptor, device, dtype)),
+            "largest": largest.largest / (size * size),
+        }
     return {"bytes": hooked, "largest": largest.largest / (size * size)}
 
 
@@ -156,7 +168,9 @@ def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: t
     the same windows, and skips the probe. CUDA's allocator peak is exact and not kept."""
     if not devices.active().is_cpu(device):
         return None
-    return probe_store.key(descriptor.model, f"memory2|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}")
+    return probe_store.key(
+        descriptor.model, f"memory2|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
+    )
 
 
 def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
@@ -216,7 +230,9 @@ def free_memory(device: torch.device) -> int | None:
     return devices.active().free_memory(device)
 
 
-def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, limit: float | None = None) -> float | None:
+def pixel_budget(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, limit: float | None = None
+) -> float | None:
     """Input pixels one forward may hold in the device's free memory (with `SAFETY`), and in at
     most `limit` bytes when given; None when free memory is unknown, 0 when not even the probe fits."""
     from ..compute.precision import is_out_of_memory
@@ -237,7 +253,9 @@ def pixel_budget(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
     return usable / per_pixel
 
 
-def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1, cap: bool = True) -> int:
+def auto_tile_size(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, batch: int = 1, cap: bool = True
+) -> int:
     """The window length for `tile=0` (auto): the largest square whose `batch` windows fit.
 
     `cap=False` drops `MAX_AUTO_TILE`, for models with global context, where a larger window
@@ -250,7 +268,9 @@ def auto_tile_size(descriptor: ImageModelDescriptor, device: torch.device, dtype
     return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side) if cap else side)
 
 
-_largest: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = weakref.WeakKeyDictionary()
+_largest: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
@@ -263,6 +283,7 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     fault and a zeroed page per 4 KiB for them. Measured in a worker thread (Compact 64x16 x4,
     NHWC, 2 threads): fp32 6.1-6.4 s/MP up to 360² windows (31.6 MiB feature maps) and 8.9-9.1
     s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
+
     def measure() -> float:
         try:
             stored = _stored_key(descriptor, device, dtype)
@@ -287,7 +308,9 @@ def _largest_result(descriptor: ImageModelDescriptor, device: torch.device, dtyp
     return max(profile, default=0.0)
 
 
-def _tensor_profile(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> tuple[float, ...] | None:
+def _tensor_profile(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype
+) -> tuple[float, ...] | None:
     """Bytes per input pixel of every tensor one 64² forward creates (None: it failed in this
     dtype); one forward per (model, device, dtype) serves both the largest tensor and
     `large_tensor_rate`."""
@@ -327,7 +350,9 @@ class _LargestResult(torch.overrides.TorchFunctionMode):
         return result
 
 
-_profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...]]]" = weakref.WeakKeyDictionary()
+_profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...]]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> float:
@@ -364,7 +389,9 @@ def fits_without_probe(descriptor: ImageModelDescriptor, device: torch.device, d
     return free is not None and pixels * CPU_BOUND_PER_PIXEL <= min(free * SAFETY, CPU_WORKING_SET)
 
 
-def whole_image_fits(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int) -> bool:
+def whole_image_fits(
+    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, height: int, width: int
+) -> bool:
     """Whether one forward over the whole (height x width) image fits the free memory."""
     budget = pixel_budget(descriptor, device, dtype)
     return budget is not None and height * width <= budget

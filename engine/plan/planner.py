@@ -65,7 +65,9 @@ class TileSettingsError(TilewiseError, ValueError):
         self.setting = setting
 
 
-def tile_settings(tile: int | str = 0, pad: int | None = None, merge: str = "crop", batch: int = 4, compile: bool = False) -> TileSettings:
+def tile_settings(
+    tile: int | str = 0, pad: int | None = None, merge: str = "crop", batch: int = 4, compile: bool = False
+) -> TileSettings:
     """The one place tile settings from a host are validated and translated, so that a value works
     alike in every host. `tile`: 0 or "auto" = automatic, -1 = the whole image, else a window
     length of at least `MIN_USER_TILE`; `pad`: None or -1 = the model's receptive radius, else the
@@ -80,14 +82,20 @@ def tile_settings(tile: int | str = 0, pad: int | None = None, merge: str = "cro
             except ValueError:
                 raise TileSettingsError("tile", f"tile size must be a number of pixels or auto, got '{tile}'") from None
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < -1 or 0 < tile < MIN_USER_TILE:
-        raise TileSettingsError("tile", f"tile size must be 0 (automatic), -1 (whole image) or at least {MIN_USER_TILE} pixels, got {tile}")
+        raise TileSettingsError(
+            "tile", f"tile size must be 0 (automatic), -1 (whole image) or at least {MIN_USER_TILE} pixels, got {tile}"
+        )
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < -1):
-        raise TileSettingsError("pad", f"tile padding must be -1 (the model's receptive radius) or 0 or more pixels, got {pad}")
+        raise TileSettingsError(
+            "pad", f"tile padding must be -1 (the model's receptive radius) or 0 or more pixels, got {pad}"
+        )
     if merge not in ("crop", "blend"):
         raise TileSettingsError("merge", f"tile merge must be crop or blend, got '{merge}'")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise TileSettingsError("batch", f"tile batch must be 1 or more, got {batch}")
-    return TileSettings(tile=tile, pad=None if pad is None or pad < 0 else pad, merge=merge, batch=batch, compile=compile)
+    return TileSettings(
+        tile=tile, pad=None if pad is None or pad < 0 else pad, merge=merge, batch=batch, compile=compile
+    )
 
 
 _warned_global: set[str] = set()
@@ -113,7 +121,14 @@ def model_dtype(descriptor: ImageModelDescriptor, device: torch.device) -> torch
     return first.dtype if first is not None else torch.float32
 
 
-def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings: TileSettings, device: torch.device, dtype: torch.dtype | None = None) -> RunPlan:
+def plan_run(
+    descriptor: ImageModelDescriptor,
+    height: int,
+    width: int,
+    settings: TileSettings,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> RunPlan:
     """The tiles `run_tiled` will use for an image of (height, width), before padding to requirements.
 
     Auto tile (`tile=0`) takes the largest window that fits memory (`autotile`). For a model with
@@ -135,7 +150,9 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             tile = -1
         elif global_context:
             batch = 1
-            whole = autotile.fits_without_probe(descriptor, device, dtype, ph * pw) or whole_image_fits(descriptor, device, dtype, ph, pw)
+            whole = autotile.fits_without_probe(descriptor, device, dtype, ph * pw) or whole_image_fits(
+                descriptor, device, dtype, ph, pw
+            )
             tile = -1 if whole else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
             cpu = devices.active().is_cpu(device)
@@ -156,7 +173,8 @@ def plan_run(descriptor: ImageModelDescriptor, height: int, width: int, settings
             _warned_global.add(name)
             log.warning(
                 "Tilewise: %s uses global context, so tiles differ slightly from a whole-image run; "
-                "use tile size -1 (whole image) if memory allows.", name,
+                "use tile size -1 (whole image) if memory allows.",
+                name,
             )
     if not tiled:
         return RunPlan(plan_tiles(ph, pw, -1, 0), 0, -1, align, batch)
@@ -182,7 +200,9 @@ def _work(tiles: list[Tile], height: int, width: int) -> float:
     return sum(t.window.height * t.window.width for t in tiles) / (height * width)
 
 
-def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: int, height: int, width: int, device, dtype) -> None:
+def _warn_if_costly(
+    descriptor, settings: TileSettings, tiles: list[Tile], pad: int, height: int, width: int, device, dtype
+) -> None:
     """One warning line when a tile length the user chose makes margins dominate the work
     (RRDB, margin 79 px, at tile 64: 256 windows, about 20x the pixels), with auto's figure."""
     computed = _work(tiles, height, width)
@@ -197,11 +217,25 @@ def _warn_if_costly(descriptor, settings: TileSettings, tiles: list[Tile], pad: 
         instead = "; use automatic tiling (tile size 0 / --tile auto) or a larger tile"
     log.warning(
         "Tilewise: %s-px tiles with a %d-px margin make %s compute %.1fx the image's pixels%s.",
-        settings.tile if isinstance(settings.tile, int) else "x".join(map(str, settings.tile)), pad, descriptor.architecture.name, computed, instead,
+        settings.tile if isinstance(settings.tile, int) else "x".join(map(str, settings.tile)),
+        pad,
+        descriptor.architecture.name,
+        computed,
+        instead,
     )
 
 
-def _cheaper_cpu_tile(descriptor, settings: TileSettings, device, dtype, height: int, width: int, tile: int, align: int, working: float | None = None) -> int:
+def _cheaper_cpu_tile(
+    descriptor,
+    settings: TileSettings,
+    device,
+    dtype,
+    height: int,
+    width: int,
+    tile: int,
+    align: int,
+    working: float | None = None,
+) -> int:
     """The auto window budget on a CPU: the cheapest of `tile` (what memory allows), the largest
     window whose working set stays under `autotile.CPU_WORKING_SET` and the largest whose biggest
     tensor stays under `autotile.LARGE_TENSOR`. A plan costs the pixels its windows compute,
@@ -272,7 +306,9 @@ def _margin_that_matters(sides: set[int], cost, whole: float) -> int | None:
     return reach
 
 
-def context_pad(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int, reach: int | None = None) -> int:
+def context_pad(
+    descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device, align: int, reach: int | None = None
+) -> int:
     """The tile margin: the caller's, else the model's receptive radius (probed once, fp32).
     With `reach`, a margin of at least `reach` may be answered with any value >= `reach`."""
     if settings.pad is not None:

@@ -4,9 +4,9 @@
 run's settings, so every process on a machine plans the same auto windows for the same model
 (see `autotile._stored_key`); `receptive` keeps each model's tile margin (a probe that costs a
 deep RRDB many forwards), so only the first process that uses a model file pays for it.
-Values are positive numbers or small records of numbers. The file is only an optimisation: unreadable, corrupt or missing,
-it is ignored (and rewritten); `TILEWISE_PROBE_CACHE=0` switches it off (the test suite does,
-so that each test probes afresh). Deleting it makes the next run probe again.
+Values are positive numbers or small records of numbers. The file is only an optimisation:
+unreadable, corrupt or missing, it is ignored (and rewritten); `TILEWISE_PROBE_CACHE=0`
+switches it off (the test suite does, so that each test probes afresh). Deleting it makes the next run probe again.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def _read() -> dict[str, Value]:
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(path().read_text())
         if isinstance(data, dict):
-            return {k: (v if isinstance(v, dict) else float(v)) for k, v in data.items() if isinstance(k, str) and _valid(v)}
+            return {
+                k: (v if isinstance(v, dict) else float(v)) for k, v in data.items() if isinstance(k, str) and _valid(v)
+            }
     return {}
 
 

@@ -82,7 +82,9 @@ def has_global_context(descriptor: ImageModelDescriptor) -> bool:
     return descriptor.tiling == ModelTiling.DISCOURAGED
 
 
-def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int = 1, reach: int | None = None) -> Context:
+def model_context(
+    descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int = 1, reach: int | None = None
+) -> Context:
     """The tile margin for `descriptor`; `forward` runs the model in fp32 on `device` without clamping.
 
     With `reach`, the caller only needs the margin when it is below `reach`: the probe stops once
@@ -107,7 +109,15 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
         if context is None or context.partial and (reach is None or context.pad < reach):
             context = _probe(descriptor, forward, device, align, reach)
             if stored:
-                probe_store.put(stored, {"pad": context.pad, "exact": int(context.exact), "bounded": int(context.bounded), "partial": int(context.partial)})
+                probe_store.put(
+                    stored,
+                    {
+                        "pad": context.pad,
+                        "exact": int(context.exact),
+                        "bounded": int(context.bounded),
+                        "partial": int(context.partial),
+                    },
+                )
         minimum = getattr(model, "min_tile_margin", None)
         if isinstance(minimum, int) and minimum > context.pad:
             context = Context(minimum, exact=False, bounded=context.bounded, partial=context.partial)
@@ -119,7 +129,8 @@ def model_context(descriptor: ImageModelDescriptor, forward: Forward, device: to
 def _stored_key(descriptor: ImageModelDescriptor, align: int) -> str | None:
     """The key the probed margin is kept under between processes (`probe_store`): the weights,
     the architecture, the alignment and the probe's settings; None when keeping is off."""
-    settings = f"receptive4|{descriptor.architecture.id}|{align}|{EXACT_PROBE_RADIUS}|{EFFECTIVE_PROBE_RADIUS}|{PROBE_TOLERANCE}|{SAFETY}|{torch.__version__}"
+    probe = f"{EXACT_PROBE_RADIUS}|{EFFECTIVE_PROBE_RADIUS}|{PROBE_TOLERANCE}|{SAFETY}"
+    settings = f"receptive4|{descriptor.architecture.id}|{align}|{probe}|{torch.__version__}"
     return probe_store.key(descriptor.model, settings)
 
 
@@ -148,7 +159,9 @@ class _GradientCapableForward:
         return self.forward(x)
 
 
-def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int, reach: int | None = None) -> Context:
+def _probe(
+    descriptor: ImageModelDescriptor, forward: Forward, device: torch.device, align: int, reach: int | None = None
+) -> Context:
     """The full probe's context, or, with `reach`, a `partial` one as soon as the margin is known
     to be at least `reach`.
 
@@ -166,7 +179,11 @@ def _probe(descriptor: ImageModelDescriptor, forward: Forward, device: torch.dev
         size = _round_up(max(2 * extent + 1, requirements.minimum), align)
         return torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
 
-    effective = lambda stop: effective_radius(forward, image(EFFECTIVE_PROBE_RADIUS, 1236), descriptor.scale, align, requirements.minimum, stop)  # noqa: E731
+    def effective(stop):
+        return effective_radius(
+            forward, image(EFFECTIVE_PROBE_RADIUS, 1236), descriptor.scale, align, requirements.minimum, stop
+        )  # noqa: E731
+
     found = None
     if reach is not None:
         found = effective(reach)
@@ -199,7 +216,7 @@ def exact_radius(forward: Forward, image: torch.Tensor, scale: int) -> int | Non
         probe = image.clone().requires_grad_(True)
         out = forward(probe)
         s = out.shape[-1] // size
-        out[..., centre * s:(centre + 1) * s, centre * s:(centre + 1) * s].sum().backward()
+        out[..., centre * s : (centre + 1) * s, centre * s : (centre + 1) * s].sum().backward()
     grad = probe.grad.abs().sum(dim=(0, 1))
     rows = torch.nonzero(grad.sum(dim=1)).flatten()
     cols = torch.nonzero(grad.sum(dim=0)).flatten()
@@ -217,7 +234,9 @@ def probe_margins(limit: int) -> list[int]:
     return margins
 
 
-def effective_radius(forward: Forward, image: torch.Tensor, scale: int, align: int = 1, minimum: int = 0, stop: int | None = None) -> tuple[int, bool]:
+def effective_radius(
+    forward: Forward, image: torch.Tensor, scale: int, align: int = 1, minimum: int = 0, stop: int | None = None
+) -> tuple[int, bool]:
     """Smallest margin r at which cropping the input to centre +- r keeps the centre outputs
     within `PROBE_TOLERANCE` of what more context gives; (half the probe's size, False) when none
     up to it does. With `stop`, the search ends at the first margin of `probe_margins` at or past
@@ -245,7 +264,9 @@ def effective_radius(forward: Forward, image: torch.Tensor, scale: int, align: i
             y1 = min(size, _round_up(max(centre + block + r, y0 + minimum), align))
             out = forward(image[..., y0:y1, y0:y1])
             s = out.shape[-1] // (y1 - y0)
-            crops[r] = out[..., (centre - y0) * s:(centre - y0 + block) * s, (centre - y0) * s:(centre - y0 + block) * s].clone()
+            crops[r] = out[
+                ..., (centre - y0) * s : (centre - y0 + block) * s, (centre - y0) * s : (centre - y0 + block) * s
+            ].clone()
         return crops[r]
 
     def settled(r: int, reference: int) -> bool:

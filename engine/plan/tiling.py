@@ -102,7 +102,9 @@ def _window_length(cores: list[tuple[int, int]], pad: int, align: int) -> int:
     return _round_up(longest + 2 * pad + (align - 1), align)
 
 
-def plan_tiles(height: int, width: int, tile: int | tuple[int, int], pad: int, align: int = 1, square: bool = False) -> list[Tile]:
+def plan_tiles(
+    height: int, width: int, tile: int | tuple[int, int], pad: int, align: int = 1, square: bool = False
+) -> list[Tile]:
     """Tiles covering a (height, width) image; every window has the same shape.
 
     `tile` <= 0 means one window for the whole image. `align` makes core borders and window

@@ -69,7 +69,9 @@ def run_tiled(
     `carry`: per-pixel state between runs (video feature feedback). `replanned(tile, pad)` is told
     the smaller tile and its margin after running out of memory (a video keeps it for later frames)."""
     if image.ndim != 4 or image.shape[1] != descriptor.input_channels:
-        raise ImageError(f"the model expects (B, {descriptor.input_channels}, H, W) images, got shape {tuple(image.shape)}")
+        raise ImageError(
+            f"the model expects (B, {descriptor.input_channels}, H, W) images, got shape {tuple(image.shape)}"
+        )
     if 0 in image.shape:
         raise ImageError(f"the image is empty (shape {tuple(image.shape)}); give at least one 1x1 image")
     run = _TileRun(descriptor, image, settings, device, dtype, output_device, progress, carry, replanned)
@@ -94,15 +96,43 @@ def run_tiled(
 class _TileRun:
     """One `run_tiled` call: its plan, model forwards, output buffers and queue of windows."""
 
-    def __init__(self, descriptor, image, settings: TileSettings, device, dtype, output_device, progress, carry: Carry | None, replanned):
-        self.descriptor, self.settings, self.device, self.progress, self.carry, self.replanned = descriptor, settings, device, progress, carry, replanned
+    def __init__(
+        self,
+        descriptor,
+        image,
+        settings: TileSettings,
+        device,
+        dtype,
+        output_device,
+        progress,
+        carry: Carry | None,
+        replanned,
+    ):
+        self.descriptor, self.settings, self.device, self.progress, self.carry, self.replanned = (
+            descriptor,
+            settings,
+            device,
+            progress,
+            carry,
+            replanned,
+        )
         self.scale = descriptor.scale
         self.asked = dtype
         self.dtype, self.autocast = run_mode(descriptor, dtype)
         self.compile = settings.compile and carry is None  # a carried state changes inputs per batch
-        self.layout = torch.channels_last if settings.channels_last and prefers_channels_last(descriptor.model) else torch.contiguous_format
-        self.model_forward = forward_fn(descriptor, model_on(descriptor, device, self.dtype, compiled=self.compile), self.autocast)
-        self.forward32 = self.model_forward if self.dtype == torch.float32 and self.autocast is None else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+        self.layout = (
+            torch.channels_last
+            if settings.channels_last and prefers_channels_last(descriptor.model)
+            else torch.contiguous_format
+        )
+        self.model_forward = forward_fn(
+            descriptor, model_on(descriptor, device, self.dtype, compiled=self.compile), self.autocast
+        )
+        self.forward32 = (
+            self.model_forward
+            if self.dtype == torch.float32 and self.autocast is None
+            else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
+        )
         # plan
         batch, _, height, width = image.shape
         self.padded, (self.pad_bottom, self.pad_right) = _pad_to_requirements(descriptor, image)
@@ -129,7 +159,7 @@ class _TileRun:
         return _take_group(self.queue, self.per_forward)
 
     def _windows(self, group: Group) -> torch.Tensor:
-        return torch.stack([self.padded[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group])
+        return torch.stack([self.padded[b, :, t.window.y0 : t.window.y1, t.window.x0 : t.window.x1] for t, b in group])
 
     # -- forward --------------------------------------------------------------------------
 
@@ -142,15 +172,27 @@ class _TileRun:
         windows = self._windows(group)
         if self.compile and len(group) < self.per_forward:  # one batch shape: compile once
             filler = windows[-1:].expand(self.per_forward - len(group), -1, -1, -1)
-            result = self._call(self.model_forward, self.transfers.upload(torch.cat([windows, filler]), self.dtype, self.layout), group)[: len(group)]
+            result = self._call(
+                self.model_forward, self.transfers.upload(torch.cat([windows, filler]), self.dtype, self.layout), group
+            )[: len(group)]
         else:
             result = self._call(self.model_forward, self.transfers.upload(windows, self.dtype, self.layout), group)
-        expected = (len(group), self.descriptor.output_channels, windows.shape[-2] * self.scale, windows.shape[-1] * self.scale)
+        expected = (
+            len(group),
+            self.descriptor.output_channels,
+            windows.shape[-2] * self.scale,
+            windows.shape[-1] * self.scale,
+        )
         if tuple(result.shape) != expected:
-            raise _WrongShape(f"{self.descriptor.architecture.name} returned shape {tuple(result.shape)} for input {tuple(windows.shape)}; expected {expected}")
+            raise _WrongShape(
+                f"{self.descriptor.architecture.name} returned shape {tuple(result.shape)} for input "
+                f"{tuple(windows.shape)}; expected {expected}"
+            )
         # the download clamps in place; on the fast path it allocates device memory too
         with torch.inference_mode():
-            return self.transfers.download(group, windows, result, check_finite=self.dtype != torch.float32 or self.autocast is not None)
+            return self.transfers.download(
+                group, windows, result, check_finite=self.dtype != torch.float32 or self.autocast is not None
+            )
 
     def fall_back_in_precision(self, error: Exception, group: Group) -> bool:
         """After a model failure in a low precision (not out of memory): continue under autocast,
@@ -161,12 +203,20 @@ class _TileRun:
             return False
         name, asked = self.descriptor.architecture.name, self.asked
         if self.autocast is None:
-            log.warning("Tilewise: %s failed in %s (%s); continuing with %s autocast.", name, asked, first_line(error), asked)
+            log.warning(
+                "Tilewise: %s failed in %s (%s); continuing with %s autocast.", name, asked, first_line(error), asked
+            )
             mark_failing(self.descriptor, asked, "autocast")
             self.dtype, self.autocast = torch.float32, asked
-            self.model_forward = forward_fn(self.descriptor, model_on(self.descriptor, self.device, torch.float32, compiled=self.compile), self.autocast)
+            self.model_forward = forward_fn(
+                self.descriptor,
+                model_on(self.descriptor, self.device, torch.float32, compiled=self.compile),
+                self.autocast,
+            )
         else:
-            log.warning("Tilewise: %s failed under %s autocast (%s); continuing in fp32.", name, asked, first_line(error))
+            log.warning(
+                "Tilewise: %s failed under %s autocast (%s); continuing in fp32.", name, asked, first_line(error)
+            )
             mark_failing(self.descriptor, asked, "fp32")
             self.model_forward, self.dtype, self.autocast = self.forward32, torch.float32, None
         self.queue.extendleft(reversed(group))
@@ -178,9 +228,15 @@ class _TileRun:
         name = self.descriptor.architecture.name
         if not is_out_of_memory(error):
             window = group[0][0].window
-            raise ModelRunError(f"{name} failed on the tile at x={window.x0}, y={window.y0} ({window.width}x{window.height}): {type(error).__name__}: {error}") from error
+            raise ModelRunError(
+                f"{name} failed on the tile at x={window.x0}, y={window.y0} ({window.width}x{window.height}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
         if self.descriptor.tiling == ModelTiling.INTERNAL:
-            raise TilewiseError(f"out of memory running {name}, which cannot be tiled; use a smaller image or a device with more memory.") from None
+            raise TilewiseError(
+                f"out of memory running {name}, which cannot be tiled; use a smaller image or a device with more "
+                f"memory."
+            ) from None
         self.tile = _shrink_after_oom(self.tile, group, self.device)
         if self.tile_context is None:  # the run was untiled: tiles from now on need their margin
             self.pad = self.tile_context = context_pad(self.descriptor, self.settings, self.device, self.align)
@@ -213,16 +269,22 @@ class _TileRun:
             item.wait()
             result = item.result
         except FastPathError:
-            redone = self._call(self.model_forward, self.transfers.upload(item.windows, self.dtype, self.layout), item.group)
+            redone = self._call(
+                self.model_forward, self.transfers.upload(item.windows, self.dtype, self.layout), item.group
+            )
             with torch.inference_mode():
                 item = self.transfers.download(item.group, item.windows, redone, check_finite=item.finite is not None)
             result = item.result
         if item.overflowed():
             log.warning("Tilewise: non-finite values in %s; re-running this tile in fp32.", self.asked)
-            result = self._call(self.forward32, item.windows.to(self.device).contiguous(memory_format=self.layout), item.group)
+            result = self._call(
+                self.forward32, item.windows.to(self.device).contiguous(memory_format=self.layout), item.group
+            )
             with torch.inference_mode():
                 result = result.to(device=self.output.device, dtype=torch.float32).clamp_(0, 1)
-        waiting = len(self.queue) + (len(self.pending.group) if self.pending is not None and self.pending is not item else 0)
+        waiting = len(self.queue) + (
+            len(self.pending.group) if self.pending is not None and self.pending is not item else 0
+        )
         for index, ((t, b), out) in enumerate(zip(item.group, result)):
             if self.weights is None:
                 _paste_core(self.output[b], out, t, self.scale)
@@ -253,11 +315,14 @@ def _take_group(queue: deque, limit: int) -> list[tuple[Tile, int]]:
 
 
 def _shrink_after_oom(tile: int, group: list, device: torch.device) -> int:
-    current, smaller = halved_tile(tile, [t.window for t, _ in group], device, "free memory (close other programs), use a smaller model or image, or run on the CPU.")
+    current, smaller = halved_tile(
+        tile,
+        [t.window for t, _ in group],
+        device,
+        "free memory (close other programs), use a smaller model or image, or run on the CPU.",
+    )
     log.warning("Tilewise: out of memory with %d-pixel tiles; retrying this tile at %d.", current, smaller)
     return smaller
-
-
 
 
 def _resplit_queue(queue: deque, height: int, width: int, tile: int, pad: int, align: int) -> None:
@@ -274,7 +339,7 @@ def _resplit_queue(queue: deque, height: int, width: int, tile: int, pad: int, a
 def _paste_core(output: torch.Tensor, result: torch.Tensor, tile: Tile, scale: int) -> None:
     core = tile.core.scaled(scale)
     inner = tile.core.relative_to(tile.window).scaled(scale)
-    output[:, core.y0:core.y1, core.x0:core.x1] = result[:, inner.y0:inner.y1, inner.x0:inner.x1]
+    output[:, core.y0 : core.y1, core.x0 : core.x1] = result[:, inner.y0 : inner.y1, inner.x0 : inner.x1]
 
 
 def _ramp(length: int, start_inside: bool, end_inside: bool, fade: int) -> torch.Tensor:
@@ -297,10 +362,8 @@ def _accumulate(output, weights, result, tile: Tile, scale: int, pad: int, heigh
     wy = _ramp(window.height, tile.window.y0 > 0, tile.window.y1 < height, fade)
     wx = _ramp(window.width, tile.window.x0 > 0, tile.window.x1 < width, fade)
     weight = (wy[:, None] * wx[None, :]).to(output.device)
-    output[:, window.y0:window.y1, window.x0:window.x1] += result * weight
-    weights[:, window.y0:window.y1, window.x0:window.x1] += weight
-
-
+    output[:, window.y0 : window.y1, window.x0 : window.x1] += result * weight
+    weights[:, window.y0 : window.y1, window.x0 : window.x1] += weight
 
 
 def _pad_to_requirements(descriptor: ImageModelDescriptor, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

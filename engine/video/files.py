@@ -22,8 +22,8 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from ..errors import TilewiseError
-from ..storage import exclusive_file
 from ..run.runner import CancelFn
+from ..storage import exclusive_file
 from .temporal import VideoOptions, VideoUpscaler
 
 FrameProgressFn = Callable[[int, "int | None"], None]
@@ -127,7 +127,9 @@ def upscale_video_file(
             try:
                 output = av.open(str(temporary), "w")
             except Exception as error:
-                raise VideoIOError(f"{destination}: cannot write this kind of video file ({error}); use .mp4, .mkv or .mov") from None
+                raise VideoIOError(
+                    f"{destination}: cannot write this kind of video file ({error}); use .mp4, .mkv or .mov"
+                ) from None
             with output:
                 name = _pick_codec(av, codec, output.format.name.split(",")[0])
                 video_out = output.add_stream(name, rate=rate)

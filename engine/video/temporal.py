@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
 from ..compute import devices
+from ..compute.precision import resolve_device, resolve_dtype
 from ..errors import CancelledError, ImageError
 from ..image.pipeline import UpscaleOptions, _validated, passes_needed, upscale
-from ..compute.precision import resolve_device, resolve_dtype
 from ..image.resize import resize
 from ..plan.planner import RunPlan, plan_run
 from ..run.runner import CancelFn, ProgressFn, _paste_core, run_tiled
@@ -102,7 +102,10 @@ def resolve_temporal_mode(mode: str, descriptor: ImageModelDescriptor) -> str:
     if mode == "auto":
         return "feedback" if supports_feedback(descriptor) else "stabilize"
     if mode == "feedback" and not supports_feedback(descriptor):
-        raise ValueError(f"{descriptor.architecture.name} has no feature feedback (only ParagonSR2 does); use temporal mode 'stabilize' or 'auto'")
+        raise ValueError(
+            f"{descriptor.architecture.name} has no feature feedback (only ParagonSR2 does); use temporal mode "
+            f"'stabilize' or 'auto'"
+        )
     return mode
 
 
@@ -141,7 +144,11 @@ def shift_image(image: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
     _, _, height, width = image.shape
     ys = (torch.arange(height, dtype=torch.float64, device=image.device) - dy + 0.5) * (2 / height) - 1
     xs = (torch.arange(width, dtype=torch.float64, device=image.device) - dx + 0.5) * (2 / width) - 1
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None].to(image.dtype).expand(image.shape[0], -1, -1, -1)
+    grid = (
+        torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        .to(image.dtype)
+        .expand(image.shape[0], -1, -1, -1)
+    )
     return F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False)
 
 
@@ -256,7 +263,12 @@ class Stabilizer:
     a 1920x1080 output on one CPU thread.
     """
 
-    def __init__(self, strength: float = DEFAULT_STABILIZE_STRENGTH, threshold: float = DEFAULT_STATIC_THRESHOLD, motion: bool = True):
+    def __init__(
+        self,
+        strength: float = DEFAULT_STABILIZE_STRENGTH,
+        threshold: float = DEFAULT_STATIC_THRESHOLD,
+        motion: bool = True,
+    ):
         if not 0 <= strength < 1:
             raise ValueError(f"stabiliser strength must be in [0, 1), got {strength}")
         if not threshold > 0:
@@ -299,7 +311,9 @@ class Stabilizer:
 
 
 def _inside(height: int, width: int, dy: float, dx: float, device) -> torch.Tensor:
-    """(1, 1, h, w): 1 where both an LR pixel and its source (y - dy, x - dx) are at least `MOTION_EDGE` px inside the frame."""
+    """(1, 1, h, w): 1 where both an LR pixel and its source (y - dy, x - dx) are at least
+    `MOTION_EDGE` px inside the frame."""
+
     def axis(size: int, d: float) -> torch.Tensor:
         position = torch.arange(size, dtype=torch.float32, device=device)
         lo, hi = MOTION_EDGE, size - 1 - MOTION_EDGE
@@ -319,7 +333,10 @@ class VideoUpscaler:
         self.descriptor, self.options = descriptor, options
         self.mode = resolve_temporal_mode(options.temporal, descriptor)
         if options.first_frame not in FIRST_FRAME_CONVENTIONS:
-            raise ValueError(f"first-frame convention must be one of {', '.join(FIRST_FRAME_CONVENTIONS)}, got '{options.first_frame}'")
+            raise ValueError(
+                f"first-frame convention must be one of {', '.join(FIRST_FRAME_CONVENTIONS)}, got "
+                f"'{options.first_frame}'"
+            )
         if options.scene_cut is not None and options.scene_cut < 0:
             raise ValueError(f"scene-cut threshold must be 0 or more, got {options.scene_cut}")
         up = options.upscale
@@ -332,7 +349,15 @@ class VideoUpscaler:
             self.alpha = default if options.strength is None else float(options.strength)
             if not 0 <= self.alpha < 1:
                 raise ValueError(f"feedback strength (alpha) must be in [0, 1), got {self.alpha}")
-        self.stabilizer = Stabilizer(DEFAULT_STABILIZE_STRENGTH if options.strength is None else float(options.strength), options.static_threshold, options.motion_compensation) if self.mode == "stabilize" else None
+        self.stabilizer = (
+            Stabilizer(
+                DEFAULT_STABILIZE_STRENGTH if options.strength is None else float(options.strength),
+                options.static_threshold,
+                options.motion_compensation,
+            )
+            if self.mode == "stabilize"
+            else None
+        )
         self._plans: dict[tuple[int, int], RunPlan] = {}
         self.cuts = 0  # scene cuts detected so far (for reports)
         self.reset()
@@ -353,7 +378,9 @@ class VideoUpscaler:
             if len(self._plans) > 4:  # a stream that keeps changing size should not grow this
                 self._plans.clear()
             with devices.using(self.options.upscale.devices):
-                self._plans[key] = plan_run(self.descriptor, height, width, self.options.upscale.tiles, self.device, self.dtype)
+                self._plans[key] = plan_run(
+                    self.descriptor, height, width, self.options.upscale.tiles, self.device, self.dtype
+                )
         return self._plans[key]
 
     def _fixed_options(self, height: int, width: int) -> UpscaleOptions:
@@ -364,7 +391,9 @@ class VideoUpscaler:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def process(self, frames: torch.Tensor, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+    def process(
+        self, frames: torch.Tensor, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+    ) -> torch.Tensor:
         with devices.using(self.options.upscale.devices):
             return self._process(frames, progress, cancel)
 
@@ -389,7 +418,11 @@ class VideoUpscaler:
         previous, self._thumbnail = self._thumbnail, small
         if previous is None:
             return True
-        cut = is_scene_cut(previous, small, self.options.scene_cut) if self.options.scene_cut else previous.shape != small.shape
+        cut = (
+            is_scene_cut(previous, small, self.options.scene_cut)
+            if self.options.scene_cut
+            else previous.shape != small.shape
+        )
         self.cuts += int(cut)
         return cut
 
@@ -397,10 +430,16 @@ class VideoUpscaler:
         descriptor, options = self.descriptor, self.options.upscale
         batch, channels, height, width = frames.shape
         if channels != descriptor.input_channels:
-            raise ImageError(f"feature feedback needs frames with the model's {descriptor.input_channels} channels, got {channels}; use temporal mode 'stabilize'")
+            raise ImageError(
+                f"feature feedback needs frames with the model's {descriptor.input_channels} channels, got "
+                f"{channels}; use temporal mode 'stabilize'"
+            )
         target = options.target.output_size(height, width, descriptor.scale)
         if passes_needed(descriptor.scale, (height, width), target, options.max_passes) > 1:
-            raise ValueError(f"feature feedback runs the model once per frame; {target[1]}x{target[0]} needs more than one {descriptor.scale}x pass (use temporal mode 'stabilize' or a smaller size)")
+            raise ValueError(
+                f"feature feedback runs the model once per frame; {target[1]}x{target[0]} needs more than one "
+                f"{descriptor.scale}x pass (use temporal mode 'stabilize' or a smaller size)"
+            )
         scale = descriptor.scale
         out = torch.empty(batch, descriptor.output_channels, *target, dtype=torch.float32, device=self.output_device)
         total = len(self.plan(height, width).tiles) * batch
@@ -423,14 +462,30 @@ class VideoUpscaler:
         height, width = frame.shape[-2:]
         plan = self.plan(height, width)
         settings = replace(self.options.upscale.tiles, tile=plan.settings_tile, pad=plan.pad, batch=plan.batch)
-        carry = FeatureFeedback(self._feature, self.alpha, self.descriptor.model.num_feat, zeros_first=self.options.first_frame == "zeros", device=self.device)
+        carry = FeatureFeedback(
+            self._feature,
+            self.alpha,
+            self.descriptor.model.num_feat,
+            zeros_first=self.options.first_frame == "zeros",
+            device=self.device,
+        )
 
         def replanned(tile: int, pad: int) -> None:
             smaller = replace(self.options.upscale.tiles, tile=tile, pad=pad)
             self._plans[(height, width)] = plan_run(self.descriptor, height, width, smaller, self.device, self.dtype)
 
-        output = run_tiled(self.descriptor, frame, settings=settings, device=self.device, dtype=self.dtype, output_device=self.output_device,
-                           progress=progress, cancel=cancel, carry=carry, replanned=replanned)
+        output = run_tiled(
+            self.descriptor,
+            frame,
+            settings=settings,
+            device=self.device,
+            dtype=self.dtype,
+            output_device=self.output_device,
+            progress=progress,
+            cancel=cancel,
+            carry=carry,
+            replanned=replanned,
+        )
         self._feature = carry.feature
         return output
 
@@ -441,8 +496,16 @@ class FeatureFeedback:
     current frame's features pasted core by core into the map the next frame reads (crop merge
     at LR, so tiled feedback equals untiled for convolutional variants)."""
 
-    def __init__(self, previous: torch.Tensor | None, alpha: float, channels: int, zeros_first: bool, device: torch.device):
-        self.previous, self.alpha, self.channels, self.zeros_first, self.device = previous, alpha, channels, zeros_first, device
+    def __init__(
+        self, previous: torch.Tensor | None, alpha: float, channels: int, zeros_first: bool, device: torch.device
+    ):
+        self.previous, self.alpha, self.channels, self.zeros_first, self.device = (
+            previous,
+            alpha,
+            channels,
+            zeros_first,
+            device,
+        )
         self.feature = torch.empty(0)
 
     def begin(self, image: torch.Tensor) -> None:
@@ -456,8 +519,12 @@ class FeatureFeedback:
     def forward(self, forward, x: torch.Tensor, group) -> torch.Tensor:
         prev = None
         if self.previous is not None:
-            layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
-            cuts = [self.previous[b, :, t.window.y0:t.window.y1, t.window.x0:t.window.x1] for t, b in group]
+            layout = (
+                torch.channels_last
+                if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                else torch.contiguous_format
+            )
+            cuts = [self.previous[b, :, t.window.y0 : t.window.y1, t.window.x0 : t.window.x1] for t, b in group]
             prev = torch.stack(cuts).to(x.device, x.dtype).contiguous(memory_format=layout)
         result, feature = forward(x, feature_tap=True, prev_feat=prev, alpha=self.alpha)
         for (t, b), values in zip(group, feature):
@@ -465,7 +532,9 @@ class FeatureFeedback:
         return result
 
 
-def upscale_frames(descriptor: ImageModelDescriptor, frames: torch.Tensor, options: VideoOptions = VideoOptions(), **kwargs) -> torch.Tensor:
+def upscale_frames(
+    descriptor: ImageModelDescriptor, frames: torch.Tensor, options: VideoOptions = VideoOptions(), **kwargs
+) -> torch.Tensor:
     """One-shot helper: a fresh `VideoUpscaler` over a (T, C, H, W) clip, one frame at a time."""
     runner = VideoUpscaler(descriptor, options)
     first = runner.process(frames[:1], **kwargs)

@@ -9,7 +9,9 @@ from modules import paths_internal
 
 
 class OptionInfo:
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs):
+    def __init__(
+        self, default=None, label="", component=None, component_args=None, onchange=None, section=None, **kwargs
+    ):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
         self.section = section
         self.comment_after = ""

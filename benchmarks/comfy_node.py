@@ -49,57 +49,10 @@ def build_models(names: list[str], folder: Path) -> None:
     import shutil
 
     from safetensors.torch import save_file
-    from spandrel.architectures.Compact import Compact
-    from spandrel.architectures.DAT import DAT
-    from spandrel.architectures.ESRGAN import ESRGAN
-    from spandrel.architectures.SPAN import SPAN
-    from spandrel.architectures.SwinIR import SwinIR
-    from tilewise.archs.paragonsr2 import ParagonSR2
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from tiling import seeded
+    from tiling import benchmark_model
 
-    makers = {
-        "compact": lambda: seeded(
-            Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0
-        ),
-        "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
-        "rrdb6": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=6, scale=4), 1),
-        "rrdb23": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4), 1),
-        "swinir": lambda: seeded(
-            SwinIR(
-                upscale=2,
-                in_chans=3,
-                img_size=64,
-                window_size=8,
-                img_range=1.0,
-                depths=[6, 6],
-                embed_dim=60,
-                num_heads=[6, 6],
-                mlp_ratio=2,
-                upsampler="pixelshuffledirect",
-                resi_connection="1conv",
-            ),
-            3,
-        ),
-        "dat": lambda: seeded(
-            DAT(
-                upscale=2,
-                in_chans=3,
-                img_size=64,
-                img_range=1.0,
-                depth=[6, 6],
-                embed_dim=60,
-                num_heads=[6, 6],
-                expansion_factor=2,
-                split_size=[8, 16],
-                upsampler="pixelshuffledirect",
-                resi_connection="1conv",
-            ),
-            5,
-        ),
-        "paragonsr2photo": lambda: seeded(ParagonSR2(scale=2, variant="photo"), 6),
-    }
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name == "paragonsr2":
@@ -107,7 +60,7 @@ def build_models(names: list[str], folder: Path) -> None:
                 ROOT / "models" / "tilewise_paragonsr2_realtime_x2.safetensors", folder / "paragonsr2.safetensors"
             )
             continue
-        model = makers[name]().model
+        model = benchmark_model(name).model
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
 
 

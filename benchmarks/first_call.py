@@ -34,14 +34,13 @@ def main() -> int:
         import torch
         from safetensors.torch import save_file
         from skimage import data
-        from spandrel.architectures.ESRGAN import ESRGAN
 
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from tilewise.engine import UpscaleOptions, load_model, upscale
-        from tiling import seeded
+        from tiling import benchmark_model
 
         torch.set_num_threads(args.threads)
-        built = seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=args.blocks, scale=4), 1).model
+        built = benchmark_model(f"rrdb{args.blocks}").model
         path = Path(folder) / "rrdb.safetensors"
         save_file({k: v.contiguous() for k, v in built.state_dict().items()}, str(path))
         model = load_model(path, cache=None)

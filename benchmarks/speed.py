@@ -43,38 +43,16 @@ from tilewise.archs.windows import plain_forms  # noqa: E402
 from tilewise.engine import TileSettings, UpscaleOptions, load_model, run_tiled, upscale  # noqa: E402
 from tilewise.engine.compute.devices import cpu_has_native_bf16, resident_bytes  # noqa: E402
 from tilewise.engine.compute.precision import prefers_channels_last  # noqa: E402
-from tiling import PARAGONSR2_FIXTURES, naive_tiled, seeded  # noqa: E402
+from tiling import PARAGONSR2_FIXTURES, benchmark_model, naive_tiled  # noqa: E402
 
 
 def models() -> dict:
-    from spandrel.architectures.Compact import Compact
-    from spandrel.architectures.ESRGAN import ESRGAN
-    from spandrel.architectures.SPAN import SPAN
-    from spandrel.architectures.SwinIR import SwinIR
-
     return {
-        "compact": lambda: seeded(
-            Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"), 0
-        ),
-        "esrgan": lambda: seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=4, scale=4), 1),
-        "span": lambda: seeded(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4), 2),
+        "compact": lambda: benchmark_model("compact"),
+        "esrgan": lambda: benchmark_model("rrdb4"),
+        "span": lambda: benchmark_model("span"),
         "paragonsr2-photo": lambda: load_model(PARAGONSR2_FIXTURES / "paragonsr2_photo_x2.safetensors", cache=None),
-        "swinir": lambda: seeded(
-            SwinIR(
-                upscale=2,
-                in_chans=3,
-                img_size=64,
-                window_size=8,
-                img_range=1.0,
-                depths=[6, 6],
-                embed_dim=60,
-                num_heads=[6, 6],
-                mlp_ratio=2,
-                upsampler="pixelshuffledirect",
-                resi_connection="1conv",
-            ),
-            3,
-        ),
+        "swinir": lambda: benchmark_model("swinir"),
     }
 
 

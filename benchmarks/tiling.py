@@ -54,6 +54,42 @@ def seeded(model: torch.nn.Module, seed: int) -> ImageModelDescriptor:
     return descriptor
 
 
+def _light_transformer(kind: str) -> torch.nn.Module:
+    """A light x2 SwinIR or DAT (6+6 blocks, 60 channels, pixel-shuffle-direct)."""
+    from spandrel.architectures.DAT import DAT
+    from spandrel.architectures.SwinIR import SwinIR
+
+    common = dict(upscale=2, in_chans=3, img_size=64, img_range=1.0, embed_dim=60, num_heads=[6, 6])
+    common.update(upsampler="pixelshuffledirect", resi_connection="1conv")
+    if kind == "swinir":
+        return SwinIR(window_size=8, depths=[6, 6], mlp_ratio=2, **common)
+    return DAT(depth=[6, 6], expansion_factor=2, split_size=[8, 16], **common)
+
+
+def benchmark_model(name: str) -> ImageModelDescriptor:
+    """The seeded models the benchmarks share, real architecture classes in the shapes users run:
+    `compact` (realesr-animevideov3: 64 x 16, x4), `span` (48 features, x4), `rrdb<N>` (RealESRGAN
+    x4plus's RRDB with N blocks: 23 = x4plus, 6 = x4plus anime), `swinir` and `dat` (light x2),
+    `paragonsr2photo` (the photo variant, x2). One seed per architecture, so every benchmark
+    measures the same weights."""
+    from spandrel.architectures.SPAN import SPAN
+    from tilewise.archs.paragonsr2 import ParagonSR2
+
+    if name.startswith("rrdb") and name[4:].isdigit():
+        return seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=int(name[4:]), scale=4), 1)
+    makers = {
+        "compact": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"),
+        "span": lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4),
+        "swinir": lambda: _light_transformer("swinir"),
+        "dat": lambda: _light_transformer("dat"),
+        "paragonsr2photo": lambda: ParagonSR2(scale=2, variant="photo"),
+    }
+    seeds = {"compact": 0, "span": 2, "swinir": 3, "dat": 5, "paragonsr2photo": 6}
+    if name not in makers:
+        raise ValueError(f"unknown benchmark model '{name}'; choose from {', '.join(makers)} or rrdb<blocks>")
+    return seeded(makers[name](), seeds[name])
+
+
 def naive_tiled(
     descriptor: ImageModelDescriptor, image: torch.Tensor, tile: int = 512, overlap: int = 32
 ) -> torch.Tensor:

@@ -121,6 +121,22 @@ def test_global_context_tiles_only_to_fit_with_the_largest_window(monkeypatch, c
     assert any("uses global context" in r.message for r in caplog.records)
 
 
+def test_global_context_small_images_run_whole_without_the_memory_probe(monkeypatch):
+    """A global-context model (SwinIR) on an image within the 64 kB/px bound runs whole without
+    the memory probe (its first 256² call was 1.55x a later one, mostly that probe); beyond the
+    bound the probe still decides, and tiles when memory is short."""
+    model = _global(describe(ConvNet()))
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
+    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
+    plan = plan_run(model, 200, 180, TileSettings(tile=0), CPU)
+    assert plan.tile == -1 and len(plan.tiles) == 1
+    with pytest.raises(pytest.fail.Exception):
+        plan_run(model, 400, 360, TileSettings(tile=0), CPU)  # 400 x 360 x 64 kB is over the working set
+    monkeypatch.undo()
+    monkeypatch.setattr(autotile, "free_memory", lambda device: int(48 * 4 * 100 * 100 / autotile.SAFETY))
+    assert len(plan_run(_global(describe(ConvNet())), 400, 360, TileSettings(tile=0), CPU).tiles) > 1
+
+
 def test_paragonsr2_photo_declares_global_context():
     from conftest import PARAGONSR2_FIXTURES as fixtures
     from tilewise.engine import load_model

@@ -376,7 +376,7 @@ def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dt
 CPU_BOUND_PER_PIXEL = 64 << 10
 
 
-def fits_without_probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> bool:
+def fits_without_probe(device: torch.device, pixels: int) -> bool:
     """Whether a CPU window of `pixels` surely fits without measuring the model's working memory:
     even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
     `CPU_WORKING_SET` (so it pays no working-set slowdown either). The runner then weighs only

@@ -150,15 +150,13 @@ def plan_run(
             tile = -1
         elif global_context:
             batch = 1
-            whole = autotile.fits_without_probe(descriptor, device, dtype, ph * pw) or whole_image_fits(
-                descriptor, device, dtype, ph, pw
-            )
+            whole = autotile.fits_without_probe(device, ph * pw) or whole_image_fits(descriptor, device, dtype, ph, pw)
             tile = -1 if whole else auto_tile_size(descriptor, device, dtype, 1, cap=False)
         else:
             cpu = devices.active().is_cpu(device)
             if cpu:  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
-            if cpu and autotile.fits_without_probe(descriptor, device, dtype, ph * pw):
+            if cpu and autotile.fits_without_probe(device, ph * pw):
                 # surely within memory and the working set: only the large-tensor window competes
                 tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, max(ph, pw), align, working=0.0)
             else:

@@ -169,14 +169,12 @@ class _TileRun:
 
     def forward(self, group: Group) -> Pending:
         """Runs the model on `group`'s windows and starts copying the result back."""
-        windows = self._windows(group)
+        windows = batch = self._windows(group)
         if self.compile and len(group) < self.per_forward:  # one batch shape: compile once
-            filler = windows[-1:].expand(self.per_forward - len(group), -1, -1, -1)
-            result = self._call(
-                self.model_forward, self.transfers.upload(torch.cat([windows, filler]), self.dtype, self.layout), group
-            )[: len(group)]
-        else:
-            result = self._call(self.model_forward, self.transfers.upload(windows, self.dtype, self.layout), group)
+            batch = torch.cat([windows, windows[-1:].expand(self.per_forward - len(group), -1, -1, -1)])
+        result = self._call(self.model_forward, self.transfers.upload(batch, self.dtype, self.layout), group)[
+            : len(group)
+        ]
         expected = (
             len(group),
             self.descriptor.output_channels,

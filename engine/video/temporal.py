@@ -461,7 +461,7 @@ class VideoUpscaler:
         of memory is kept for the frames that follow."""
         height, width = frame.shape[-2:]
         plan = self.plan(height, width)
-        settings = replace(self.options.upscale.tiles, tile=plan.settings_tile, pad=plan.pad, batch=plan.batch)
+        settings = replace(self._fixed_options(height, width).tiles, batch=plan.batch)
         carry = FeatureFeedback(
             self._feature,
             self.alpha,

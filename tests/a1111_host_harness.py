@@ -71,6 +71,7 @@ def _walk_files(path, allowed_extensions=None):
 
 
 def install_stubs(checkout: str, models_dir: str) -> None:
+    import modules  # noqa: F401 - the checkout's own package (a namespace package in A1111 and Forge); stubs go inside it
     import torch
 
     cpu = torch.device("cpu")

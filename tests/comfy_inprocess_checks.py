@@ -517,7 +517,7 @@ def test_video_continuity_without_meta_batch(comfy, compact, video_node):
     whole = video_engine(comfy, compact, frames, tile=-1)
 
     def run(part, **kw):
-        return video_node.execute(compact, part, temporal_mode="stabilize", tile_size=-1, device="cpu", **kw)[0]  # noqa: E731
+        return video_node.execute(compact, part, temporal_mode="stabilize", tile_size=-1, device="cpu", **kw)[0]
 
     # auto without a manager: every execution is a whole video (reproducible runs)
     run(frames[:3])

@@ -261,7 +261,7 @@ def onnx_external_in_function_branch(path: Path, secret: str = "secret.txt") -> 
     leak.external_data.add(key="length", value="12")
 
     def branch(name, node):
-        return helper.make_graph([node], name, [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])  # noqa: E731
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
 
     then_branch = branch("then", helper.make_node("Constant", [], ["b"], value=leak))
     else_branch = branch(

@@ -182,7 +182,7 @@ def _probe(
     def effective(stop):
         return effective_radius(
             forward, image(EFFECTIVE_PROBE_RADIUS, 1236), descriptor.scale, align, requirements.minimum, stop
-        )  # noqa: E731
+        )
 
     found = None
     if reach is not None:

@@ -108,14 +108,8 @@ class _TileRun:
         carry: Carry | None,
         replanned,
     ):
-        self.descriptor, self.settings, self.device, self.progress, self.carry, self.replanned = (
-            descriptor,
-            settings,
-            device,
-            progress,
-            carry,
-            replanned,
-        )
+        self.descriptor, self.settings, self.device = descriptor, settings, device
+        self.progress, self.carry, self.replanned = progress, carry, replanned
         self.scale = descriptor.scale
         self.asked = dtype
         self.dtype, self.autocast = run_mode(descriptor, dtype)

@@ -8,6 +8,9 @@ Nothing here raises: a failure is printed and the WebUI starts anyway (the exten
 what is missing when it lists its models).
 """
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,9 @@ name follows the host's rule for upscalers (`UpscalerTilewise` -> `cmd_opts.tile
 so the host passes the folder to the upscaler's constructor. Outside the WebUI this file is unused.
 """
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 import os
 
 

@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from spandrel import ArchSupport, ImageModelDescriptor, ModelTiling, StateDict
+from spandrel import ArchId, ArchSupport, ImageModelDescriptor, ModelTiling, StateDict
 from torch import nn
 
 from .base import HintNeededError, LoadHints, NativeArchitecture
@@ -112,7 +112,8 @@ def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
 
 
-def _reach(conv: nn.Conv2d) -> Step:
+def _reach(conv: nn.Module) -> Step:
+    assert isinstance(conv, nn.Conv2d), conv
     return ("conv", conv.kernel_size[0] // 2)
 
 
@@ -247,6 +248,7 @@ class MeanShift(nn.Conv2d):
     ):
         super().__init__(3, 3, kernel_size=1)
         std_t = torch.tensor(std, dtype=torch.float32)
+        assert self.bias is not None
         with torch.no_grad():
             self.weight.copy_(torch.diag(1.0 / std_t).view(3, 3, 1, 1))
             self.bias.copy_(sign * rgb_range * torch.tensor(mean, dtype=torch.float32) / std_t)
@@ -303,7 +305,8 @@ class EDSR(nn.Module):
         up: list[nn.Module] = []
         for f in _upsample_stages(self.scale):
             up += [_conv(n_feats, f * f * n_feats, 3), nn.PixelShuffle(f)]
-        self.tail = nn.Sequential(nn.Sequential(*up), _conv(n_feats, n_colors, kernel_size))
+        upsampler = nn.Sequential(*up)
+        self.tail = nn.Sequential(upsampler, _conv(n_feats, n_colors, kernel_size))
 
         steps: list[Step] = [_reach(self.head[0])]
         for block in self.body:
@@ -311,7 +314,7 @@ class EDSR(nn.Module):
                 steps += [_reach(block.body[0]), _reach(block.body[2])]
             else:
                 steps.append(_reach(block))
-        for layer in self.tail[0]:
+        for layer in upsampler:
             steps.append(_reach(layer) if isinstance(layer, nn.Conv2d) else ("shuffle", layer.upscale_factor))
         steps.append(_reach(self.tail[1]))
         self.receptive_radius: int = receptive_radius(steps)
@@ -797,7 +800,7 @@ class RDNArch(NativeArchitecture[RDN]):
 #: nevertheless placed before spandrel's RCAN, whose detector only asks for a few keys: should a
 #: future RCAN check loosen, an EDSR file must still reach EDSR first.
 ARCH_SUPPORTS: list[ArchSupport] = [
-    ArchSupport.from_architecture(EDSRArch(), before=("RCAN",)),
+    ArchSupport.from_architecture(EDSRArch(), before=(ArchId("RCAN"),)),
     ArchSupport.from_architecture(RDNArch()),
     ArchSupport.from_architecture(ESPCNArch()),
     ArchSupport.from_architecture(FSRCNNArch()),

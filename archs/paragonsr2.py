@@ -170,8 +170,8 @@ class WindowAttention(nn.Module):
         b, h, w, c = x.shape
         n = self.window_size**2
         order = window_order(h, w, self.window_size, self.shift_size, x.device)
-        # as one matrix: Linear on (windows, n, C) took a path 2.7x slower in fp32 (370 against
-        # 135 ms at 0.78 MP; no difference at SwinIR's step sizes)
+        # as one matrix: Linear on (windows, n, C) took a much slower path in fp32
+        # (benchmarks/README.md, "Attention windows")
         qkv = self.qkv(to_windows(x.reshape(b, h * w, c), order, n).view(-1, c)).view(-1, n, 3 * c)
         q, k, v = qkv.reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)
@@ -355,7 +355,7 @@ class ParagonSR2(nn.Module):
     supports_temporal = True
     #: NHWC input for every variant: the convolutions run faster, and the attention of photo/pro
     #: works on tokens-last features, which NHWC memory already is (no permute copies).
-    #: Measured on CPU (fp32, 128-256 px): photo 1.25-1.43x, pro 1.15x over NCHW.
+    #: Figures: benchmarks/README.md, "Layout".
     prefers_channels_last = True
 
     def __init__(
@@ -598,7 +598,7 @@ class V5InceptionContext(nn.Module):
         self.dwconv_hw = nn.Conv2d(branch, branch, square, padding=square // 2, groups=branch)
         self.dwconv_w = nn.Conv2d(branch, branch, (1, band), padding=(0, band // 2), groups=branch)
         self.dwconv_h = nn.Conv2d(branch, branch, (band, 1), padding=(band // 2, 0), groups=branch)
-        self.split = (dim - 3 * branch, branch, branch, branch)
+        self.split = [dim - 3 * branch, branch, branch, branch]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep, hw, w, h = torch.split(x, self.split, dim=1)

@@ -43,7 +43,7 @@ def gathers_allowed() -> bool:
     """True in a plain eager forward without autograd (outside `plain_forms`), where the
     gathered forms may run. Training, tracing (ONNX export: the gather indices would be frozen
     to one size) and torch.compile see the plain, upstream-shaped forms."""
-    return in_place_allowed() and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return in_place_allowed() and not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # pyright: ignore[reportPrivateImportUsage]
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def to_windows(tokens: torch.Tensor, order: WindowOrder, n: int) -> torch.Tensor
     """(B, H*W, C) image tokens -> (B * windows, n, C) window tokens, padding slots zeroed.
 
     Rows are gathered from the (B*H*W, C) matrix: `index_select` over the first dimension of a
-    matrix is 8x faster in fp32 than over the middle one of the 3-d tensor (30 against 237 ms
-    for 0.78 M tokens of 64 channels), for the same values."""
+    matrix is much faster than over the middle one of the 3-d tensor, for the same values
+    (benchmarks/README.md, "Attention windows")."""
     b, hw, c = tokens.shape
     windows = tokens.reshape(b * hw, c).index_select(0, _batched(order.source, b, hw))
     if order.padding is not None:

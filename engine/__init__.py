@@ -3,6 +3,8 @@
 Hosts (ComfyUI nodes, the A1111 script, the CLI) call only what this module exports.
 """
 
+from typing import TYPE_CHECKING
+
 from ..archs import LoadHints
 from ..archs.base import scale_from_file_name
 from .compute.devices import DeviceError, DevicePolicy
@@ -28,17 +30,39 @@ from .image.images import (
     write_image,
 )
 from .image.memory import estimate_device_bytes
-from .image.pipeline import ALPHA_MODES, SCALE_MODES, ScaleTarget, UpscaleOptions, check_fits, passes_needed, upscale
+from .image.pipeline import (
+    ALPHA_MODES,
+    SCALE_MODES,
+    AlphaMode,
+    ScaleTarget,
+    UpscaleOptions,
+    check_fits,
+    passes_needed,
+    upscale,
+)
 from .image.resize import FILTERS, resize
 from .model.catalog import CatalogEntry, find_model_files, model_names_in, model_summary, scan_folder
 from .model.files import MODEL_EXTENSIONS, ONNX_EXTENSIONS, canonicalize, read_state_dict
 from .model.loading import MODEL_CACHE, builtin_names, describe_state_dict, is_builtin, load_model, registry
 from .plan.planner import MIN_USER_TILE, TileSettings, TileSettingsError, plan_run, tile_settings
 from .run.runner import run_tiled
-from .video.temporal import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, VideoOptions, VideoUpscaler
+from .video.temporal import (
+    FIRST_FRAME_CONVENTIONS,
+    SCENE_CUT_THRESHOLD,
+    TEMPORAL_MODES,
+    TemporalMode,
+    VideoOptions,
+    VideoUpscaler,
+)
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers only
+    from . import doctor
+    from .model.export import MIN_OPSET, export_onnx
+    from .video.files import VideoIOError, upscale_video_file
 
 __all__ = [
     "ALPHA_MODES",
+    "AlphaMode",
     "CancelledError",
     "DeviceError",
     "DevicePolicy",
@@ -96,6 +120,7 @@ __all__ = [
     "FIRST_FRAME_CONVENTIONS",
     "SCENE_CUT_THRESHOLD",
     "TEMPORAL_MODES",
+    "TemporalMode",
     "VideoOptions",
     "VideoUpscaler",
     # imported when first used (ONNX export needs the onnx extra; video files need PyAV; the doctor runs a self-check)

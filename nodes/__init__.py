@@ -5,6 +5,9 @@ Imported by ComfyUI only, through the package's `comfy_entrypoint` (never `NODE_
 ComfyUI would then ignore the V3 nodes).
 """
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io

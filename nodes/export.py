@@ -1,5 +1,8 @@
 """Export ONNX (Tilewise): writes the model as a validated ONNX file into ComfyUI's output folder."""
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 from pathlib import Path

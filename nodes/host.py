@@ -4,6 +4,9 @@ interrupts, the model-folder list and the model patcher of newer hosts.
 Only this package imports ComfyUI; the numbers all come from the engine.
 """
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 import contextlib
@@ -62,7 +65,8 @@ def attach_patcher(descriptor: ImageModelDescriptor) -> None:
     if factory is None:
         return
     try:
-        descriptor.patcher = factory(
+        # ComfyUI's own upscale-model loader sets this attribute on the descriptor too
+        descriptor.patcher = factory(  # pyright: ignore[reportAttributeAccessIssue]
             descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
         )
     except Exception as error:  # the pack's own nodes never need it: keep the model usable
@@ -156,9 +160,10 @@ class TileProgress:
         self.bar: comfy.utils.ProgressBar | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = comfy.utils.ProgressBar(total)
-        self.bar.update_absolute(done, total)
+        bar = self.bar
+        if bar is None:
+            bar = self.bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
 
 
 def interrupted() -> bool:

@@ -1,5 +1,8 @@
 """Tilewise Model Info: what an UPSCALE_MODEL is, as text."""
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 from comfy_api.latest import io, ui

@@ -1,5 +1,8 @@
 """Tilewise Load Upscale Model: a file from ComfyUI's upscale_models folders or a built-in model."""
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 import folder_paths

@@ -1,5 +1,8 @@
 """Tilewise Upscale Image: seamless tiled upscaling of an IMAGE batch with any UPSCALE_MODEL."""
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -9,6 +12,7 @@ from ..engine import (
     ALPHA_MODES,
     FILTERS,
     PRECISIONS,
+    AlphaMode,
     CancelledError,
     ImageError,
     ScaleTarget,
@@ -192,7 +196,7 @@ class TilewiseUpscale(io.ComfyNode):
         longest_side: int = 2048,
         megapixels: float = 4.0,
         resample: str = "lanczos",
-        alpha: str = "resize",
+        alpha: AlphaMode = "resize",
         tile_batch: int = 4,
         device: str = "auto",
         output_device: str = "auto",

@@ -29,6 +29,9 @@ the previous one. The table keeps at most `MAX_STREAMS` streams (least recently 
 a finished Meta Batch run drops its entry at once.
 """
 
+# pyright: reportMissingImports=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 import os
@@ -50,6 +53,7 @@ from ..engine import (
     TEMPORAL_MODES,
     CancelledError,
     ImageError,
+    TemporalMode,
     UpscaleOptions,
     VideoOptions,
     VideoUpscaler,
@@ -75,7 +79,7 @@ _lock = threading.Lock()
 
 def video_options(
     upscale_model,
-    temporal_mode: str = "auto",
+    temporal_mode: TemporalMode = "auto",
     temporal_strength: float = -1.0,
     tile_size: int = 0,
     tile_padding: int = -1,
@@ -152,9 +156,10 @@ class _FrameTileProgress:
         self.bar: comfy.utils.ProgressBar | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = comfy.utils.ProgressBar(total * self.frames)
-        self.bar.update_absolute(self.frame * total + done, total * self.frames)
+        bar = self.bar
+        if bar is None:
+            bar = self.bar = comfy.utils.ProgressBar(total * self.frames)
+        bar.update_absolute(self.frame * total + done, total * self.frames)
 
 
 def _tile_inputs() -> list:

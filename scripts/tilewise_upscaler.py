@@ -22,6 +22,9 @@ start-up. A model that cannot be read is still listed; using it logs a clear err
 the input unchanged, as the host's own upscalers do.
 """
 
+# pyright: reportMissingImports=false, reportMissingModuleSource=false
+# (the host's own modules exist only inside the host process)
+
 from __future__ import annotations
 
 import functools
@@ -33,6 +36,7 @@ import re
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from modules import shared
 from modules.upscaler import Upscaler, UpscalerData
@@ -104,6 +108,10 @@ def _is_loaded_from(module, root: Path) -> bool:
         return False
 
 
+# The package and its engine module, or None when they could not be imported (see _IMPORT_ERROR).
+_package: Any = None
+tw: Any = None
+_scale_from_file_name: Any = None
 try:
     _package = import_package()
     tw = importlib.import_module(f"{_package.__name__}.engine")
@@ -126,7 +134,7 @@ class UpscalerTilewise(Upscaler):
         self.user_path = dirname
         self.scalers = []
         self._lock = threading.Lock()
-        self._last: tuple[tuple, object] | None = None  # (file key, descriptor) of the last model used
+        self._last: tuple[tuple | None, object] | None = None  # (file key, descriptor) of the last model used
         try:
             super().__init__(create_dirs=True)
         except Exception:

@@ -153,6 +153,7 @@ class DevicePolicy:
         with contextlib.suppress(Exception):
             if (
                 self.backend(device) in ("cuda", "xpu")
+                and module is not None
                 and hasattr(module, "max_memory_allocated")
                 and module.is_available()
             ):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +46,18 @@ def _span_forms() -> dict[type, type]:
         (new tensor, new dtype or device, or an in-place write), instead of on every call."""
 
         def _sources(self) -> tuple:
-            tensors = (
-                self.conv[0].weight,
-                self.conv[0].bias,
-                self.conv[1].weight,
-                self.conv[1].bias,
-                self.conv[2].weight,
-                self.conv[2].bias,
-                self.sk.weight,
-                self.sk.bias,
+            tensors = cast(
+                tuple[torch.Tensor, ...],
+                (
+                    self.conv[0].weight,
+                    self.conv[0].bias,
+                    self.conv[1].weight,
+                    self.conv[1].bias,
+                    self.conv[2].weight,
+                    self.conv[2].bias,
+                    self.sk.weight,
+                    self.sk.bias,
+                ),
             )
             return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
 
@@ -119,9 +123,10 @@ def _swinir_forms() -> dict[type, type]:
             order = window_order(h, w, ws, shift, x.device)
             windows = to_windows(self.norm1(x), order, n)
             stored = shift > 0 and self.input_resolution == tuple(x_size)  # the original uses its buffer
-            mask, uniform = None, None
+            mask: torch.Tensor | None = None
+            uniform = None
             if stored:
-                mask = self.attn_mask
+                mask = cast(torch.Tensor, self.attn_mask)
             elif shift > 0:
                 mask, uniform = _swin_region_labels(h, w, ws, shift, x.device)
             # The original builds this mask in fp32 whatever the model's dtype, so a bf16 or fp16
@@ -210,6 +215,7 @@ def _swin_attention(
             uniform is None or scores.dtype != mask_dtype or not all(uniform[i % per_image] for i in range(start, stop))
         )
         if needs_mask:
+            assert labels is not None
             index = torch.arange(start, stop, device=windows.device) % per_image
             if stored_mask:
                 mask = labels.index_select(0, index)
@@ -225,6 +231,7 @@ def _swin_attention(
         if out is None:
             out = windows.new_empty(windows.shape, dtype=step.dtype)
         out[start:stop] = step
+    assert out is not None, "no windows"
     return out
 
 

@@ -14,7 +14,7 @@ import copy
 import logging
 import threading
 import weakref
-from typing import Callable, Literal
+from typing import Callable, Literal, cast
 
 import torch
 from spandrel import ImageModelDescriptor
@@ -64,13 +64,13 @@ def resolve_dtype(precision: str, descriptor: ImageModelDescriptor, device: torc
 def prefers_channels_last(model: torch.nn.Module) -> bool:
     """True for pure convolutional nets (no token layers), which run faster on NHWC input.
 
-    Measured on this project's CPU (benchmarks/speed.py): conv nets gain 1.3-1.8x in fp32 and
-    2.2-2.9x with bf16. Transformers (Linear/LayerNorm over tokens) reshape to NCHW and back
-    anyway, so they keep the default layout. Only the input is converted: convolutions propagate
-    NHWC, and PyTorch reorders the weights itself about as fast as converting them (measured),
-    so the shared model is never touched. A model may decide for itself with a boolean
-    `prefers_channels_last` attribute (ParagonSR2 photo/pro: attention runs on tokens-last
-    features, so NHWC saves its permute copies; measured 1.2-1.4x).
+    Conv nets gain in fp32 and more with bf16; transformers (Linear/LayerNorm over tokens)
+    reshape to NCHW and back anyway, so they keep the default layout. Only the input is
+    converted: convolutions propagate NHWC, and PyTorch reorders the weights itself about as
+    fast as converting them, so the shared model is never touched. A model may decide for
+    itself with a boolean `prefers_channels_last` attribute (ParagonSR2 photo/pro: attention
+    runs on tokens-last features, so NHWC saves its permute copies). Figures: benchmarks/README.md,
+    "Layout".
     """
     declared = getattr(model, "prefers_channels_last", None)
     if isinstance(declared, bool):
@@ -102,7 +102,7 @@ def model_on(
             variants = _variants.setdefault(descriptor.model, {})
             if key not in variants:
                 base = model_on_unlocked(descriptor, device, dtype)
-                variants[key] = torch.compile(base, dynamic=False)
+                variants[key] = cast(torch.nn.Module, torch.compile(base, dynamic=False))
             return variants[key]
     with _variants_lock:
         return model_on_unlocked(descriptor, device, dtype)
@@ -154,7 +154,7 @@ def run_mode(descriptor: ImageModelDescriptor, dtype: torch.dtype) -> tuple[torc
     dtypes inside (spandrel's SwinIR adds an fp32 attention mask to bf16 logits and fails, unless
     its inference form from `inference_forms` builds that mask in the model's dtype); for
     them the runner falls back to autocast, which keeps fp32 weights and runs matmuls and
-    convolutions in `dtype` (SwinIR bf16 on CPU: 1.2x over fp32 rather than 1.0x), and only
+    convolutions in `dtype` (still faster than fp32: benchmarks/README.md), and only
     if that fails too, to fp32. The outcome is remembered per model.
     """
     with _variants_lock:

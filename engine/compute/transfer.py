@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ class Pending:
     windows: torch.Tensor  # the fp32 host windows, kept for a re-run
     result: torch.Tensor  # on the output device (or its pinned staging buffer) once `ready`
     finite: torch.Tensor | None = None  # device-side flag for low-precision results
-    event: object | None = None  # marks the end of the copy (fast path)
+    event: Any = None  # the backend's Event marking the end of the copy (fast path)
     keep: list = field(default_factory=list)  # tensors that must live until the copy is done
     transfers: "Transfers | None" = None
 

@@ -153,7 +153,7 @@ def _upscale(
 
     for _ in range(passes):
         colour = run(colour)
-        if alpha_through_model:
+        if alpha is not None and alpha_through_model:
             alpha = run(alpha)
     colour = resize(colour, *target, options.resample)
     if alpha is None or options.alpha == "discard":
@@ -247,14 +247,15 @@ class _ProgressCounter:
         self.callback, self.total, self.offset = callback, max(total, 1), 0
 
     def stage(self) -> ProgressFn | None:
-        if self.callback is None:
+        callback = self.callback
+        if callback is None:
             return None
         start = self.offset
 
         def report(done: int, stage_total: int) -> None:
             self.offset = start + done
             self.total = max(self.total, self.offset + stage_total - done)
-            self.callback(self.offset, self.total)
+            callback(self.offset, self.total)
 
         return report
 

@@ -17,6 +17,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from spandrel import ImageModelDescriptor
@@ -102,7 +103,7 @@ def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, val
     # a private fp32 CPU copy: the shared model keeps its device and dtype, and a model loaded
     # under inference mode (ComfyUI) becomes traceable (clones made outside it are normal tensors)
     model = copy.deepcopy(descriptor.model).float().cpu().eval()
-    descriptor = _Shadow(descriptor, model)
+    descriptor = cast(ImageModelDescriptor, _Shadow(descriptor, model))  # duck-typed: the fields read below
     channels = descriptor.input_channels
     height, width = size if size is not None else _trace_size(descriptor)
     example = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(0))

@@ -210,7 +210,8 @@ class OnnxUpscaler(torch.nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        # documented torch.jit API, absent from torch.jit.__all__
+        if torch.jit.is_tracing() or torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
             raise TilewiseError("this model is an ONNX file already; use the .onnx file itself instead of exporting it")
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -569,9 +570,9 @@ def check_static_sizes(path: Path, model) -> None:
         return
     for value in list(inferred.graph.value_info) + list(inferred.graph.output):
         tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        if not dims or any(d is None for d in dims):
+        if not tensor.shape.dim or not all(d.HasField("dim_value") for d in tensor.shape.dim):
             continue
+        dims = [d.dim_value for d in tensor.shape.dim]
         try:
             element = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
         except Exception:  # noqa: BLE001 - an element type numpy lacks (e.g. float8): count 4 bytes

@@ -23,7 +23,7 @@ import math
 import pickletools
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import torch
 
@@ -137,14 +137,14 @@ def _dtype_names() -> set[str]:
     return {str(getattr(torch, n)) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
 
 
-def scan(stream: BinaryIO, result: ScanResult | None = None) -> ScanResult:
+def scan(stream: IO[bytes], result: ScanResult | None = None) -> ScanResult:
     """Walks one pickle from `stream` (left just after its STOP); raises PickleRefused."""
     global _ELEMENT_SIZES
     if _ELEMENT_SIZES is None:
         _ELEMENT_SIZES = _element_sizes()
     result = result or ScanResult()
     stack: list[Any] = []
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}  # keyed by the pickle's own memo indices
     dtypes = None
     count = 0
 
@@ -309,7 +309,8 @@ def _storage(pid, result: ScanResult) -> _Node:
     if not items or len(items) not in (5, 6) or items[0] != "storage":
         raise PickleRefused("refers to external data that is not a tensor storage")
     kind, key, location, numel = items[1], items[2], items[3], items[4]
-    element = _ELEMENT_SIZES.get(kind.name) if isinstance(kind, _Node) and kind.kind == "global" else None
+    sizes = _ELEMENT_SIZES or {}
+    element = sizes.get(kind.name or "") if isinstance(kind, _Node) and kind.kind == "global" else None
     if element is None:
         raise PickleRefused("declares a storage of an unknown type")
     if not isinstance(key, str) or len(key) > 64 or not isinstance(location, str) or len(location) > 64:
@@ -339,7 +340,9 @@ def _tensor(args: _Node) -> _Node:
     items = args.items or []
     if len(items) < 4 or not isinstance(items[0], _Node) or items[0].kind != "storage":
         raise PickleRefused("rebuilds a tensor without a storage", unsafe=False)
-    storage: Storage = items[0].storage
+    storage = items[0].storage
+    if storage is None:
+        raise PickleRefused("rebuilds a tensor without a storage", unsafe=False)
     offset = items[1]
     size, stride = _ints(items[2], "shape"), _ints(items[3], "stride")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or len(size) != len(stride):
@@ -362,7 +365,7 @@ def _call(function, args) -> Any:
         raise PickleRefused("calls something that is not a named function")
     if not isinstance(args, _Node) or args.kind != "tuple":
         raise PickleRefused("calls a function with malformed arguments", unsafe=False)
-    name = function.name
+    name = function.name or ""
     if name in TENSOR_REBUILDS:
         return _tensor(args)
     if name in PARAMETER_REBUILDS:

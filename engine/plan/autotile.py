@@ -25,10 +25,8 @@ the memory-limited window with the largest window below that size and takes the 
 costs more per pixel the further it exceeds it (`working_set_rate`). That working set was once
 a hard cap, which made RRDB-like models (margins of 79 px) run 42-px cores in 200-px windows,
 computing 20x the image's pixels where the whole image fitted; as a cost it still picks
-windows for RRDB with narrow margins.
-Re-measured without the removed allocator tricks (worker thread, RRDB 4 blocks x4, pad 8,
-fp32): 480², eight 256 x 136 windows 13.6 s, whole 13.8 s; 640², 200-px windows 22.8 s, whole
-26.2 s.
+windows for RRDB with narrow margins. The measurements behind these constants are in
+benchmarks/README.md, "CPU cost terms".
 """
 
 from __future__ import annotations
@@ -36,6 +34,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from typing import cast
 
 import torch
 from spandrel import ImageModelDescriptor
@@ -52,10 +51,8 @@ CPU_OVERHEAD = 3.0
 LARGE_TENSOR = 31 << 20
 LARGE_TENSOR_PENALTY = 1.45
 #: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
-#: slower per pixel, by `WORKING_SET_SLOPE` per GiB beyond it (`working_set_rate`). RRDB x4,
-#: worker thread, fp32, per computed pixel, whole image against smaller windows: 256² (1.6 GB) no
-#: slower, 512² (4.4 GB) no slower (core node 21.2 s whole, Tilewise's 2 strips 23.0 s when this
-#: was a flat 1.25 step), 480² (5.8 GB) 1.17x, 640² (10 GB) 1.39x.
+#: slower per pixel, by `WORKING_SET_SLOPE` per GiB beyond it (`working_set_rate`); fitted to
+#: RRDB x4 windows of 256² to 640² (benchmarks/README.md, "CPU cost terms").
 CPU_WORKING_SET = 4 << 30
 WORKING_SET_SLOPE = 0.07
 
@@ -101,7 +98,7 @@ def _measured(descriptor: ImageModelDescriptor, device: torch.device, dtype: tor
         return kept
     measured = _probe(descriptor, device, dtype)
     if stored:
-        measured = probe_store.put(stored, measured)
+        measured = cast(dict[str, float], probe_store.put(stored, measured))
     if "largest" in measured:
         _memo(_largest, descriptor, device, dtype, lambda: measured["largest"])
     return measured
@@ -280,9 +277,8 @@ def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.dev
     Why it matters on a CPU: C libraries hand large blocks to the operating system on free and
     map them afresh on the next allocation (glibc above its mmap threshold, at most 32 MiB;
     Windows' heap above 512 KiB), so every forward whose largest tensors exceed that pays a page
-    fault and a zeroed page per 4 KiB for them. Measured in a worker thread (Compact 64x16 x4,
-    NHWC, 2 threads): fp32 6.1-6.4 s/MP up to 360² windows (31.6 MiB feature maps) and 8.9-9.1
-    s/MP from 400² (39 MiB); bf16 3.1-3.3 s/MP up to 400², 4.8 from 512² (32 MiB)."""
+    fault and a zeroed page per 4 KiB for them: a step in seconds per pixel once feature maps
+    pass about 32 MiB (benchmarks/README.md, "CPU cost terms")."""
 
     def measure() -> float:
         try:
@@ -316,9 +312,9 @@ def _tensor_profile(
     `large_tensor_rate`."""
     key = (str(device), dtype)
     with _lock:
-        known = _profiles.get(descriptor.model, {}).get(key, False)
-    if known is not False:
-        return known
+        known = _profiles.get(descriptor.model, {})
+        if key in known:
+            return known[key]
     try:
         _, forward, x, size = _probe_input(descriptor, device, dtype)
         meter = _LargestResult()
@@ -350,7 +346,7 @@ class _LargestResult(torch.overrides.TorchFunctionMode):
         return result
 
 
-_profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...]]]" = (
+_profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...] | None]]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -358,10 +354,10 @@ _profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dty
 def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> float:
     """Relative cost per pixel of a CPU forward over `pixels` input pixels: `LARGE_TENSOR_PENALTY`
     weighted by the share of the forward's tensor bytes that are in tensors over `LARGE_TENSOR`.
-    A step on the largest tensor alone overstated it for models whose large tensors are few:
-    SPAN bf16 on 512² has one large concatenation among 25 MB feature maps, and auto cut it into
-    five strips computing 1.42x the pixels (0.99 s) where the whole image ran in 0.77 s; Compact's
-    feature maps are all large, so it keeps the full penalty. The sizes come from one 64² forward
+    A step on the largest tensor alone overstated it for models whose large tensors are few
+    (SPAN's one large concatenation among smaller feature maps made auto cut an image that ran
+    faster whole); Compact's feature maps are all large, so it keeps the full penalty. The sizes
+    come from one 64² forward
     (deterministic, so every process plans alike)."""
     profile = _tensor_profile(descriptor, device, dtype) or ()  # failing in this dtype: no preference
     total = sum(profile)
@@ -371,8 +367,8 @@ def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dt
     return 1.0 + (LARGE_TENSOR_PENALTY - 1.0) * large / total
 
 
-#: Working memory per input pixel no model is known to exceed on a CPU (measured, fp32: RRDB
-#: 17 kB, SwinIR 9 kB, ParagonSR2 photo 6 kB, SPAN 6 kB, Compact 1 kB).
+#: Working memory per input pixel no model is known to exceed on a CPU, with room to spare over the
+#: largest measured (RRDB; benchmarks/README.md, "CPU cost terms").
 CPU_BOUND_PER_PIXEL = 64 << 10
 
 
@@ -381,8 +377,8 @@ def fits_without_probe(device: torch.device, pixels: int) -> bool:
     even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
     `CPU_WORKING_SET` (so it pays no working-set slowdown either). The runner then weighs only
     the large-tensor window against the whole image (`planner._cheaper_cpu_tile`), and the full
-    probe (a further 128² forward sampling resident memory) is skipped: on a 256² image it was
-    most of why a first call ran 1.7-2.7x a later one."""
+    probe (a further 128² forward sampling resident memory) is skipped: on small images it was
+    most of what a first call cost over a later one."""
     if not devices.active().is_cpu(device):
         return False
     free = free_memory(device)

@@ -155,7 +155,7 @@ def plan_run(
         else:
             cpu = devices.active().is_cpu(device)
             if cpu:  # one large window per forward: batching buys nothing on a CPU,
-                batch = 1  # and the larger window has less margin (RRDB bf16: 11.9 -> 10.3 s)
+                batch = 1  # and the larger window has less margin
             if cpu and autotile.fits_without_probe(device, ph * pw):
                 # surely within memory and the working set: only the large-tensor window competes
                 tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, max(ph, pw), align, working=0.0)

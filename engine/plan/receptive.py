@@ -18,9 +18,8 @@ The probes run only when a plan has tiles (an image that runs whole needs no mar
 their result is kept on disk per weights digest (`probe_store`). A caller that only needs to
 know whether the margin is below some `reach` (auto tiling on a CPU: beyond it, whole beats
 every tiled plan) gets a probe that stops there: the same answer as the full probe when the
-margin is smaller, else a `partial` context saying "at least `reach`". A DAT on a 256² image
-paid an 8.7 s probe (a 257-px crop series) to learn that its margin is too large to tile an
-image that then ran whole in 3.6 s.
+margin is smaller, else a `partial` context saying "at least `reach`": a full probe can cost
+more than running the image whole (figures: benchmarks/README.md, "Receptive-radius probes").
 
 A model may also declare its radius (`model.receptive_radius`, exact), an effective reach
 (`model.receptive_hint`), or a minimum margin (`model.min_tile_margin`, e.g. one attention
@@ -168,7 +167,7 @@ def _probe(
     The full probe runs the exact probes, then, for deep models, the effective one. With `reach`,
     the effective probe runs first and stops at `reach`: outputs that still move when a crop's
     margin grows past m mean the structural radius is over m as well, so both kinds of margin
-    are then over `reach` (a DAT on 256²: 0.1 s instead of 1.3 s of gradient probes). When it
+    are then over `reach`, and the costlier gradient probes are skipped. When it
     settles first, the exact probes follow, and the answer is the full probe's. Each stage draws
     its own seeded image, so the order does not change what any stage sees."""
     channels = descriptor.input_channels
@@ -217,6 +216,7 @@ def exact_radius(forward: Forward, image: torch.Tensor, scale: int) -> int | Non
         out = forward(probe)
         s = out.shape[-1] // size
         out[..., centre * s : (centre + 1) * s, centre * s : (centre + 1) * s].sum().backward()
+    assert probe.grad is not None
     grad = probe.grad.abs().sum(dim=(0, 1))
     rows = torch.nonzero(grad.sum(dim=1)).flatten()
     cols = torch.nonzero(grad.sum(dim=0)).flatten()
@@ -245,8 +245,8 @@ def effective_radius(
 
     Cost grows with the radius found, not with the probe's size: each margin of `probe_margins`
     is compared with the next one (about 1.5x larger) instead of with the whole probe image, so
-    a model whose outputs settle at 8 px runs crops of at most 29 px (seeded RRDB 6 blocks: 6.0 s
-    -> 0.3 s; the old scheme ran the whole 257-px probe, as costly as a 256² upscale). Cropping
+    a model whose outputs settle at 8 px runs crops of at most 29 px rather than a 257-px probe
+    as costly as a 256² upscale. Cropping
     moves the centre outputs by an amount that falls steeply with the margin (exponentially for
     deep convolutional nets), so the difference to the next margin is most of the error; the
     comparison allows a quarter of the tolerance to cover the rest. Between the last failing and

@@ -129,10 +129,9 @@ def window_shape(height: int, width: int, side: int, pad: int, align: int = 1) -
     (or as many as the square `side` plan's windows) and that computes the fewest pixels in all.
 
     Margins are what tiling costs, and a square window is not the cheapest shape for them:
-    every window pays `pad` on each side that borders another window. A 900 x 872 image at
-    712² pixels per window with pad 18 runs as 2 x 2 windows of 472 x 486 (1.17x the image's
-    pixels) in a square plan, and as two full-height strips of 872 x 486 (1.08x) here; Compact
-    x4, main thread: 2.88 -> 2.71 s. Ties go to fewer windows. Auto tiles only: a tile length
+    every window pays `pad` on each side that borders another window, so full-height strips
+    often compute fewer pixels than a square grid of the same window area (an example in
+    benchmarks/README.md, "Window shapes"). Ties go to fewer windows. Auto tiles only: a tile length
     the user asked for stays square.
     """
     if side <= 0:

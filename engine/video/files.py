@@ -15,13 +15,16 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import numpy as np
 import torch
 from spandrel import ImageModelDescriptor
 
 from ..errors import TilewiseError
+
+if TYPE_CHECKING:  # PyAV is imported only when a video is opened
+    from av.video.stream import VideoStream
 from ..run.runner import CancelFn
 from ..storage import exclusive_file
 from .temporal import VideoOptions, VideoUpscaler
@@ -132,7 +135,7 @@ def upscale_video_file(
                 ) from None
             with output:
                 name = _pick_codec(av, codec, output.format.name.split(",")[0])
-                video_out = output.add_stream(name, rate=rate)
+                video_out = cast("VideoStream", output.add_stream(name, rate=rate))  # a video codec's name
                 video_out.width, video_out.height = width, height
                 # Frames keep their source timestamps, in the source's time base: with the
                 # encoder's default 1/rate, the frames of a variable-frame-rate video fall on
@@ -162,7 +165,7 @@ def upscale_video_file(
 
                 streams = [video_in] + ([audio_in] if audio_in is not None else [])
                 for packet in container.demux(*streams):
-                    if packet.stream is audio_in:
+                    if audio_out is not None and packet.stream is audio_in:
                         if packet.dts is None:  # the demuxer's flush packet
                             continue
                         packet.stream = audio_out

@@ -254,13 +254,8 @@ class Stabilizer:
     to 0 and the current output is kept as is, so moving edges do not smear. Comparing with the
     reference r (not the previous input) stops slow drift from accumulating lag: once the shown
     content is `threshold` away from the input, the past is dropped. `motion=False` gives the
-    plain (uncompensated) blend.
-
-    Measured (`benchmarks/video.py --threads 1`: 24 frames, sub-pixel camera drift, noise
-    2.5/255): flicker 0.30x of `off` at +1.24 dB PSNR on the bundled ParagonSR2 realtime x2 and
-    0.31x at +0.10 dB on the seeded Compact (plain blend: 0.68x / 0.97x); 0.32x-0.34x at noise 1
-    and 5. Cost: about 30 ms for the motion estimate of a 960x540 LR frame, 0.17 s per step with
-    a 1920x1080 output on one CPU thread.
+    plain (uncompensated) blend. Flicker, PSNR and cost: benchmarks/README.md, "Video
+    stabiliser" (`benchmarks/video.py`).
     """
 
     def __init__(
@@ -286,13 +281,15 @@ class Stabilizer:
         """lr (1, C, h, w), out (1, C', H, W) -> the stabilised out (written in place)."""
         lr = lr.to(out.device, torch.float32)
         gray = _gray(lr).cpu() if self.motion else None
-        if self.previous is None or self.previous.shape != out.shape or self.reference.shape != lr.shape:
+        reference, previous, last_gray = self.reference, self.previous, self.gray
+        if reference is None or previous is None or previous.shape != out.shape or reference.shape != lr.shape:
             self.reference, self.previous, self.gray = lr.clone(), out.clone(), gray
             self.last_motion = (0.0, 0.0)
             return out
-        dy, dx = estimate_motion(self.gray, gray) if self.motion else (0.0, 0.0)
+        # gray frames exist exactly when motion is estimated
+        dy, dx = estimate_motion(last_gray, gray) if last_gray is not None and gray is not None else (0.0, 0.0)
         self.gray, self.last_motion = gray, (dy, dx)
-        reference, previous, inside = self.reference, self.previous, None
+        inside: torch.Tensor | None = None
         if abs(dy) >= MOTION_MIN or abs(dx) >= MOTION_MIN:
             (h, w), (H, W) = lr.shape[-2:], out.shape[-2:]
             reference = shift_image(reference, dy, dx)

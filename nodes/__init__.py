@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import export, info, loader, upscale, video
+from . import export, info, loader, options, upscale, video
 
-NODE_FAMILIES = (loader.NODES, upscale.NODES, info.NODES, export.NODES, video.NODES)
+NODE_FAMILIES = (loader.NODES, upscale.NODES, options.NODES, info.NODES, export.NODES, video.NODES)
 
 
 class TilewiseExtension(ComfyExtension):

@@ -9,9 +9,6 @@ from comfy_api.latest import io
 from spandrel import ImageModelDescriptor
 
 from ..engine import (
-    ALPHA_MODES,
-    FILTERS,
-    PRECISIONS,
     AlphaMode,
     CancelledError,
     ImageError,
@@ -24,8 +21,9 @@ from ..engine import (
 )
 from ..engine import tile_settings as engine_tile_settings
 from . import host
+from .options import MAX_SIDE, OPTIONS_TYPE, NodeOptions, alpha_input, output_device_input, resample_input, tile_input
 
-#: Scale-mode choices as the node shows them -> the engine's ScaleTarget modes.
+#: Scale-mode choices of the legacy node -> the engine's ScaleTarget modes.
 SCALE_MODES = {
     "native": "native",
     "factor": "factor",
@@ -33,50 +31,106 @@ SCALE_MODES = {
     "longest side": "longest",
     "megapixels": "megapixels",
 }
-MERGES = ("crop", "blend")
-DEVICES = ("auto", "cpu")
-OUTPUT_DEVICES = ("auto", "cpu", "processing")
-MAX_SIDE = 16384
-
-
-def tile_input(name: str, note: str = ""):
-    """One of the tiling widgets, declared once for every node that runs the engine
-    (`TILE_WIDGETS`; `note` is appended to its tooltip)."""
-    widgets = {
-        "tile_size": lambda tip: io.Int.Input(
-            "tile_size", default=0, min=-1, max=MAX_SIDE, step=1, optional=True, tooltip=tip
-        ),
-        "tile_padding": lambda tip: io.Int.Input(
-            "tile_padding", default=-1, min=-1, max=1024, step=1, optional=True, tooltip=tip
-        ),
-        "merge": lambda tip: io.Combo.Input("merge", options=list(MERGES), default="crop", optional=True, tooltip=tip),
-        "precision": lambda tip: io.Combo.Input(
-            "precision", options=list(PRECISIONS), default="auto", optional=True, tooltip=tip
-        ),
-        "tile_batch": lambda tip: io.Int.Input(
-            "tile_batch", default=4, min=1, max=64, step=1, optional=True, tooltip=tip
-        ),
-        "device": lambda tip: io.Combo.Input(
-            "device", options=list(DEVICES), default="auto", optional=True, tooltip=tip
-        ),
-    }
-    return widgets[name]((TILE_TOOLTIPS[name] + " " + note).strip())
-
-
-TILE_TOOLTIPS = {
-    "tile_size": "Window fed to the model, in pixels. 0 = auto (the largest that fits memory; whole images for models "
-    "with global context when they fit); -1 = no tiling (whole image at once).",
-    "tile_padding": "Context margin read around each tile. -1 = auto (the model's receptive radius, measured once).",
-    "merge": "crop: keep only tile centres (exact for convolutional models); blend: feather the margins (for models "
-    "with global context).",
-    "precision": "auto: fp16/bf16 on a GPU where the model supports it, else fp32. bf16 on a CPU with native bf16 is "
-    "2-4x faster "
-    "for convolutional models, within about 1/200 of fp32.",
-    "tile_batch": "Tiles per forward pass.",
-    "device": "auto: ComfyUI's device (honours --cpu); cpu: force the CPU.",
+#: Scale-mode choices of Upscale Image (Tilewise): "fit inside" a width x height box replaces
+#: "longest side" (fit inside N x N is longest side N, to the pixel), so that five widgets say it all.
+SIZE_MODES = {
+    "native": "native",
+    "factor": "factor",
+    "width x height": "size",
+    "fit inside": "fit",
+    "megapixels": "megapixels",
 }
-#: The tiling widgets, in the order the video nodes show them.
-TILE_WIDGETS = tuple(TILE_TOOLTIPS)
+
+
+def size_inputs() -> list:
+    """The five widgets of Upscale Image (Tilewise): the output size, nothing else (all optional, so an API
+    prompt with only a model and an image runs at the model's scale, as the core node does)."""
+    return [
+        io.Combo.Input(
+            "scale_mode",
+            options=list(SIZE_MODES),
+            default="native",
+            optional=True,
+            tooltip="Output size. native: the model's own scale; factor: scale_by times the input; width x height: "
+            "exactly that size (0 keeps the aspect ratio); fit inside: as large as fits in width x height; "
+            "megapixels: about that many million pixels. Sizes beyond the model's scale run it again.",
+        ),
+        io.Float.Input(
+            "scale_by",
+            default=2.0,
+            min=0.01,
+            max=64.0,
+            step=0.01,
+            optional=True,
+            tooltip="For factor: 2.0 doubles width and height.",
+        ),
+        io.Int.Input(
+            "width",
+            default=1024,
+            min=0,
+            max=MAX_SIDE,
+            step=1,
+            optional=True,
+            tooltip="For width x height and fit inside, in pixels.",
+        ),
+        io.Int.Input(
+            "height",
+            default=1024,
+            min=0,
+            max=MAX_SIDE,
+            step=1,
+            optional=True,
+            tooltip="For width x height and fit inside, in pixels.",
+        ),
+        io.Float.Input(
+            "megapixels", default=4.0, min=0.01, max=256.0, step=0.01, optional=True, tooltip="For megapixels."
+        ),
+    ]
+
+
+class TilewiseUpscaleImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TilewiseUpscaleImage",
+            display_name="Upscale Image (Tilewise)",
+            category="image/upscaling",
+            description="Upscales images with any upscale model, to its own scale or to any size, without seams and "
+            "without running out of memory: large images are processed in tiles that join exactly as if the whole "
+            "image had been processed at once. Connect Tilewise Options for tile size, precision and devices.",
+            inputs=[
+                io.UpscaleModel.Input(
+                    "upscale_model", tooltip="From Load Upscale Model (Tilewise) or the core Load Upscale Model."
+                ),
+                io.Image.Input("image"),
+                *size_inputs(),
+                OPTIONS_TYPE.Input(
+                    "options", optional=True, tooltip="From Tilewise Options; leave empty for the defaults."
+                ),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        upscale_model,
+        image,
+        scale_mode: str = "native",
+        scale_by: float = 2.0,
+        width: int = 1024,
+        height: int = 1024,
+        megapixels: float = 4.0,
+        options: NodeOptions | None = None,
+    ) -> io.NodeOutput:
+        if scale_mode not in SIZE_MODES:
+            raise ValueError(f"scale_mode must be one of {', '.join(SIZE_MODES)}, got '{scale_mode}'")
+        mode = SIZE_MODES[scale_mode]
+        if mode == "fit":
+            target = ScaleTarget("fit", width=width, height=height)
+        else:
+            target = scale_target(scale_mode, scale_by, width, height, 0, megapixels)
+        return io.NodeOutput(run_upscale(upscale_model, image, target, options or NodeOptions()))
 
 
 class TilewiseUpscale(io.ComfyNode):
@@ -84,13 +138,13 @@ class TilewiseUpscale(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="TilewiseUpscale",
-            display_name="Upscale Image (Tilewise)",
+            display_name="Upscale Image (Tilewise, all options)",
             category="image/upscaling",
             description=(
-                "Upscales an image batch tile by tile without seams: each tile reads enough context for the "
-                "model's receptive field and only its centre is kept, so the result equals an untiled run. "
-                "Reaches any target size by applying the model again and resizing."
+                "The first Upscale Image (Tilewise), with every option on the node; kept so that saved workflows "
+                "load and give the same pixels. New workflows: Upscale Image (Tilewise) with Tilewise Options."
             ),
+            is_deprecated=True,
             inputs=[
                 io.UpscaleModel.Input(
                     "upscale_model", tooltip="From 'Load Upscale Model (Tilewise)' or the core 'Load Upscale Model'."
@@ -150,32 +204,11 @@ class TilewiseUpscale(io.ComfyNode):
                     optional=True,
                     tooltip="For scale_mode megapixels.",
                 ),
-                io.Combo.Input(
-                    "resample",
-                    options=list(FILTERS),
-                    default="lanczos",
-                    optional=True,
-                    tooltip="Filter for the final resize to the exact target size (unused when the model's scale is "
-                    "the target).",
-                ),
-                io.Combo.Input(
-                    "alpha",
-                    options=list(ALPHA_MODES),
-                    default="resize",
-                    optional=True,
-                    tooltip="Alpha channel of RGBA images: resize it with the filter, run it through the model, or "
-                    "drop it.",
-                ),
+                resample_input(),
+                alpha_input(),
                 tile_input("tile_batch"),
                 tile_input("device"),
-                io.Combo.Input(
-                    "output_device",
-                    options=list(OUTPUT_DEVICES),
-                    default="auto",
-                    optional=True,
-                    tooltip="auto: ComfyUI's intermediate device (the CPU unless --gpu-only); processing: keep the "
-                    "result on the model's device.",
-                ),
+                output_device_input(),
             ],
             outputs=[io.Image.Output()],
         )
@@ -201,34 +234,52 @@ class TilewiseUpscale(io.ComfyNode):
         device: str = "auto",
         output_device: str = "auto",
     ) -> io.NodeOutput:
-        check_inputs(upscale_model, tile_size)
-        run_device = host.processing_device(device)
-        options = UpscaleOptions(
-            tiles=tile_settings(tile_size, tile_padding, merge, tile_batch),
+        target = scale_target(scale_mode, scale_factor, width, height, longest_side, megapixels)
+        settings = NodeOptions(
+            tile_size=tile_size,
+            tile_padding=tile_padding,
+            merge=merge,
             precision=precision,
-            device=str(run_device),
-            devices=host.devices(),
-            output_device=str(host.result_device(output_device, run_device)),
-            target=scale_target(scale_mode, scale_factor, width, height, longest_side, megapixels),
+            tile_batch=tile_batch,
+            device=device,
+            output_device=output_device,
             resample=resample,
             alpha=alpha,
         )
-        pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
-        progress, cancel = host.callbacks()
-        with host.run_on(upscale_model, run_device):
-            # a first call makes room as the core node does (no probe forwards); later ones with the measured figure
-            host.make_room(
-                estimate_device_bytes(
-                    upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0], measure=False
-                ),
-                run_device,
-            )
-            try:
-                result = upscale(upscale_model, pixels, options, progress=progress, cancel=cancel)
-            except CancelledError:
-                host.raise_interrupt()
-                raise
-        return io.NodeOutput(result.movedim(1, -1))
+        return io.NodeOutput(run_upscale(upscale_model, image, target, settings))
+
+
+def run_upscale(upscale_model, image, target: ScaleTarget, settings: NodeOptions):
+    """Both upscale nodes: the engine's `upscale` on a ComfyUI IMAGE batch, with ComfyUI's devices,
+    memory, progress bar and Cancel."""
+    check_inputs(upscale_model, settings.tile_size)
+    run_device = host.processing_device(settings.device)
+    options = UpscaleOptions(
+        tiles=tile_settings(settings.tile_size, settings.tile_padding, settings.merge, settings.tile_batch),
+        precision=settings.precision,
+        device=str(run_device),
+        devices=host.devices(),
+        output_device=str(host.result_device(settings.output_device, run_device)),
+        target=target,
+        resample=settings.resample,
+        alpha=settings.alpha,
+    )
+    pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
+    progress, cancel = host.callbacks()
+    with host.run_on(upscale_model, run_device):
+        # a first call makes room as the core node does (no probe forwards); later ones with the measured figure
+        host.make_room(
+            estimate_device_bytes(
+                upscale_model, pixels.shape[-2], pixels.shape[-1], options, images=pixels.shape[0], measure=False
+            ),
+            run_device,
+        )
+        try:
+            result = upscale(upscale_model, pixels, options, progress=progress, cancel=cancel)
+        except CancelledError:
+            host.raise_interrupt()
+            raise
+    return result.movedim(1, -1)
 
 
 def check_inputs(upscale_model, tile_size: int) -> None:
@@ -270,4 +321,4 @@ def scale_target(
     return ScaleTarget("native")
 
 
-NODES = [TilewiseUpscale]
+NODES = [TilewiseUpscaleImage, TilewiseUpscale]

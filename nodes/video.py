@@ -59,7 +59,8 @@ from ..engine import (
     VideoUpscaler,
 )
 from . import host
-from .upscale import TILE_WIDGETS, check_inputs, tile_input, tile_settings
+from .options import TILE_WIDGETS, tile_input
+from .upscale import check_inputs, tile_settings
 
 CONTINUITY = ("auto", "continue", "new video")
 OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -126,7 +126,13 @@ def progress_calls(comfy):
 def test_nodes_registered_through_the_v3_entry(comfy):
     from comfy_api.latest import io
 
-    for node_id in ("TilewiseModelLoader", "TilewiseUpscale", "TilewiseModelInfo"):
+    for node_id in (
+        "TilewiseModelLoader",
+        "TilewiseUpscaleImage",
+        "TilewiseOptions",
+        "TilewiseUpscale",
+        "TilewiseModelInfo",
+    ):
         assert issubclass(comfy.nodes[node_id], io.ComfyNode)
         assert comfy.nodes[node_id].define_schema().node_id == node_id
 
@@ -250,6 +256,40 @@ def test_widgets_map_onto_engine_options(comfy, compact, monkeypatch):
 def test_scale_modes(comfy, compact, widgets, size):
     out = comfy.nodes["TilewiseUpscale"].execute(compact, image(), **widgets)[0]
     assert tuple(out.shape[1:3]) == size
+
+
+LEGACY_SIZE = {"scale_factor": "scale_by"}  # legacy widget -> Upscale Image (Tilewise) widget
+SIZE_WIDGETS = ("scale_mode", "scale_by", "width", "height", "megapixels")
+
+
+@pytest.mark.parametrize(
+    "widgets",
+    [
+        {},
+        {"tile_size": 32, "tile_padding": 4, "tile_batch": 3},
+        {"tile_size": 40, "merge": "blend", "resample": "bicubic", "scale_mode": "factor", "scale_factor": 1.3},
+        {"scale_mode": "width x height", "width": 100, "height": 0, "precision": "bf16"},
+        {"scale_mode": "megapixels", "megapixels": 0.02, "alpha": "model", "output_device": "cpu", "device": "cpu"},
+    ],
+    ids=["defaults", "tiles", "blend-factor", "width-bf16", "megapixels-alpha"],
+)
+def test_upscale_image_with_options_equals_the_legacy_node(comfy, compact, widgets):
+    pixels = image(channels=4)
+    legacy = comfy.nodes["TilewiseUpscale"].execute(compact, pixels, **widgets)[0]
+    renamed = {LEGACY_SIZE.get(name, name): value for name, value in widgets.items()}
+    size = {name: value for name, value in renamed.items() if name in SIZE_WIDGETS}
+    rest = {name: value for name, value in renamed.items() if name not in SIZE_WIDGETS}
+    options = comfy.nodes["TilewiseOptions"].execute(**rest)[0] if rest else None
+    new = comfy.nodes["TilewiseUpscaleImage"].execute(compact, pixels, **size, options=options)[0]
+    assert torch.equal(new, legacy)
+
+
+def test_upscale_image_fits_inside_a_box(comfy, compact):
+    node = comfy.nodes["TilewiseUpscaleImage"]
+    assert node.execute(compact, image(), scale_mode="fit inside", width=100, height=100)[0].shape == (1, 71, 100, 3)
+    assert node.execute(compact, image(), scale_mode="fit inside", width=500, height=60)[0].shape == (1, 60, 84, 3)
+    with pytest.raises(ValueError, match="scale_mode"):
+        node.execute(compact, image(), scale_mode="longest side")
 
 
 def test_rgba_and_gray_images_keep_their_channels(comfy, compact):

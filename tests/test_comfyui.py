@@ -31,8 +31,13 @@ from tilewise.engine import ModelFileError, ScaleTarget, TileSettings, UpscaleOp
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "example_workflows"
 API_WORKFLOWS = sorted((WORKFLOWS / "api").glob("*.json"))
+#: The example workflows as saved before Upscale Image (Tilewise) had five widgets (its legacy node id).
+V1_WORKFLOWS = ROOT / "tests" / "fixtures" / "workflows_v1"
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 NODE_IDS = (
     "TilewiseModelLoader",
+    "TilewiseUpscaleImage",
+    "TilewiseOptions",
     "TilewiseUpscale",
     "TilewiseModelInfo",
     "TilewiseExportONNX",
@@ -114,16 +119,25 @@ def api_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
 
 
-def upscale_prompt(model: list | str, image: str, prefix: str, **options) -> dict:
-    """LoadImage -> [TilewiseModelLoader] -> TilewiseUpscale -> SaveImage; `model` is a file name or a link."""
+SIZE_WIDGETS = ("scale_mode", "scale_by", "width", "height", "megapixels")
+
+
+def upscale_prompt(model: list | str, image: str, prefix: str, **widgets) -> dict:
+    """LoadImage -> [TilewiseModelLoader] -> TilewiseUpscaleImage (+ TilewiseOptions "5" for any widget that is
+    not a size widget) -> SaveImage; `model` is a file name or a link."""
+    size = {name: value for name, value in widgets.items() if name in SIZE_WIDGETS}
+    options = {name: value for name, value in widgets.items() if name not in SIZE_WIDGETS}
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": image}},
         "3": {
-            "class_type": "TilewiseUpscale",
-            "inputs": {"upscale_model": ["2", 0] if isinstance(model, str) else model, "image": ["1", 0], **options},
+            "class_type": "TilewiseUpscaleImage",
+            "inputs": {"upscale_model": ["2", 0] if isinstance(model, str) else model, "image": ["1", 0], **size},
         },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
+    if options:
+        prompt["5"] = {"class_type": "TilewiseOptions", "inputs": options}
+        prompt["3"]["inputs"]["options"] = ["5", 0]
     if isinstance(model, str):
         prompt["2"] = {"class_type": "TilewiseModelLoader", "inputs": {"model_name": model}}
     return prompt
@@ -257,6 +271,73 @@ def test_object_info_lists_every_node(object_info):
     assert object_info["TilewiseModelInfo"]["output_node"] is True
 
 
+def widget_names(node_info: dict) -> list[str]:
+    """The inputs of a node that the front end draws as widgets (not sockets)."""
+    spec = {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
+    return [name for name, value in spec.items() if isinstance(value[0], list) or value[0] in WIDGET_KINDS]
+
+
+def test_upscale_node_reads_at_a_glance_and_every_option_stays_reachable(object_info):
+    node = object_info["TilewiseUpscaleImage"]
+    assert widget_names(node) == ["scale_mode", "scale_by", "width", "height", "megapixels"]
+    assert node["input"]["optional"]["options"][0] == "TILEWISE_OPTIONS"
+    assert node["deprecated"] is False and node["display_name"] == "Upscale Image (Tilewise)"
+    options = object_info["TilewiseOptions"]
+    assert options["output"] == ["TILEWISE_OPTIONS"]
+    legacy = object_info["TilewiseUpscale"]
+    assert legacy["deprecated"] is True, "hidden from search, still loads saved workflows"
+    # every widget of the legacy node is on the new node or on Tilewise Options, but "longest side",
+    # which is "fit inside" N x N (tests/test_pipeline.py shows it is the same size to the pixel)
+    reachable = set(widget_names(node)) | set(widget_names(options)) | {"scale_factor", "longest_side"}
+    assert set(widget_names(legacy)) <= reachable
+    modes = node["input"]["optional"]["scale_mode"][1]["options"]
+    assert modes == ["native", "factor", "width x height", "fit inside", "megapixels"]
+    spec = {**node["input"]["required"], **node["input"]["optional"], **options["input"]["optional"]}
+    for name in widget_names(node) + widget_names(options):
+        assert len(spec[name][1].get("tooltip", "")) > 10, f"{name} has no tooltip"
+
+
+@pytest.mark.parametrize("path", sorted(V1_WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
+def test_workflows_saved_with_the_legacy_node_load_and_give_the_same_pixels(comfy, object_info, path):
+    """A workflow saved before the node had five widgets still converts with its positional widget
+    values, and runs to the pixels of today's example workflow."""
+    legacy_ui = json.loads(path.read_text())
+    legacy = harness.ui_to_api(legacy_ui, object_info)
+    twin = json.loads((V1_WORKFLOWS / "api" / path.name).read_text())
+    assert legacy == {key: {"class_type": n["class_type"], "inputs": n["inputs"]} for key, n in twin.items()}
+    assert any(node["class_type"] == "TilewiseUpscale" for node in legacy.values())
+    today = api_workflow(path.stem)
+    assert not any(node["class_type"] == "TilewiseUpscale" for node in today.values())
+    saves = [key for key, node in legacy.items() if node["class_type"] == "SaveImage"]
+    for key in saves:
+        legacy[key]["inputs"]["filename_prefix"] = f"v1/{path.stem}_{key}"
+        today[key]["inputs"]["filename_prefix"] = f"v2/{path.stem}_{key}"
+    old_entry, new_entry = comfy.run(legacy, timeout=180), comfy.run(today, timeout=180)
+    assert_success(old_entry)
+    assert_success(new_entry)
+    for key in saves:
+        old = [decode(png) for png in comfy.images(old_entry, key)]
+        new = [decode(png) for png in comfy.images(new_entry, key)]
+        assert old and len(old) == len(new)
+        for a, b in zip(old, new):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fit_inside_equals_the_legacy_longest_side(comfy):
+    fit = upscale_prompt(BUILTINS[0], "example.png", "fit/new", scale_mode="fit inside", width=1000, height=1000)
+    legacy = upscale_prompt(BUILTINS[0], "example.png", "fit/legacy")
+    legacy["3"] = {
+        "class_type": "TilewiseUpscale",
+        "inputs": {"upscale_model": ["2", 0], "image": ["1", 0], "scale_mode": "longest side", "longest_side": 1000},
+    }
+    entries = comfy.run(fit, timeout=180), comfy.run(legacy, timeout=180)
+    for entry in entries:
+        assert_success(entry)
+    (new,), (old,) = (comfy.images(entry, "4") for entry in entries)
+    assert max(decode(new).shape[:2]) == 1000
+    np.testing.assert_array_equal(decode(new), decode(old))
+
+
 def test_template_browser_lists_the_ui_workflows_only(comfy):
     status, templates = comfy.get("/workflow_templates")
     assert status == 200
@@ -305,8 +386,7 @@ def test_builtin_workflow_output_equals_the_engine(comfy):
     prompt["4"]["inputs"]["filename_prefix"] = "equal/builtin"
     entry = comfy.run(prompt, timeout=180)
     assert_success(entry)
-    widgets = prompt["3"]["inputs"]
-    assert (widgets["tile_size"], widgets["scale_mode"]) == (0, "native")
+    assert prompt["3"]["inputs"]["scale_mode"] == "native" and "options" not in prompt["3"]["inputs"]
     model = load_model(prompt["2"]["inputs"]["model_name"])
     expected = as_saved(upscale(model, load_input(comfy, "example.png"), UpscaleOptions(device="cpu")))
     (saved,) = comfy.images(entry, "4")
@@ -320,11 +400,8 @@ def test_exact_size_workflow_equals_the_engine(comfy):
     entry = comfy.run(prompt, timeout=180)
     assert_success(entry)
     widgets = prompt["3"]["inputs"]
-    options = UpscaleOptions(
-        device="cpu",
-        target=ScaleTarget("size", width=widgets["width"], height=widgets["height"]),
-        resample=widgets["resample"],
-    )
+    assert widgets["scale_mode"] == "width x height" and "options" not in widgets
+    options = UpscaleOptions(device="cpu", target=ScaleTarget("size", width=widgets["width"], height=widgets["height"]))
     expected = as_saved(
         upscale(load_model(prompt["2"]["inputs"]["model_name"]), load_input(comfy, "example.png"), options)
     )
@@ -336,7 +413,8 @@ def test_exact_size_workflow_equals_the_engine(comfy):
 
 def test_batch_progress_counts_tiles_times_images(comfy):
     prompt = api_workflow("upscale_image_batch")
-    prompt["5"]["inputs"]["tile_batch"] = 3  # a different node signature: not served from the cache
+    assert prompt["5"]["inputs"]["options"] == ["8", 0]
+    prompt["8"]["inputs"]["tile_batch"] = 3  # a different node signature: not served from the cache
     prompt["6"]["inputs"]["filename_prefix"] = "progress/batch"
     client = uuid.uuid4().hex
     events = harness.WebSocketEvents(comfy, client)
@@ -355,7 +433,7 @@ def test_batch_progress_counts_tiles_times_images(comfy):
         progress = [e for e in events.of_type("progress", prompt_id) if e["node"] == "5"]
     finally:
         events.close()
-    widgets = prompt["5"]["inputs"]
+    widgets = prompt["8"]["inputs"]
     model = load_model(prompt["4"]["inputs"]["model_name"])
     tiles = len(plan_run(model, 768, 768, TileSettings(tile=widgets["tile_size"]), torch.device("cpu")).tiles)
     assert tiles > 1

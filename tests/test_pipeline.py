@@ -99,6 +99,8 @@ def test_four_channel_model_takes_rgba_whole():
         (ScaleTarget("size", width=101, height=33), (33, 101)),
         (ScaleTarget("size", width=60), (40, 60)),
         (ScaleTarget("longest", longest=90), (60, 90)),
+        (ScaleTarget("fit", width=90, height=50), (50, 75)),
+        (ScaleTarget("fit", width=45, height=300), (30, 45)),
         (ScaleTarget("megapixels", megapixels=0.0054), (60, 90)),
         (ScaleTarget("factor", factor=0.5), (10, 15)),
     ],
@@ -106,6 +108,20 @@ def test_four_channel_model_takes_rgba_whole():
 def test_exact_target_sizes(model, target, size):
     out = upscale(model, photo("astronaut", 0, 0, 20, 30), _options(target=target))
     assert tuple(out.shape[-2:]) == size
+
+
+@pytest.mark.parametrize("height,width", [(20, 30), (30, 20), (25, 25), (7, 1000), (333, 7), (479, 641)])
+@pytest.mark.parametrize("side", [1, 17, 90, 1000, 4097])
+def test_fit_inside_a_square_is_the_longest_side_to_the_pixel(height, width, side):
+    fit = ScaleTarget("fit", width=side, height=side).output_size(height, width, 4)
+    assert fit == ScaleTarget("longest", longest=side).output_size(height, width, 4)
+    assert max(fit) == side
+
+
+@pytest.mark.parametrize("box", [(0, 50), (50, None), (-3, 40)])
+def test_fit_needs_a_positive_box(box):
+    with pytest.raises(ValueError, match="must be a positive number"):
+        ScaleTarget("fit", width=box[0], height=box[1]).output_size(20, 30, 2)
 
 
 def test_repeated_passes_reach_large_targets(model):

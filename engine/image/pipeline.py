@@ -25,7 +25,7 @@ from .resize import FILTERS, resize
 
 AlphaMode = Literal["resize", "model", "discard"]
 ALPHA_MODES: tuple[str, ...] = ("resize", "model", "discard")
-SCALE_MODES: tuple[str, ...] = ("native", "factor", "size", "longest", "megapixels")
+SCALE_MODES: tuple[str, ...] = ("native", "factor", "size", "fit", "longest", "megapixels")
 #: Model passes allowed to reach a target (a 2x model reaches 16x); beyond, the last step resizes.
 MAX_PASSES = 4
 
@@ -35,8 +35,10 @@ class ScaleTarget:
     """What output size to produce.
 
     native: the model's scale. factor: `factor` times the input. size: exactly `width` x `height`
-    (one of them may be omitted: the aspect ratio gives the other). longest: the longer side
-    becomes `longest`. megapixels: about `megapixels` million pixels at the input's aspect ratio.
+    (one of them may be omitted: the aspect ratio gives the other). fit: as large as fits inside
+    `width` x `height` at the input's aspect ratio (fit inside N x N is longest side N, to the
+    pixel). longest: the longer side becomes `longest`. megapixels: about `megapixels` million
+    pixels at the input's aspect ratio.
     """
 
     mode: str = "native"
@@ -62,6 +64,10 @@ class ScaleTarget:
                 return max(1, round(height * w / width)), w
             h = int(_positive(self.height, "height"))
             return h, max(1, round(width * h / height))
+        if self.mode == "fit":
+            box_height, box_width = _positive(self.height, "height"), _positive(self.width, "width")
+            factor = box_height / height if box_height * width < box_width * height else box_width / width
+            return max(1, round(height * factor)), max(1, round(width * factor))
         if self.mode == "longest":
             factor = _positive(self.longest, "longest side") / max(height, width)
             return max(1, round(height * factor)), max(1, round(width * factor))

@@ -25,6 +25,7 @@ REQUIREMENTS = (
     ("spandrel", "spandrel>=0.4.1,<0.5"),
     ("png", "pypng>=0.20220715"),
     ("psutil", "psutil>=5.8"),
+    ("tifffile", "tifffile>=2023.7"),
 )
 #: Never installed or upgraded by this file, whatever happens.
 HOST_OWNED = ("torch", "torchvision", "pillow", "xformers")

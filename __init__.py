@@ -31,6 +31,8 @@ def _inside_comfyui() -> bool:
 
 
 if _comfy_v3_available() and (Path(__file__).parent / "nodes" / "__init__.py").is_file():
+    #: The pack's front-end extension (web/tilewise.js), which ComfyUI serves to its page.
+    WEB_DIRECTORY = "./web"
 
     async def comfy_entrypoint():
         """ComfyUI V3 entry point: the node pack's extension object."""

@@ -231,6 +231,47 @@ def comfy_python() -> Path:
     return python
 
 
+#: The web front end ComfyUI 0.3.75's requirements pin, and the browser driver for it.
+FRONTEND_REQUIREMENT = "comfyui-frontend-package==1.32.9"
+PLAYWRIGHT_REQUIREMENT = "playwright==1.65.3"
+CHROMIUM_ENV = "TILEWISE_CHROMIUM"
+
+
+def chromium() -> Path | None:
+    """A Chromium to drive: $TILEWISE_CHROMIUM, else Debian's `chromium` on PATH (never a
+    browser downloaded by Playwright: the machines this runs on reach package registries only)."""
+    named = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or shutil.which("chromium-browser")
+    return Path(named) if named and Path(named).is_file() else None
+
+
+def browser_packages() -> Path:
+    """A folder holding Playwright and ComfyUI's front end (`pip install --target`, from PyPI),
+    for `sys.path`; the front end's static files are in `comfyui_frontend_package/static`."""
+    target = cache_root() / f"browser-{FRONTEND_REQUIREMENT.split('==')[1]}-{PLAYWRIGHT_REQUIREMENT.split('==')[1]}"
+    if (target / ".complete").is_file():
+        return target
+    with _cache_lock():
+        if not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--target",
+                    str(target),
+                    FRONTEND_REQUIREMENT,
+                    PLAYWRIGHT_REQUIREMENT,
+                ],
+                "installing ComfyUI's front end and Playwright",
+            )
+            (target / ".complete").write_text("")
+    return target
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -248,15 +289,18 @@ class ComfyServer:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     started_in: float = 0.0
+    front_end_root: Path | None = None  # a real front end's static folder; None: a stub page (API tests)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 240) -> None:
-        frontend = self.base / "frontend"
-        frontend.mkdir(parents=True, exist_ok=True)
-        (frontend / "index.html").write_text("<!doctype html><title>ComfyUI (test stub)</title>\n")
+        frontend = self.front_end_root
+        if frontend is None:
+            frontend = self.base / "frontend"
+            frontend.mkdir(parents=True, exist_ok=True)
+            (frontend / "index.html").write_text("<!doctype html><title>ComfyUI (test stub)</title>\n")
         self.log_path = self.base / "comfyui.log"
         command = [
             str(self.python),

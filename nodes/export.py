@@ -34,8 +34,8 @@ class TilewiseExportONNX(io.ComfyNode):
             node_id="TilewiseExportONNX",
             display_name="Export Upscale Model to ONNX (Tilewise)",
             category="image/upscaling",
-            description="Writes the model as ONNX (dynamic batch, height and width) into the output folder, checked "
-            "with onnxruntime against PyTorch.",
+            description="Saves the model as an ONNX file in the output folder, for TensorRT, onnxruntime or other "
+            "apps; any image size works, and the file is checked against PyTorch before it is kept.",
             inputs=[
                 io.UpscaleModel.Input("upscale_model"),
                 io.String.Input("filename_prefix", default="tilewise/model", optional=True),

@@ -41,8 +41,8 @@ class TilewiseModelInfo(io.ComfyNode):
             node_id="TilewiseModelInfo",
             display_name="Upscale Model Info (Tilewise)",
             category="image/upscaling",
-            description="Shows an upscale model's architecture, scale, channels, parameter count and usable "
-            "precisions.",
+            description="Shows what an upscale model is, on the node after a run: architecture, scale, channels, "
+            "parameter count and the precisions it can run in.",
             inputs=[io.UpscaleModel.Input("upscale_model")],
             outputs=[io.String.Output("info", display_name="info")],
             is_output_node=True,

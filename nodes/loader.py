@@ -38,10 +38,10 @@ class TilewiseModelLoader(io.ComfyNode):
             display_name="Load Upscale Model (Tilewise)",
             category="loaders",
             description=(
-                "Loads any upscale or restoration model from the upscale_models folder by detecting its "
-                "architecture (everything spandrel knows plus Tilewise's own), an .onnx model (run by "
-                "onnxruntime), or a built-in model. "
-                "The output also works with the core 'Upscale Image (using Model)' node."
+                "Loads any upscale or restoration model from your upscale_models folder, whatever its "
+                "architecture (everything spandrel knows, plus ParagonSR2, EDSR, RDN and more), .onnx files too, "
+                "or a built-in model that needs no download. Files are checked before loading: nothing in a "
+                "model file can run code. Also works with the core Upscale Image (using Model) node."
             ),
             inputs=[
                 io.Combo.Input(

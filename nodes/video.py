@@ -174,8 +174,9 @@ def _temporal_inputs() -> list:
             "temporal_mode",
             options=list(TEMPORAL_MODES),
             default="auto",
-            tooltip="off: every frame alone; feedback: ParagonSR2's feature feedback; stabilize: motion-aware "
-            "blending of the previous output (any model); auto: feedback for ParagonSR2, stabilize otherwise.",
+            tooltip="Keeps detail from flickering between frames. auto: the best mode for the model; feedback: "
+            "ParagonSR2's own video mode; stabilize: blends still areas with the previous frame, following camera "
+            "motion (any model); off: every frame on its own.",
         ),
         io.Float.Input(
             "temporal_strength",
@@ -183,8 +184,8 @@ def _temporal_inputs() -> list:
             min=-1.0,
             max=0.99,
             step=0.01,
-            tooltip="-1 = the mode's default (feedback: the model's alpha, 0.2; stabilize: 0.7). Weight of the past "
-            "in [0, 1).",
+            tooltip="How much of the previous frame carries over, from 0 to 0.99: higher is steadier, lower follows "
+            "fast changes better. -1: the mode's default (feedback: the model's, 0.2; stabilize: 0.7).",
         ),
     ]
 
@@ -198,15 +199,16 @@ def _extra_temporal_inputs() -> list:
             max=1.0,
             step=0.001,
             optional=True,
-            tooltip="Mean absolute gray change between frame thumbnails that counts as a cut (state reset); 0 = never.",
+            tooltip="How different two frames must be to count as a scene cut, after which nothing carries over "
+            "(mean gray change, 0 to 1); 0 = never.",
         ),
         io.Combo.Input(
             "first_frame",
             options=list(FIRST_FRAME_CONVENTIONS),
             default="none",
             optional=True,
-            tooltip="Feedback on the first frame: none (upstream PyTorch) or blend with zeros (upstream "
-            "TensorRT/ONNX).",
+            tooltip="Feedback mode on a shot's first frame: none matches ParagonSR2's PyTorch reference, zeros its "
+            "TensorRT/ONNX exports.",
         ),
     ]
 
@@ -219,9 +221,9 @@ class TilewiseUpscaleVideo(io.ComfyNode):
             display_name="Upscale Video Frames (Tilewise)",
             category="image/upscaling",
             description=(
-                "Upscales an IMAGE batch as the frames of a video, one frame at a time with the same tile grid, "
-                "carrying temporal state between frames (ParagonSR2 feature feedback or a motion-aware stabiliser) "
-                "and across VideoHelperSuite Meta Batch chunks. The result is written into one preallocated CPU tensor."
+                "Upscales video frames (an IMAGE batch) without flicker: each frame is upscaled without seams and "
+                "steadied by the previous one (ParagonSR2's video mode, or a motion-aware stabiliser for any model), "
+                "also across VideoHelperSuite Meta Batch chunks, so long videos work in pieces."
             ),
             inputs=[
                 io.UpscaleModel.Input("upscale_model"),
@@ -316,9 +318,8 @@ class TilewiseUpscaleVideoFile(io.ComfyNode):
             display_name="Upscale Video (Tilewise)",
             category="image/video",
             description=(
-                "Upscales a VIDEO by decoding, upscaling and encoding one frame at a time with PyAV, so a long video "
-                "never has to fit in memory. Audio is copied unchanged; frame timing is kept. The result is an H.264 "
-                "(or MPEG-4) file in ComfyUI's temp folder; connect Save Video to keep it."
+                "Upscales a whole video file without loading it into memory: one frame at a time, without seams or "
+                "flicker, with its sound and timing kept. Connect Save Video to keep the result."
             ),
             inputs=[
                 io.UpscaleModel.Input("upscale_model"),

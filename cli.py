@@ -1,9 +1,15 @@
-"""Command line: `python -m tilewise upscale ...`, `upscale-video ...` and `info ...`.
+"""Command line: `python -m tilewise upscale ...`, `upscale-video`, `models`, `info`, `export-onnx`, `doctor`.
 
 Every command that takes a model accepts a weights file, an `.onnx` file or a built-in name.
 
-Bad input (missing file, unreadable image, unsupported model, bad option) exits with status 2
-and one line on stderr; every input is checked before the first output is written.
+- A user error (bad option, missing input file, unreadable image or model, unavailable device,
+  missing optional package) exits with status 2 and one line on stderr, before anything is written.
+- Several inputs keep going past a file that fails: one line per failure, a summary at the end,
+  status 1 if any failed (`--fail-fast` stops at the first instead). Outputs are written
+  atomically, so nothing partial is ever left on disk.
+- An input is never written over, and an existing output only with `--overwrite`.
+- `--help`, `--version` and argument errors answer without importing torch (the engine's
+  choices come from `engine/choices.py`; everything else is imported when work starts).
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
 from .engine import (
     ALPHA_MODES,
     FILTERS,
@@ -27,29 +35,17 @@ from .engine import (
     TEMPORAL_MODES,
     WRITE_EXTENSIONS,
     ImageError,
-    LoadHints,
     ModelFileError,
-    ScaleTarget,
-    TileSettings,
-    TileSettingsError,
     TilewiseError,
-    UpscaleOptions,
-    VideoOptions,
-    check_decodable,
-    check_fits,
-    check_readable,
-    load_model,
-    model_summary,
-    read_image,
-    resolve_device,
-    tile_settings,
-    upscale,
-    write_image,
 )
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: Optional packages -> the extra that installs them (a missing one is a user error naming it).
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "av": "video", "spandrel_extra_arches": "extra-arches", "ray": "ray"}
+#: Without a terminal, a long file reports its tiles about this many times.
+PROGRESS_LINES = 10
 
 
 class UsageError(Exception):
@@ -63,11 +59,44 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tilewise", description="Seamless tiled super-resolution.")
+    parser.add_argument("--version", action="version", version=f"tilewise {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    up = commands.add_parser("upscale", help="upscale images with a model")
+    up = commands.add_parser(
+        "upscale",
+        help="upscale images with a model",
+        description="Upscale image files. Orientation, ICC profile, DPI and EXIF are kept; 16-bit and float "
+        "images stay so in PNG, TIFF and .npy; animated GIF, WebP and PNG and multi-page TIFF keep every frame. "
+        "An input is never overwritten; an existing output only with --overwrite. With several inputs a file "
+        "that fails is reported and the others go on (exit status 1 at the end).",
+    )
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
-    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
+    up.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file (one input) or folder (several inputs, or a folder given as input)",
+    )
+    existing = up.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    existing.add_argument(
+        "--skip-existing", action="store_true", help="leave output files that exist and upscale only the others"
+    )
+    up.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first file that fails (default: report it and go on)"
+    )
+    cluster = up.add_argument_group('spreading files over a Ray cluster (pip install "tilewise[ray]")')
+    cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the files on Ray actors: an address, auto (the cluster running here), or nothing (a local "
+        "cluster); inputs and outputs must be on storage every node sees",
+    )
+    cluster.add_argument("--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)")
+    cluster.add_argument("--ray-gpus-per-actor", type=float, metavar="F", help="GPUs per actor (default 1 with GPUs)")
     up.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -194,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     onnx = commands.add_parser("export-onnx", help="export a model to ONNX (validated with onnxruntime)")
     onnx.add_argument("model", help="model file or built-in name")
-    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("output", nargs="?", help=argparse.SUPPRESS)  # the older positional form
+    onnx.add_argument("-o", "--output", dest="output_option", metavar="OUT", help="the .onnx file to write")
     onnx.add_argument("--opset", type=int, default=17)
     onnx.add_argument(
         "--video",
@@ -214,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--device", default="auto", help="device to check: auto (default), cpu, cuda, cuda:N, mps, xpu")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
+
+    models = commands.add_parser(
+        "models", help="list the built-in models and the model files in a folder, with architecture and scale"
+    )
+    models.add_argument("folder", nargs="?", metavar="FOLDER", help="a folder of model files (subfolders included)")
+    models.add_argument("--json", action="store_true", help="print one JSON object per model")
 
     info = commands.add_parser("info", help="show what a model file is")
     info.add_argument("model", help="model file (weights or .onnx) or built-in name")
@@ -245,20 +281,25 @@ def _doctor(args) -> int:
     return 0 if report.passed else EXIT_FAILURE
 
 
+COMMANDS = {
+    "info": "_info",
+    "models": "_models",
+    "doctor": "_doctor",
+    "export-onnx": "_export_onnx",
+    "upscale-video": "_upscale_video",
+    "upscale": "_upscale",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "info":
-            return _info(args)
-        if args.command == "doctor":
-            return _doctor(args)
-        if args.command == "export-onnx":
-            return _export_onnx(args)
-        if args.command == "upscale-video":
-            return _upscale_video(args)
-        return _upscale(args)
-    except (UsageError, ModelFileError, ImageError, ValueError) as error:
+        return globals()[COMMANDS[args.command]](args)
+    except (UsageError, ModelFileError, ImageError, ValueError) as error:  # DeviceError is a ValueError
         print(f"tilewise: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as error:  # an optional feature's package
+        print(f"tilewise: error: {_missing_package(error)}", file=sys.stderr)
         return EXIT_USAGE
     except TilewiseError as error:  # the input was fine but the run failed (a model error, out of memory)
         print(f"tilewise: error: {error}", file=sys.stderr)
@@ -276,11 +317,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _hints(args) -> LoadHints:
+def _missing_package(error: ModuleNotFoundError) -> str:
+    """The line for a missing package: which extra installs it."""
+    name = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra:
+        return f"this needs the Python package '{name}', which is not installed; pip install \"tilewise[{extra}]\""
+    return f"the Python package '{name or error}' is not installed; reinstall Tilewise (pip install tilewise)"
+
+
+def _hints(args):
+    from .engine import LoadHints
+
     return LoadHints(scale=args.model_scale, upsampler_alpha=args.upsampler_alpha)
 
 
 def _info(args) -> int:
+    from .engine import load_model, model_summary
+
     summary = model_summary(load_model(args.model, hints=_hints(args)))
     if args.json:
         print(json.dumps(summary))
@@ -290,10 +344,46 @@ def _info(args) -> int:
     return 0
 
 
-def _export_onnx(args) -> int:
-    from .engine import export_onnx  # imported when first used
+def _models(args) -> int:
+    """The built-in models, then every model file in FOLDER, one line each (or JSON lines)."""
+    from .engine import builtin_names, load_model, model_summary, scan_folder
 
-    if not str(args.output).lower().endswith(".onnx"):
+    rows: list[dict] = []
+    for name in builtin_names():
+        summary = model_summary(load_model(name))
+        rows.append({"name": name, "architecture": summary["architecture"], "scale": summary["scale"]})
+    if args.folder is not None:
+        folder = Path(args.folder)
+        if not folder.is_dir():
+            raise UsageError(f"no such folder: {folder}")
+        for entry in scan_folder(folder):
+            if entry.model is not None:
+                summary = model_summary(entry.model)
+                rows.append({"name": entry.name, "architecture": summary["architecture"], "scale": summary["scale"]})
+            else:
+                rows.append({"name": entry.name, "error": entry.error})
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    width = max((len(row["name"]) for row in rows), default=4)
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<{width}}  cannot be used: {row['error']}")
+        else:
+            print(f"{row['name']:<{width}}  {row['architecture']}, {row['scale']}x")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from .engine import export_onnx, load_model  # export_onnx imports onnx only when used
+
+    output = args.output_option or args.output
+    if args.output_option and args.output:
+        raise UsageError("give the output file once: export-onnx MODEL -o OUT")
+    if not output:
+        raise UsageError("name the file to write: export-onnx MODEL -o OUT.onnx")
+    if not str(output).lower().endswith(".onnx"):
         raise UsageError("the output file must end in .onnx")
     size = None
     if args.size:
@@ -305,9 +395,7 @@ def _export_onnx(args) -> int:
     model = load_model(args.model, hints=_hints(args), cache=None)
     if model.architecture.id == "ONNX":
         raise UsageError(f"{Path(args.model).name} is an ONNX model already; use the file itself (or copy it)")
-    report = export_onnx(
-        model, args.output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size
-    )
+    report = export_onnx(model, output, opset=args.opset, video=args.video, validate=not args.no_validate, size=size)
     checked = ", ".join(f"{size}: {error:.1e}" for size, error in report.max_error.items()) or "not validated"
     print(
         f"wrote {report.path} (opset {report.opset}{', video' if report.video else ''}; onnxruntime vs PyTorch max "
@@ -317,9 +405,11 @@ def _export_onnx(args) -> int:
     return 0
 
 
-def _tile_settings(args) -> TileSettings:
+def _tile_settings(args):
     """--tile auto|0|N (0: no tiling, the engine's -1), --tile-pad, --merge, --batch, --compile,
     validated by the engine (`tile_settings`) as in every host."""
+    from .engine import TileSettingsError, tile_settings
+
     tile = str(args.tile).strip().lower()
     if tile in ("0", "-1"):
         tile = -1
@@ -332,7 +422,9 @@ def _tile_settings(args) -> TileSettings:
 _TILE_FLAGS = {"tile": "--tile", "pad": "--tile-pad", "merge": "--merge", "batch": "--batch"}
 
 
-def _target(args) -> ScaleTarget:
+def _target(args):
+    from .engine import ScaleTarget
+
     if args.width is not None or args.height is not None:
         if args.scale is not None or args.longest is not None or args.megapixels is not None:
             raise UsageError("give either --width/--height or one of --scale, --longest, --megapixels")
@@ -346,23 +438,34 @@ def _target(args) -> ScaleTarget:
     return ScaleTarget("native")
 
 
-def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
+def _collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
+    """The image files named or inside the folders named, and whether a folder was named. A named
+    file that does not exist is a mistake in the command (exit 2), not a file that failed."""
     paths: list[Path] = []
+    folder = False
     for text in inputs:
         path = Path(text)
         if path.is_dir():
+            folder = True
             paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+        elif not path.is_file():
+            raise UsageError(f"{path}: no such image file")
         else:
             paths.append(path)
     if not paths:
         raise UsageError("no input images found")
-    return paths
+    return paths, folder
 
 
-def _output_paths(inputs: list[Path], output: str, fmt: str | None) -> list[Path]:
+def _output_paths(inputs: list[Path], output: str, fmt: str | None, named_folder: bool) -> list[Path]:
     out = Path(output)
-    folder = len(inputs) > 1 or out.is_dir() or output.endswith(("/", "\\"))
-    if not folder:
+    several = len(inputs) > 1 or named_folder
+    if several and out.suffix.lower() in WRITE_EXTENSIONS and not out.is_dir():
+        raise UsageError(
+            f"with several inputs, -o names a folder; '{output}' looks like an image file name (give a folder, "
+            f"e.g. -o {out.with_suffix('')})"
+        )
+    if not (several or out.is_dir() or output.endswith(("/", "\\"))):
         if out.suffix.lower() not in WRITE_EXTENSIONS:
             raise UsageError(
                 f"cannot write '{out.suffix or out.name}' files; name the output with one of "
@@ -380,19 +483,67 @@ def _output_paths(inputs: list[Path], output: str, fmt: str | None) -> list[Path
     return results
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _plan_outputs(inputs: list[Path], outputs: list[Path], args) -> list[tuple[Path, Path]]:
+    """(input, output) pairs to run: never an input as an output; existing outputs refused unless
+    --overwrite, or left out with --skip-existing."""
+    for destination in outputs:
+        for source in inputs:
+            if _same_file(source, destination):
+                raise UsageError(
+                    f"{destination} is an input; Tilewise never writes over an input (name another output)"
+                )
+    existing = [d for d in outputs if d.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UsageError(
+            f"{existing[0]} exists{more}; add --overwrite to replace, or --skip-existing to keep what is there"
+        )
+    return [(s, d) for s, d in zip(inputs, outputs) if not (args.skip_existing and d.exists())]
+
+
+@dataclass
+class _Batch:
+    """What happened to each file of an `upscale` run."""
+
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.written} written", f"{self.failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (output exists)")
+        return "tilewise: " + ", ".join(parts)
+
+
 def _upscale(args) -> int:
     # Images are checked against free memory from their headers before decoding, so Pillow's
     # warning for large images (above 89 MP) is only noise on the command line, our own process.
     from PIL import Image
 
+    from .engine import UpscaleOptions, load_model, resolve_device, upscale_file
+
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     settings = _tile_settings(args)
     target = _target(args)
-    inputs = _collect_inputs(args.inputs)
-    outputs = _output_paths(inputs, args.output, args.format)
-    for path in inputs:
-        check_readable(path)
-    device = resolve_device(args.device)
+    inputs, named_folder = _collect_inputs(args.inputs)
+    outputs = _output_paths(inputs, args.output, args.format, named_folder)
+    jobs = _plan_outputs(inputs, outputs, args)
+    batch = _Batch(skipped=len(inputs) - len(jobs))
+    single = len(inputs) == 1 and not named_folder
+    if args.fail_fast or single:  # the old behaviour: every input readable before anything is written
+        from .engine import check_readable
+
+        for source, _ in jobs:
+            check_readable(source)
+    device = resolve_device(args.device) if not args.ray else args.device  # on Ray: each actor's own device
     options = UpscaleOptions(
         tiles=settings,
         precision=args.precision,
@@ -401,27 +552,112 @@ def _upscale(args) -> int:
         resample=args.resample,
         alpha=args.alpha,
     )
-    model = load_model(args.model, hints=_hints(args))
-    show = not args.quiet and sys.stderr.isatty()
-    for index, (source, destination) in enumerate(zip(inputs, outputs), start=1):
-        header = check_decodable(source)  # from the header: nothing large is decoded before the checks
+    model = load_model(args.model, hints=_hints(args))  # a bad model stops here, before any cluster starts
+    if args.ray:
+        return _upscale_on_ray(args, jobs, options, batch, single)
+    for index, (source, destination) in enumerate(jobs, start=1):
+        label = f"[{index}/{len(jobs)}] {source.name}"
         try:
-            check_fits(model, header.height, header.width, header.channels, options)
-        except ImageError as error:
-            raise ImageError(f"{source}: {error}") from None
-        loaded = read_image(source, header)
-        bar = _ProgressBar(f"[{index}/{len(inputs)}] {source.name}") if show else None
-        result = upscale(model, loaded.tensor, options, progress=bar)
-        if bar:
-            bar.finish()
-        write_image(destination, result, bits=loaded.bits)
+            size = upscale_file(model, source, destination, options, progress=_progress_for(label, args.quiet))
+        except (ImageError, TilewiseError) as error:
+            if single or args.fail_fast:
+                raise
+            batch.failed += 1
+            print(f"tilewise: error: {_named(source, error)}", file=sys.stderr)
+            continue
+        batch.written += 1
         if not args.quiet:
-            print(f"{source} -> {destination} ({result.shape[-1]}x{result.shape[-2]})", file=sys.stderr)
-    return 0
+            print(f"{source} -> {destination} ({size[1]}x{size[0]})", file=sys.stderr)
+    if not single:
+        print(batch.summary(), file=sys.stderr)
+    return EXIT_FAILURE if batch.failed else 0
+
+
+def _upscale_on_ray(args, jobs: list[tuple[Path, Path]], options, batch: _Batch, single: bool) -> int:
+    """The same (input, output) pairs, spread over Ray actors (`distributed`), with one progress
+    display for the whole job and the local batch's reporting."""
+    from . import distributed
+
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise UsageError("--ray-actors must be 1 or more")
+    progress = _JobProgress(len(jobs), args.quiet)
+
+    def report(result: distributed.FileResult, pool) -> None:
+        progress.done(result)
+
+    try:
+        results = distributed.upscale_files(
+            jobs,
+            args.model,
+            _hints(args),
+            options,
+            address=None if args.ray == "local" else args.ray,
+            actors=args.ray_actors,
+            gpus_per_actor=args.ray_gpus_per_actor,
+            on_result=report,
+        )
+    except distributed.ClusterError as error:
+        raise UsageError(str(error)) from None
+    progress.finish()
+    batch.failed = sum(1 for result in results if result.error is not None)
+    batch.written = len(results) - batch.failed
+    if single and batch.failed:
+        return EXIT_USAGE
+    if not single:
+        print(batch.summary(), file=sys.stderr)
+    return EXIT_FAILURE if batch.failed else 0
+
+
+class _JobProgress:
+    """Files done out of the job's files: a bar on a terminal, else a line per file."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.count, self.quiet, self.start = total, 0, quiet, time.monotonic()
+        self.bar = None if quiet or not sys.stderr.isatty() else _ProgressBar("Ray")
+
+    def done(self, result) -> None:
+        self.count += 1
+        if result.error is not None:  # as it happens, as in a local run
+            if self.bar is not None:
+                sys.stderr.write("\n")
+            print(f"tilewise: error: {result.error}", file=sys.stderr, flush=True)
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar(self.count, self.total)
+        elif result.error is None:
+            height, width = result.size
+            print(
+                f"[{self.count}/{self.total}] {result.source} -> {result.destination} ({width}x{height})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.finish()
+
+
+def _named(path: Path, error: Exception) -> str:
+    text = str(error)
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def _progress_for(label: str, quiet: bool):
+    """Progress per picture: a bar on a terminal; without one (a log, a pipe), a line now and
+    then; nothing with -q."""
+
+    def make(part: str):
+        if quiet:
+            return None
+        text = f"{label} {part}" if part else label
+        return _ProgressBar(text) if sys.stderr.isatty() else _ProgressLines(text)
+
+    return make
 
 
 def _upscale_video(args) -> int:
-    from .engine import VideoIOError, upscale_video_file  # PyAV itself is imported only when used
+    from .engine import UpscaleOptions, VideoIOError, VideoOptions, load_model, resolve_device, upscale_video_file
 
     settings = _tile_settings(args)
     source = Path(args.input)
@@ -431,6 +667,8 @@ def _upscale_video(args) -> int:
         raise UsageError(f"--temporal-strength must be in [0, 1), got {args.temporal_strength}")
     if args.scene_cut < 0:
         raise UsageError("--scene-cut must be 0 or more")
+    if _same_file(source, Path(args.output)):
+        raise UsageError(f"{args.output} is the input; Tilewise never writes over an input (name another output)")
     device = resolve_device(args.device)
     options = VideoOptions(
         upscale=UpscaleOptions(tiles=settings, precision=args.precision, device=str(device)),
@@ -500,6 +738,25 @@ class _ProgressBar:
 
     def finish(self) -> None:
         sys.stderr.write("\n")
+
+
+class _ProgressLines:
+    """Progress for a log or a pipe: a line when a file starts, then one about every tenth of its
+    tiles (long files only), each a whole line so nothing waits in a buffer."""
+
+    def __init__(self, label: str):
+        self.label, self.start, self.reported = label, time.monotonic(), 0
+        print(f"{label}: upscaling", file=sys.stderr, flush=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        step = -(-total // PROGRESS_LINES)
+        if total >= 2 * PROGRESS_LINES and done < total and done // step > self.reported:
+            self.reported = done // step
+            elapsed = time.monotonic() - self.start
+            print(f"{self.label}: {done}/{total} tiles, {elapsed:.0f}s", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        pass
 
 
 if __name__ == "__main__":

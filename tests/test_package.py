@@ -171,3 +171,17 @@ def test_the_engine_import_graph_is_acyclic_and_imports_in_dependency_order():
     code = "import importlib\nfor name in %r:\n    importlib.import_module('tilewise.' + name)\nprint('ok')" % order
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_every_subpackage_goes_into_the_wheel():
+    """pyproject lists packages by name: a subpackage missing there works in an editable install
+    and is absent from a built wheel."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"tilewise"}
+    for top in ("archs", "engine", "nodes"):
+        for init in (root / top).rglob("__init__.py"):
+            found.add(".".join(("tilewise", *init.parent.relative_to(root).parts)))
+    assert found == listed

@@ -19,12 +19,12 @@ from typing import Callable, Literal, cast
 import torch
 from spandrel import ImageModelDescriptor
 
+from ..choices import PRECISIONS
 from . import devices, inference_forms
 
 log = logging.getLogger("tilewise")
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

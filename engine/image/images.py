@@ -30,12 +30,9 @@ import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .. import storage
+from ..choices import FRAME_EXTENSIONS, WRITE_EXTENSIONS
 from ..errors import ImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".npy")
-WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".npy")
-#: Output formats that hold several frames (PNG as APNG).
-FRAME_EXTENSIONS = (".png", ".gif", ".webp", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 EXIF_ORIENTATION = 0x0112
 
@@ -184,7 +181,8 @@ def read_frames(path: str | Path, header: ImageHeader | None = None) -> LoadedFr
             for index in range(count):
                 try:
                     image.seek(index)
-                    frame = image.convert("RGBA") if image.mode == "P" or "transparency" in image.info else image
+                    see_through = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+                    frame = image.convert("RGBA" if see_through else "RGB")  # every frame whole, one mode
                     loaded = _from_pil(frame)
                 except _PILLOW_ERRORS as error:
                     raise _unreadable(path, error) from None

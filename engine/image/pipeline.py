@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
+from ..choices import ALPHA_MODES, SCALE_MODES, AlphaMode
 from ..compute import devices as devices_
 from ..compute.precision import resolve_device, resolve_dtype
 from ..errors import ImageError
@@ -23,9 +23,6 @@ from ..run.runner import CancelFn, ProgressFn, run_tiled
 from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from .resize import FILTERS, resize
 
-AlphaMode = Literal["resize", "model", "discard"]
-ALPHA_MODES: tuple[str, ...] = ("resize", "model", "discard")
-SCALE_MODES: tuple[str, ...] = ("native", "factor", "size", "fit", "longest", "megapixels")
 #: Model passes allowed to reach a target (a 2x model reaches 16x); beyond, the last step resizes.
 MAX_PASSES = 4
 

@@ -95,8 +95,21 @@ def export_onnx(
         raise TilewiseError(
             f"{descriptor.architecture.name} has no video mode (previous-feature input); export it without video"
         )
+    _require("onnx")  # a missing optional package is the caller's to name (pip install "tilewise[onnx]")
+    if validate:
+        _require("onnxruntime")
     with torch.inference_mode(False):
         return _export(descriptor, path, opset, video, temporal_alpha, validate, size)
+
+
+def _require(module: str) -> None:
+    """Raises ModuleNotFoundError (with `.name`) when `module` cannot be imported."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ModuleNotFoundError(f"{module} is not installed", name=module) from error
 
 
 def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, validate: bool, size) -> ExportReport:

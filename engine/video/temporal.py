@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor
 
+from ..choices import FIRST_FRAME_CONVENTIONS, SCENE_CUT_THRESHOLD, TEMPORAL_MODES, TemporalMode
 from ..compute import devices
 from ..compute.precision import resolve_device, resolve_dtype
 from ..errors import CancelledError, ImageError
@@ -48,11 +48,6 @@ from ..image.resize import resize
 from ..plan.planner import RunPlan, plan_run
 from ..run.runner import CancelFn, ProgressFn, _paste_core, run_tiled
 
-TemporalMode = Literal["off", "auto", "feedback", "stabilize"]
-TEMPORAL_MODES: tuple[str, ...] = ("off", "auto", "feedback", "stabilize")
-FIRST_FRAME_CONVENTIONS: tuple[str, ...] = ("none", "zeros")
-#: Mean absolute gray difference (0..1) between consecutive frame thumbnails that counts as a cut.
-SCENE_CUT_THRESHOLD = 30 / 255
 #: Long side of the gray thumbnail used by the scene-cut test.
 CUT_THUMBNAIL = 64
 #: Stabiliser defaults: blend weight for fully static regions, and the LR change (0..1, mean over

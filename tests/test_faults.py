@@ -79,10 +79,10 @@ def test_two_threads_share_one_cached_model(tmp_path):
 def test_a_failing_tile_writes_nothing(tmp_path, photo_png, monkeypatch, capsys):
     """The model fails on its third tile inside the engine's runner (not a patched entry point):
     the CLI reports it and writes no file, whole or partial."""
-    from tilewise import cli
+    from tilewise import cli, engine
 
     failing = describe(FailsOnCalls({3}, error=ValueError))
-    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: failing)
+    monkeypatch.setattr(engine, "load_model", lambda *args, **kwargs: failing)
     out = tmp_path / "out.png"
     assert cli.main(["upscale", str(photo_png), "-o", str(out), "-q", "--tile", "32", "--tile-pad", "3"]) == 1
     assert failing.model.fired == [3], "the failure happened in a tile run"
@@ -118,8 +118,12 @@ def test_interrupted_cli_leaves_no_partial_output(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    first = process.stderr.readline()  # "big0.png -> ...": the second image is now being upscaled
-    assert "->" in first, first
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    while "->" not in line:  # progress lines come first; "big0.png -> ..." once the first file is written
+        assert line, "the CLI ended before writing its first file"
+        line = process.stderr.readline()
+    # the second image is now being upscaled
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

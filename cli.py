@@ -301,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # an optional feature's package
         print(f"tilewise: error: {_missing_package(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # a path the file system refuses (permissions, a name too long, a full disk)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"tilewise: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
     except TilewiseError as error:  # the input was fine but the run failed (a model error, out of memory)
         print(f"tilewise: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -499,6 +503,10 @@ def _plan_outputs(inputs: list[Path], outputs: list[Path], args) -> list[tuple[P
                 raise UsageError(
                     f"{destination} is an input; Tilewise never writes over an input (name another output)"
                 )
+    for folder in {d.parent for d in outputs}:
+        blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise UsageError(f"{blocking} is a file, not a folder; name an output folder")
     existing = [d for d in outputs if d.exists()]
     if existing and not (args.overwrite or args.skip_existing):
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -558,7 +566,10 @@ def _upscale(args) -> int:
     for index, (source, destination) in enumerate(jobs, start=1):
         label = f"[{index}/{len(jobs)}] {source.name}"
         try:
-            size = upscale_file(model, source, destination, options, progress=_progress_for(label, args.quiet))
+            try:
+                size = upscale_file(model, source, destination, options, progress=_progress_for(label, args.quiet))
+            except OSError as error:  # a folder that cannot be written, a disk that is full, a file that vanished
+                raise ImageError(_os_message(error, destination)) from None
         except (ImageError, TilewiseError) as error:
             if single or args.fail_fast:
                 raise
@@ -636,6 +647,14 @@ class _JobProgress:
     def finish(self) -> None:
         if self.bar is not None:
             self.bar.finish()
+
+
+def _os_message(error: OSError, destination: Path) -> str:
+    where = Path(error.filename) if error.filename else destination
+    reason = error.strerror or str(error)
+    if where.parent == destination.parent or where == destination.parent:
+        return f"{destination}: cannot write it ({reason}); choose an output folder you can write to"
+    return f"{where}: {reason}"
 
 
 def _named(path: Path, error: Exception) -> str:

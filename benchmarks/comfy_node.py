@@ -153,8 +153,8 @@ def inner(args: argparse.Namespace) -> int:
                 paths = {
                     "core": core,
                     "tilewise": lambda model=model, image=image, precision=precision: mapping[
-                        "TilewiseUpscale"
-                    ].execute(model, image, precision=precision)[0],
+                        "TilewiseUpscaleImage"
+                    ].execute(model, image, options=mapping["TilewiseOptions"].execute(precision=precision)[0])[0],
                     "limit": limit,
                 }
                 times: dict[str, list[float]] = {key: [] for key in paths}

@@ -307,3 +307,32 @@ def test_a_tile_too_small_for_the_model_is_warned_about_with_the_auto_cost(tmp_p
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "the image's pixels" in line]
     assert len(warnings) == 1 and "automatic tiling computes" in warnings[0], result.stderr
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "folder that is a file", "name too long"])
+def test_an_output_that_cannot_be_written_is_one_clear_line(tmp_path, case):
+    import os
+
+    source = tmp_path / "a.png"
+    Image.fromarray(photo()).save(source)
+    if case == "read-only folder":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("running as root, which writes into read-only folders; the other case covers the refusal")
+        target = tmp_path / "locked"
+        target.mkdir()
+        target.chmod(0o555)
+        reason = "cannot write it (Permission denied)"
+    elif case == "folder that is a file":
+        target = tmp_path / "notes.txt"
+        target.write_text("a file, not a folder")
+        reason = "notes.txt is a file, not a folder"
+    else:  # refused by the file system whoever runs it
+        target = tmp_path / "out"
+        target.mkdir()
+        reason = "File name too long"
+    name = "a.png" if case != "name too long" else "x" * 300 + ".png"
+    result = run("upscale", str(source), "-o", str(target / name), "--model", MODEL, "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert reason in lines[0] and "Traceback" not in result.stderr
+    assert target.is_file() or list(target.iterdir()) == []

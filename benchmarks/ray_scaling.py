@@ -1,0 +1,88 @@
+"""Ray: throughput with 1 and 2 actors, and the Ray path's per-file overhead against a local run.
+
+A local Ray cluster (`ray.init(num_cpus=2)`) upscales a folder of photo crops with the
+engine, once per configuration, in this process; every figure is a ratio against the local CLI
+path (`upscale_file` in a loop, one model) run in the same process:
+
+  local                  the CLI's loop: files per second (the baseline, 1.00)
+  ray 1 actor            the same files on one Ray actor
+  ray 2 actors           two actors, each torch at 1 thread (2 cores: one per actor)
+  overhead per file      (ray 1 actor - local) / files, on small images where the model's work is little
+
+    python benchmarks/ray_scaling.py [--files 24] [--size 96] [--model builtin:paragonsr2-realtime-2x]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data
+
+
+def photos(folder: Path, count: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = data.astronaut()
+    paths = []
+    for index in range(count):
+        y, x = (index * 37) % (512 - size), (index * 53) % (512 - size)
+        paths.append(folder / f"p{index:03d}.png")
+        Image.fromarray(np.ascontiguousarray(photo[y : y + size, x : x + size])).save(paths[-1])
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=24)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--model", default="builtin:paragonsr2-realtime-2x")
+    args = parser.parse_args()
+
+    import ray
+    from tilewise import distributed
+    from tilewise.engine import UpscaleOptions, load_model, upscale_file
+
+    with tempfile.TemporaryDirectory() as base:
+        root = Path(base)
+        inputs = photos(root / "in", args.files, args.size)
+        options = UpscaleOptions(device="cpu")
+
+        def local() -> float:
+            torch.set_num_threads(2)
+            model = load_model(args.model)
+            start = time.perf_counter()
+            for path in inputs:
+                upscale_file(model, path, root / "local" / path.name, options)
+            return time.perf_counter() - start
+
+        def on_ray(actors: int) -> float:
+            out = root / f"ray{actors}"
+            jobs = [(path, out / path.name) for path in inputs]
+            start = time.perf_counter()
+            distributed.upscale_files(jobs, args.model, None, options, actors=actors)
+            return time.perf_counter() - start
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        try:
+            on_ray(1)  # warm-up: worker start-up and imports are paid once per cluster, not per run
+            times = {"local": local(), "ray 1 actor": on_ray(1), "ray 2 actors": on_ray(2)}
+        finally:
+            ray.shutdown()
+        same = all((root / "ray2" / p.name).read_bytes() == (root / "local" / p.name).read_bytes() for p in inputs)
+    print(f"{args.files} files of {args.size}x{args.size}, {args.model}, 2 CPUs")
+    print(f"  {'path':<14} {'s':>7} {'files/s':>8} {'vs local':>9}")
+    for name, seconds in times.items():
+        print(f"  {name:<14} {seconds:7.2f} {args.files / seconds:8.2f} {times['local'] / seconds:8.2f}x")
+    overhead = (times["ray 1 actor"] - times["local"]) / args.files
+    print(f"  Ray overhead per file (1 actor against local): {overhead * 1000:.0f} ms")
+    print(f"  2 actors against 1: {times['ray 1 actor'] / times['ray 2 actors']:.2f}x")
+    print(f"  outputs byte-identical to local: {same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,10 +6,12 @@ path (`upscale_file` in a loop, one model) run in the same process:
 
   local                  the CLI's loop: files per second (the baseline, 1.00)
   ray 1 actor            the same files on one Ray actor
-  ray 2 actors           two actors, each torch at 1 thread (2 cores: one per actor)
-  overhead per file      (ray 1 actor - local) / files, on small images where the model's work is little
+  ray 2 actors           two actors (Ray gives each one CPU, so torch runs one thread in each)
+  start-up               a run of one file on one actor: actor start and model load, paid once per run
+  overhead per file      ((ray 1 actor - start-up) - local) / files: scheduling and transfer per file
 
     python benchmarks/ray_scaling.py [--files 24] [--size 96] [--model builtin:paragonsr2-realtime-2x]
+    python benchmarks/ray_scaling.py --files 12 --size 320      # where the model's work dominates
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def main() -> None:
                 upscale_file(model, path, root / "local" / path.name, options)
             return time.perf_counter() - start
 
-        def on_ray(actors: int) -> float:
-            out = root / f"ray{actors}"
-            jobs = [(path, out / path.name) for path in inputs]
+        def on_ray(actors: int, files: list[Path] = inputs) -> float:
+            out = root / f"ray{actors}-{len(files)}"
+            jobs = [(path, out / path.name) for path in files]
             start = time.perf_counter()
             distributed.upscale_files(jobs, args.model, None, options, actors=actors)
             return time.perf_counter() - start
@@ -71,15 +73,18 @@ def main() -> None:
         try:
             on_ray(1)  # warm-up: worker start-up and imports are paid once per cluster, not per run
             times = {"local": local(), "ray 1 actor": on_ray(1), "ray 2 actors": on_ray(2)}
+            start_up = on_ray(1, inputs[:1])
         finally:
             ray.shutdown()
-        same = all((root / "ray2" / p.name).read_bytes() == (root / "local" / p.name).read_bytes() for p in inputs)
+        ray_out = root / f"ray2-{len(inputs)}"
+        same = all((ray_out / p.name).read_bytes() == (root / "local" / p.name).read_bytes() for p in inputs)
     print(f"{args.files} files of {args.size}x{args.size}, {args.model}, 2 CPUs")
     print(f"  {'path':<14} {'s':>7} {'files/s':>8} {'vs local':>9}")
     for name, seconds in times.items():
         print(f"  {name:<14} {seconds:7.2f} {args.files / seconds:8.2f} {times['local'] / seconds:8.2f}x")
-    overhead = (times["ray 1 actor"] - times["local"]) / args.files
-    print(f"  Ray overhead per file (1 actor against local): {overhead * 1000:.0f} ms")
+    overhead = (times["ray 1 actor"] - start_up - times["local"]) / args.files
+    print(f"  start-up of a run (actor, model): {start_up:.2f} s")
+    print(f"  Ray overhead per file after start-up (1 actor against local): {overhead * 1000:.0f} ms")
     print(f"  2 actors against 1: {times['ray 1 actor'] / times['ray 2 actors']:.2f}x")
     print(f"  outputs byte-identical to local: {same}")
 

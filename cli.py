@@ -473,7 +473,7 @@ def _output_paths(inputs: list[Path], output: str, fmt: str | None, named_folder
         if out.suffix.lower() not in WRITE_EXTENSIONS:
             raise UsageError(
                 f"cannot write '{out.suffix or out.name}' files; name the output with one of "
-                f"{', '.join(WRITE_EXTENSIONS)}"
+                f"{', '.join(WRITE_EXTENSIONS)}, or end it with / for a folder"
             )
         return [out]
     results = []

@@ -236,16 +236,23 @@ def test_several_inputs_need_a_folder_as_output(tmp_path):
     assert not (tmp_path / "one.png").exists()
 
 
-def test_a_missing_optional_package_names_the_extra_to_install(tmp_path):
-    """onnx absent (hidden from the import system): one line with the pip command, status 2."""
-    script = (
-        "import sys; sys.modules['onnx'] = None; from tilewise.cli import main; "
-        f"sys.exit(main(['export-onnx', '{MODEL}', '-o', r'{tmp_path / 'm.onnx'}']))"
-    )
+@pytest.mark.parametrize(
+    "module, extra, command",
+    [
+        ("onnx", "onnx", ["export-onnx", MODEL, "-o", "{tmp}/m.onnx"]),
+        ("ray", "ray", ["upscale", "{tmp}/a.png", "-o", "{tmp}/out/", "--model", MODEL, "--ray"]),
+    ],
+)
+def test_a_missing_optional_package_names_the_extra_to_install(tmp_path, module, extra, command):
+    """The package hidden from the import system: one line with the pip command, status 2."""
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    argv = [part.format(tmp=tmp_path) for part in command]
+    script = f"import sys; sys.modules[{module!r}] = None; from tilewise.cli import main; sys.exit(main({argv!r}))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert 'pip install "tilewise[onnx]"' in lines[0]
+    assert f'pip install "tilewise[{extra}]"' in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_export_onnx_takes_its_output_with_o_like_every_command(tmp_path):

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, cast
+from typing import TYPE_CHECKING, Callable, Iterator, cast
 
 import numpy as np
 import torch
@@ -103,9 +103,14 @@ def upscale_video_file(
     crf: int = 18,
     progress: FrameProgressFn | None = None,
     cancel: CancelFn | None = None,
+    frames_from: Callable[[], "Iterator[torch.Tensor]"] | None = None,
 ) -> VideoReport:
     """Upscales every frame of `source` into `destination` (native model scale); audio copied.
-    `cancel` is checked between tiles (the engine's CancelledError; no partial file is left)."""
+    `cancel` is checked between tiles (the engine's CancelledError; no partial file is left).
+
+    `frames_from`: the upscaled frames come from this iterator, in display order, instead of
+    from the model (the frames of segments upscaled elsewhere, `segments.join`); the source still
+    gives the timing and the audio, so the file is written exactly as a local run writes it."""
     av = import_av()
     source, destination = Path(source), Path(destination)
     try:
@@ -119,6 +124,7 @@ def upscale_video_file(
         video_in.thread_type = "AUTO"
         audio_in = container.streams.audio[0] if container.streams.audio else None
         runner = VideoUpscaler(descriptor, options)
+        ready = frames_from() if frames_from is not None else None
         scale = descriptor.scale
         width, height = video_in.codec_context.width * scale, video_in.codec_context.height * scale
         rate = video_in.average_rate or video_in.guessed_rate or DEFAULT_FPS
@@ -152,7 +158,12 @@ def upscale_video_file(
 
                 def encode(frame) -> None:
                     nonlocal frames, last_pts
-                    result = runner.process(frame_to_tensor(frame), cancel=cancel)
+                    if ready is None:
+                        result = runner.process(frame_to_tensor(frame), cancel=cancel)
+                    else:
+                        result = next(ready, None)
+                        if result is None:
+                            raise VideoIOError(f"{source}: the upscaled segments hold fewer frames than the video")
                     encoded = tensor_to_frame(result)
                     if frame.pts is not None:
                         pts = frame.pts if last_pts is None or frame.pts > last_pts else last_pts + 1  # repeated stamps

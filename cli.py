@@ -220,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--model-scale", type=int, metavar="N")
     video.add_argument("--upsampler-alpha", type=float, metavar="A")
     video.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    video_cluster = video.add_argument_group('spreading the video over a Ray cluster (pip install "tilewise[ray]")')
+    video_cluster.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="cut the video at keyframes into one segment per actor (each warmed up so the temporal state "
+        "matches one run) and join them: an address, auto, or nothing (a local cluster)",
+    )
+    video_cluster.add_argument(
+        "--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)"
+    )
+    video_cluster.add_argument("--ray-gpus-per-actor", type=float, metavar="F", help="GPUs per actor (default 1)")
 
     onnx = commands.add_parser("export-onnx", help="export a model to ONNX (validated with onnxruntime)")
     onnx.add_argument("model", help="model file or built-in name")
@@ -688,7 +701,7 @@ def _upscale_video(args) -> int:
         raise UsageError("--scene-cut must be 0 or more")
     if _same_file(source, Path(args.output)):
         raise UsageError(f"{args.output} is the input; Tilewise never writes over an input (name another output)")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if not args.ray else args.device  # on Ray: each actor's own device
     options = VideoOptions(
         upscale=UpscaleOptions(tiles=settings, precision=args.precision, device=str(device)),
         temporal=args.temporal,
@@ -697,6 +710,12 @@ def _upscale_video(args) -> int:
         scene_cut=args.scene_cut / 255 or None,
     )
     model = load_model(args.model, hints=_hints(args))
+    if args.ray:
+        report = _upscale_video_on_ray(args, source, options)
+        if not args.quiet:
+            print(f"{source} -> {args.output} ({report.frames} frames, {report.width}x{report.height}, on Ray)",
+                  file=sys.stderr)  # fmt: skip
+        return 0
     show = not args.quiet and sys.stderr.isatty()
     bar = _FrameProgress(source.name) if show else None
     try:
@@ -715,6 +734,35 @@ def _upscale_video(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _upscale_video_on_ray(args, source: Path, options):
+    from . import distributed
+    from .engine import VideoIOError
+
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise UsageError("--ray-actors must be 1 or more")
+
+    def report(result, pool) -> None:
+        if not args.quiet:
+            print(f"segment {Path(result.part).stem}: {result.frames} frames", file=sys.stderr, flush=True)
+
+    try:
+        return distributed.upscale_video(
+            source,
+            Path(args.output),
+            args.model,
+            _hints(args),
+            options,
+            address=None if args.ray == "local" else args.ray,
+            actors=args.ray_actors,
+            gpus_per_actor=args.ray_gpus_per_actor,
+            codec=args.codec,
+            crf=args.crf,
+            on_result=report,
+        )
+    except (VideoIOError, distributed.ClusterError) as error:
+        raise UsageError(str(error)) from None
 
 
 class _FrameProgress:

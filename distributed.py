@@ -20,6 +20,7 @@ Inputs and outputs are paths that every node of the cluster sees (a shared files
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -45,10 +46,18 @@ class FileResult:
     error: str | None = None  # the file's own failure, as the local CLI would print it
 
 
+@dataclass(frozen=True)
+class SegmentResult:
+    part: str
+    frames: int = 0
+    error: str | None = None
+
+
 class _Worker:
     """A Ray actor: loads the model once, then upscales the files it is given."""
 
     def __init__(self, model: str, hints, options):
+        """`options`: UpscaleOptions for image files, VideoOptions for video segments."""
         from .engine import load_model
 
         self.model = load_model(model, hints=hints)
@@ -64,6 +73,17 @@ class _Worker:
             return FileResult(source, destination, error=text if source in text else f"{source}: {text}")
         return FileResult(source, destination, size=(int(size[0]), int(size[1])))
 
+    def video_segment(self, source: str, segment, video, part: str) -> SegmentResult:
+        """Upscales one segment of a video (`engine/video/segments.py`) into the lossless file `part`."""
+        from .engine import TilewiseError
+        from .engine.video import segments
+
+        try:
+            frames = segments.upscale_segment(self.model, source, segment, video, self.options, part)
+        except TilewiseError as error:
+            return SegmentResult(part, error=str(error))
+        return SegmentResult(part, frames=frames)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -78,9 +98,9 @@ def connect(address: str | None, num_cpus: int | None = None):
     if not ray.is_initialized():
         try:
             if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
             else:
-                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ClusterError(
                 f"cannot reach a Ray cluster at '{address}' ({error}); start one with `ray start --head`, or omit the "
@@ -102,21 +122,20 @@ class ActorPool:
         self.replacements = [0] * actors
         self.retried = 0
 
-    def run(
-        self, jobs: Sequence[tuple[Path, Path]], on_result: Callable[[FileResult, ActorPool], None] | None = None
-    ) -> list[FileResult]:
+    def run(self, jobs: Sequence[tuple], on_result: Callable | None = None, method: str = "upscale") -> list:
+        """Runs `method` of the actors on each job's arguments; one result per job, in completion order."""
         ray = self.ray
         from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
 
         died = (RayActorError, WorkerCrashedError)
-        pending = deque((str(s), str(d)) for s, d in jobs)
+        pending = deque(jobs)
         in_flight: dict = {}  # object ref -> (actor slot, the actor handle, job)
         results: list[FileResult] = []
 
         def submit(slot: int) -> None:
             job = pending.popleft()
             actor = self.actors[slot]
-            in_flight[actor.upscale.remote(*job)] = (slot, actor, job)
+            in_flight[getattr(actor, method).remote(*job)] = (slot, actor, job)
 
         for slot in range(len(self.actors)):
             for _ in range(IN_FLIGHT):
@@ -165,6 +184,67 @@ class ActorPool:
             self.ray.kill(actor)
 
 
+def _placement(ray, actors: int | None, gpus_per_actor: float | None) -> tuple[int, float, float]:
+    """(actors, GPUs per actor, CPUs per actor): one actor per GPU, or per CPU without GPUs."""
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus else 0.0
+    if actors is None:
+        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else max(1, int(resources.get("CPU", 1)))
+    return actors, gpus_per_actor, (1.0 if not gpus_per_actor else 0.0)
+
+
+def upscale_video(
+    source: Path,
+    destination: Path,
+    model: str,
+    hints,
+    options,
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    codec: str | None = None,
+    crf: int = 18,
+    on_result: Callable[[SegmentResult, ActorPool], None] | None = None,
+):
+    """A video cut at keyframes into one segment per actor, each upscaled on an actor with its
+    temporal warm-up (`engine/video/segments.py`), then joined here with the source's timing and
+    audio; returns the engine's VideoReport. The lossless parts live beside the destination (on
+    the shared storage) and are removed at the end."""
+    import secrets
+    import shutil
+
+    from .engine import VideoIOError, load_model
+    from .engine.video import segments
+
+    descriptor = load_model(model, hints=hints)  # the join needs the scale and the writer's settings
+    ray = connect(address)
+    actors, gpus_per_actor, cpus = _placement(ray, actors, gpus_per_actor)
+    video = segments.index(source)
+    plan = segments.plan(video, actors)
+    if not plan:
+        raise VideoIOError(f"{source}: no video frames could be read")
+    parts_folder = Path(destination).parent / f".tilewise-parts-{secrets.token_hex(6)}"
+    parts_folder.mkdir(parents=True)
+    parts = [str(parts_folder / f"{number:05d}.mkv") for number in range(len(plan))]
+    pool = ActorPool(ray, model, hints, options, min(actors, len(plan)), gpus_per_actor, cpus)
+    try:
+        results = pool.run(
+            [(str(source), segment, video, part) for segment, part in zip(plan, parts)],
+            on_result,
+            method="video_segment",
+        )
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise VideoIOError(failed[0])
+        return segments.join(descriptor, source, parts, destination, options, codec=codec, crf=crf)
+    finally:
+        pool.shutdown()
+        shutil.rmtree(parts_folder, ignore_errors=True)
+
+
 def upscale_files(
     jobs: Sequence[tuple[Path, Path]],
     model: str,
@@ -181,17 +261,11 @@ def upscale_files(
     `actors` defaults to one per GPU of the cluster (each with `gpus_per_actor`, default 1), or
     to the cluster's CPUs when it has no GPU (one CPU each)."""
     ray = connect(address)
-    resources = ray.cluster_resources()
-    gpus = float(resources.get("GPU", 0))
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus else 0.0
-    if actors is None:
-        actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else max(1, int(resources.get("CPU", 1)))
-    cpus = 1.0 if not gpus_per_actor else 0.0
+    actors, gpus_per_actor, cpus = _placement(ray, actors, gpus_per_actor)
     started = time.time()
     pool = ActorPool(ray, model, hints, options, actors, gpus_per_actor, cpus)
     try:
-        return pool.run(jobs, on_result)
+        return pool.run([(str(s), str(d)) for s, d in jobs], on_result)
     finally:
         pool.shutdown()
         _remove_temporaries({Path(d).parent for _, d in jobs}, started)

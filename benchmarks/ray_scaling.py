@@ -12,11 +12,17 @@ path (`upscale_file` in a loop, one model) run in the same process:
 
     python benchmarks/ray_scaling.py [--files 24] [--size 96] [--model builtin:paragonsr2-realtime-2x]
     python benchmarks/ray_scaling.py --files 12 --size 320      # where the model's work dominates
+    python benchmarks/ray_scaling.py --video 60                 # a clip: 1 and 2 actors, differences at the joins
+
+With `--video N` it upscales an N-frame clip instead: locally, and on Ray with 1 and 2 actors (the
+video cut into one segment per actor, each warmed up), and prints the times and the largest
+difference of any frame to the local run's, per temporal mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +44,57 @@ def photos(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
+def video(frames: int, model_name: str) -> None:
+    import av
+    import ray
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from clips import make_video
+    from tilewise import distributed
+    from tilewise.engine import UpscaleOptions, VideoOptions, load_model, upscale_video_file
+
+    def decoded(path: Path) -> list[np.ndarray]:
+        with av.open(str(path)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as base:
+            root = Path(base)
+            source = make_video(root / "clip.mp4", frames=frames, fps=24)
+            model = load_model(model_name)
+            print(f"{frames}-frame clip, {model_name}, 2 CPUs")
+            for temporal in ("feedback", "stabilize"):
+                options = VideoOptions(upscale=UpscaleOptions(device="cpu", output_device="cpu"), temporal=temporal)
+                start = time.perf_counter()
+                upscale_video_file(model, source, root / "local.mp4", options)
+                local = time.perf_counter() - start
+                reference = decoded(root / "local.mp4")
+                row = [f"  {temporal:<10} local {local:6.2f} s"]
+                for actors in (1, 2):
+                    out = root / f"ray{actors}.mp4"
+                    start = time.perf_counter()
+                    distributed.upscale_video(source, out, model_name, None, options, actors=actors)
+                    seconds = time.perf_counter() - start
+                    worst = max(
+                        int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(reference, decoded(out))
+                    )
+                    row.append(f"ray {actors} actor(s) {seconds:6.2f} s, largest difference {worst}/255")
+                print("; ".join(row))
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", type=int, metavar="FRAMES", help="measure a clip of this many frames instead")
     parser.add_argument("--files", type=int, default=24)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--model", default="builtin:paragonsr2-realtime-2x")
     args = parser.parse_args()
+    if args.video:
+        video(args.video, args.model)
+        return
 
     import ray
     from tilewise import distributed

@@ -80,7 +80,7 @@ class _Worker:
 
         try:
             frames = segments.upscale_segment(self.model, source, segment, video, self.options, part)
-        except TilewiseError as error:
+        except (TilewiseError, ValueError) as error:
             return SegmentResult(part, error=str(error))
         return SegmentResult(part, frames=frames)
 
@@ -207,6 +207,7 @@ def upscale_video(
     gpus_per_actor: float | None = None,
     codec: str | None = None,
     crf: int = 18,
+    segments_per_actor: int = 1,
     on_result: Callable[[SegmentResult, ActorPool], None] | None = None,
 ):
     """A video cut at keyframes into one segment per actor, each upscaled on an actor with its
@@ -216,14 +217,15 @@ def upscale_video(
     import secrets
     import shutil
 
-    from .engine import VideoIOError, load_model
+    from .engine import VideoIOError, VideoUpscaler, load_model
     from .engine.video import segments
 
     descriptor = load_model(model, hints=hints)  # the join needs the scale and the writer's settings
+    VideoUpscaler(descriptor, options)  # options the model cannot run (feedback without it) fail here, not on actors
     ray = connect(address)
     actors, gpus_per_actor, cpus = _placement(ray, actors, gpus_per_actor)
     video = segments.index(source)
-    plan = segments.plan(video, actors)
+    plan = segments.plan(video, actors * max(1, segments_per_actor))
     if not plan:
         raise VideoIOError(f"{source}: no video frames could be read")
     parts_folder = Path(destination).parent / f".tilewise-parts-{secrets.token_hex(6)}"

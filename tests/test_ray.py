@@ -115,3 +115,26 @@ def test_a_video_on_ray_gives_the_local_video(cluster, tmp_path):
         difference = np.abs(a.astype(int) - b.astype(int))
         assert difference.max() <= 12 and difference.mean() < 0.5, (difference.max(), difference.mean())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "local.mp4", "ray.mp4"], "no parts left"
+
+
+def test_a_video_actor_killed_mid_run_still_gives_the_whole_video(cluster, tmp_path):
+    from clips import describe_video, make_video
+    from tilewise import distributed
+    from tilewise.engine import UpscaleOptions, VideoOptions
+
+    source = make_video(tmp_path / "clip.mp4", frames=48, fps=12)
+    options = VideoOptions(upscale=UpscaleOptions(device="cpu", output_device="cpu"), temporal="stabilize")
+    killed, pools = [], []
+
+    def kill_one(result, pool):
+        pools.append(pool)
+        if not killed:
+            killed.append(pool.actors[0])
+            cluster.kill(pool.actors[0])  # it still holds a segment: that segment goes to the other actor
+
+    report = distributed.upscale_video(
+        source, tmp_path / "up.mp4", MODEL, None, options, actors=2, segments_per_actor=2, on_result=kill_one
+    )
+    assert killed and pools[-1].retried >= 1
+    assert report.frames == 48 and describe_video(tmp_path / "up.mp4")["frames"] == 48
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "up.mp4"], "no parts left behind"

@@ -225,7 +225,8 @@ def upscale_video(
     ray = connect(address)
     actors, gpus_per_actor, cpus = _placement(ray, actors, gpus_per_actor)
     video = segments.index(source)
-    plan = segments.plan(video, actors * max(1, segments_per_actor))
+    cuts = segments.scene_cuts(source, options.scene_cut)
+    plan = segments.plan(video, actors * max(1, segments_per_actor), cuts=cuts)
     if not plan:
         raise VideoIOError(f"{source}: no video frames could be read")
     parts_folder = Path(destination).parent / f".tilewise-parts-{secrets.token_hex(6)}"

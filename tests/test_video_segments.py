@@ -46,3 +46,41 @@ def test_segments_give_the_single_run_frames_after_warm_up(tmp_path, temporal, t
     out = segments.join(model, source, parts, tmp_path / "up.mp4", options)
     info = describe_video(tmp_path / "up.mp4")
     assert out.frames == 48 and info["frames"] == 48 and info["audio"], info
+
+
+def two_shot_clip(path, frames: int = 40, cut: int = 23):
+    """A clip whose picture changes completely at frame `cut` (two shots), H.264 with a keyframe
+    only at the start: the cut is not where the encoder put a keyframe."""
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=12)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        if codec == "libx264":
+            video.options = {"g": "1000", "sc_threshold": "0"}
+        for i in range(frames):
+            colour = (40, 80, 120) if i < cut else (220, 200, 30)
+            image = np.full((24, 32, 3), colour, np.uint8)
+            image[4:12, 2 + i % 20 : 10 + i % 20] = 255 - np.array(colour, np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("temporal", ["feedback", "stabilize"])
+def test_a_segment_that_starts_on_a_scene_cut_needs_no_warm_up(tmp_path, temporal):
+    source = two_shot_clip(tmp_path / "shots.mp4")
+    model = load_model(MODEL)
+    options = VideoOptions(upscale=UpscaleOptions(device="cpu", output_device="cpu"), temporal=temporal)
+    video = segments.index(source)
+    cuts = segments.scene_cuts(source, options.scene_cut)
+    assert cuts == [23]
+    plan = segments.plan(video, 2, cuts=cuts)
+    assert [(s.start, s.warm_start) for s in plan] == [(0, 0), (23, 23)], "cut at the shot change, no warm-up"
+    parts = [tmp_path / f"part{n}.mkv" for n in range(2)]
+    for segment, part in zip(plan, parts):
+        segments.upscale_segment(model, source, segment, video, options, part)
+    joined = [f[0].permute(1, 2, 0).mul(255).round().byte().numpy() for f in segments.segment_frames(parts)]
+    for got, want in zip(joined, single_run(model, source, options), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -1,6 +1,8 @@
 """A video in segments, for upscaling on several machines with the temporal state of one run.
 
-`plan` cuts a video at keyframes into about `count` segments. `upscale_segment` upscales the
+`plan` cuts a video into about `count` segments, at scene cuts where `scene_cuts` found one
+near (a segment that starts on a cut needs no warm-up: one run drops its state there too), else
+at keyframes. `upscale_segment` upscales the
 frames [start, stop) of one segment, starting the temporal state `warmup` frames earlier (those
 outputs are discarded), so the state at `start` is what a single run would have there: feature
 feedback forgets the past geometrically (alpha 0.2 per frame) and the stabiliser with it
@@ -24,7 +26,7 @@ from spandrel import ImageModelDescriptor
 
 from ..storage import exclusive_file
 from .files import VideoIOError, VideoReport, frame_to_tensor, import_av, tensor_to_frame, upscale_video_file
-from .temporal import VideoOptions, VideoUpscaler
+from .temporal import VideoOptions, VideoUpscaler, is_scene_cut, thumbnail
 
 #: Frames run before a segment's first one to bring the temporal state to where a single run has it.
 WARMUP = 30
@@ -58,23 +60,50 @@ def index(source: str | Path) -> VideoIndex:
     return VideoIndex(pts, [i for i, (_, key) in enumerate(packets) if key])
 
 
-def plan(video: VideoIndex, count: int, warmup: int = WARMUP) -> list[Segment]:
-    """About `count` segments of similar length, each starting on a keyframe where one is near."""
+def scene_cuts(source: str | Path, threshold: float | None) -> list[int]:
+    """Display indices of the frames that start a new shot, by the same test a run applies
+    (`temporal.is_scene_cut` on thumbnails); none when `threshold` is None or 0."""
+    if not threshold:
+        return []
+    av = import_av()
+    cuts, previous = [], None
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for number, frame in enumerate(container.decode(stream)):
+            small = thumbnail(frame_to_tensor(frame))
+            if previous is not None and is_scene_cut(previous, small, threshold):
+                cuts.append(number)
+            previous = small
+    return cuts
+
+
+def plan(video: VideoIndex, count: int, warmup: int = WARMUP, cuts: Sequence[int] = ()) -> list[Segment]:
+    """About `count` segments of similar length, each starting on a scene cut where one is near
+    (no warm-up then), else on a keyframe where one is near."""
     total = len(video.pts)
     if total == 0:
         return []
     count = max(1, min(count, total))
     keyframes = sorted(set(video.keyframes) | {0})
+    reach = total / (2 * count)
     starts = [0]
     for part in range(1, count):
         target = round(part * total / count)
-        nearest = min(keyframes, key=lambda k: abs(k - target))
-        start = nearest if abs(nearest - target) <= total / (2 * count) else target
+        near_cuts = [c for c in cuts if abs(c - target) <= reach]
+        near_keys = [k for k in keyframes if abs(k - target) <= reach]
+        if near_cuts:
+            start = min(near_cuts, key=lambda c: abs(c - target))
+        elif near_keys:
+            start = min(near_keys, key=lambda k: abs(k - target))
+        else:
+            start = target
         if start > starts[-1]:
             starts.append(start)
+    shots = set(cuts)
     segments = []
     for start, stop in zip(starts, starts[1:] + [total]):
-        warm_start = max(0, start - warmup)
+        warm_start = start if start in shots else max(0, start - warmup)
         before = [k for k in keyframes if k <= warm_start]
         seek = video.pts[before[-1]] if before and before[-1] > 0 else None
         segments.append(Segment(start, stop, warm_start, seek))

@@ -174,6 +174,8 @@ def inner(args: argparse.Namespace) -> int:
                     f"{core_warm / warm:>7.2f}x {warm / limit:>8.2f}x {first / warm:>10.2f}x",
                     flush=True,
                 )
+                if args.profile:
+                    profile_calls(paths["tilewise"], in_worker)
             if before is not None:
                 after = in_worker(core)
                 same = [type(m) for m in model.model.modules()] == classes and torch.equal(before, after)
@@ -183,6 +185,23 @@ def inner(args: argparse.Namespace) -> int:
     worker.shutdown()
     print(f"  core node after Tilewise: same module classes and pixels for every model: {unchanged}")
     return 0 if unchanged else 1
+
+
+def profile_calls(fn, in_worker, calls: int = 3) -> None:
+    """Where a warm call's time goes, outside the model's own layers: cumulative time per function."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+
+    def run():
+        profile.enable()
+        for _ in range(calls):
+            fn()
+        profile.disable()
+
+    in_worker(run)
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(r"tilewise|comfy|psutil|nodes", 20)
 
 
 def limit_forward(module, x, dtype, in_worker):
@@ -216,6 +235,9 @@ def main() -> int:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--profile", action="store_true", help="after each row, cProfile three warm Tilewise calls (top functions)"
+    )
     args = parser.parse_args()
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:

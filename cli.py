@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--crf", type=int, default=18, metavar="N", help="libx264 quality (default 18)")
     video.add_argument("--model-scale", type=int, metavar="N")
     video.add_argument("--upsampler-alpha", type=float, metavar="A")
+    video.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     video.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     video_cluster = video.add_argument_group('spreading the video over a Ray cluster (pip install "tilewise[ray]")')
     video_cluster.add_argument(
@@ -701,6 +702,8 @@ def _upscale_video(args) -> int:
         raise UsageError("--scene-cut must be 0 or more")
     if _same_file(source, Path(args.output)):
         raise UsageError(f"{args.output} is the input; Tilewise never writes over an input (name another output)")
+    if Path(args.output).exists() and not args.overwrite:
+        raise UsageError(f"{args.output} exists; add --overwrite to replace it")
     device = resolve_device(args.device) if not args.ray else args.device  # on Ray: each actor's own device
     options = VideoOptions(
         upscale=UpscaleOptions(tiles=settings, precision=args.precision, device=str(device)),

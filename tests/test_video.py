@@ -516,3 +516,16 @@ def test_interrupted_video_leaves_no_partial_file(clip_file, tmp_path, monkeypat
     monkeypatch.setattr(video.VideoUpscaler, "process", interrupt_later)
     assert main(["upscale-video", str(clip_file), "-o", str(tmp_path / "out.mp4"), "--device", "cpu"]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_cli_video_never_replaces_a_file_unless_asked(clip_file, tmp_path, capsys):
+    from tilewise.cli import main
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier render")
+    common = ["upscale-video", str(clip_file), "--model", "builtin:magic-kernel-sharp-2x", "-q"]
+    assert main([*common, "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"an earlier render"
+    assert main([*common, "-o", str(clip_file), "--overwrite"]) == 2, "never the input, even with --overwrite"
+    assert main([*common, "-o", str(out), "--overwrite"]) == 0
+    assert describe_video(out)["frames"] == 12

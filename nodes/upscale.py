@@ -123,13 +123,7 @@ class TilewiseUpscaleImage(io.ComfyNode):
         megapixels: float = 4.0,
         options: NodeOptions | None = None,
     ) -> io.NodeOutput:
-        if scale_mode not in SIZE_MODES:
-            raise ValueError(f"scale_mode must be one of {', '.join(SIZE_MODES)}, got '{scale_mode}'")
-        mode = SIZE_MODES[scale_mode]
-        if mode == "fit":
-            target = ScaleTarget("fit", width=width, height=height)
-        else:
-            target = scale_target(scale_mode, scale_by, width, height, 0, megapixels)
+        target = scale_target(scale_mode, scale_by, width, height, 0, megapixels, modes=SIZE_MODES)
         return io.NodeOutput(run_upscale(upscale_model, image, target, options or NodeOptions()))
 
 
@@ -304,16 +298,25 @@ _WIDGETS = {"tile": "tile_size", "pad": "tile_padding", "merge": "merge", "batch
 
 
 def scale_target(
-    mode: str, factor: float, width: int, height: int, longest_side: int, megapixels: float
+    mode: str,
+    factor: float,
+    width: int,
+    height: int,
+    longest_side: int,
+    megapixels: float,
+    modes: dict[str, str] = SCALE_MODES,
 ) -> ScaleTarget:
-    """The node's scale widgets as the engine's target (only the chosen mode's values count)."""
-    if mode not in SCALE_MODES:
-        raise ValueError(f"scale_mode must be one of {', '.join(SCALE_MODES)}, got '{mode}'")
-    engine_mode = SCALE_MODES[mode]
+    """A node's scale widgets as the engine's target (only the chosen mode's values count); `modes`
+    maps the node's choices to the engine's (`SCALE_MODES` for the legacy node, `SIZE_MODES`)."""
+    if mode not in modes:
+        raise ValueError(f"scale_mode must be one of {', '.join(modes)}, got '{mode}'")
+    engine_mode = modes[mode]
     if engine_mode == "factor":
         return ScaleTarget("factor", factor=factor)
     if engine_mode == "size":
         return ScaleTarget("size", width=width or None, height=height or None)
+    if engine_mode == "fit":
+        return ScaleTarget("fit", width=width, height=height)
     if engine_mode == "longest":
         return ScaleTarget("longest", longest=longest_side)
     if engine_mode == "megapixels":

@@ -37,6 +37,7 @@ from .engine import (
     ImageError,
     ModelFileError,
     TilewiseError,
+    named_message,
 )
 
 DEFAULT_MODEL = "builtin:paragonsr2-realtime-2x"  # bundled; see models/README.md
@@ -588,7 +589,7 @@ def _upscale(args) -> int:
             if single or args.fail_fast:
                 raise
             batch.failed += 1
-            print(f"tilewise: error: {_named(source, error)}", file=sys.stderr)
+            print(f"tilewise: error: {named_message(source, error)}", file=sys.stderr)
             continue
         batch.written += 1
         if not args.quiet:
@@ -669,11 +670,6 @@ def _os_message(error: OSError, destination: Path) -> str:
     if where.parent == destination.parent or where == destination.parent:
         return f"{destination}: cannot write it ({reason}); choose an output folder you can write to"
     return f"{where}: {reason}"
-
-
-def _named(path: Path, error: Exception) -> str:
-    text = str(error)
-    return text if str(path) in text else f"{path}: {text}"
 
 
 def _progress_for(label: str, quiet: bool):

@@ -64,13 +64,12 @@ class _Worker:
         self.options = options
 
     def upscale(self, source: str, destination: str) -> FileResult:
-        from .engine import ImageError, TilewiseError, upscale_file
+        from .engine import TilewiseError, named_message, upscale_file
 
         try:
             size = upscale_file(self.model, source, destination, self.options)
-        except (ImageError, TilewiseError) as error:
-            text = str(error)
-            return FileResult(source, destination, error=text if source in text else f"{source}: {text}")
+        except TilewiseError as error:  # ImageError included
+            return FileResult(source, destination, error=named_message(source, error))
         return FileResult(source, destination, size=(int(size[0]), int(size[1])))
 
     def video_segment(self, source: str, segment, video, part: str) -> SegmentResult:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # what each name resolves to, for type checkers
         TilewiseError,
         UnknownArchitectureError,
         UnsafeModelError,
+        named_message,
     )
     from .image.images import (
         ImageMetadata,
@@ -92,6 +93,7 @@ __all__ = [
     "TileSettings",
     "TileSettingsError",
     "TilewiseError",
+    "named_message",
     "MIN_USER_TILE",
     "tile_settings",
     "UnknownArchitectureError",
@@ -169,6 +171,7 @@ _LAZY = {
     "TileSettings": ".plan.planner",
     "TileSettingsError": ".plan.planner",
     "TilewiseError": ".errors",
+    "named_message": ".errors",
     "MIN_USER_TILE": ".plan.planner",
     "tile_settings": ".plan.planner",
     "UnknownArchitectureError": ".errors",

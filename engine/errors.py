@@ -33,6 +33,13 @@ class TilewiseError(Exception):
     """Base class for every error meant for the user."""
 
 
+def named_message(path: str | Path, error: BaseException) -> str:
+    """The error's message with `path` in front, unless the message names it already (a batch
+    reports each file's failure on one line that says which file)."""
+    text = str(error)
+    return text if str(path) in text else f"{path}: {text}"
+
+
 class ModelFileError(TilewiseError):
     """A model file cannot be used. `path` is the file; the message says why and what to do."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from spandrel import ImageModelDescriptor
 
 from ..choices import FRAME_EXTENSIONS
-from ..errors import ImageError
+from ..errors import ImageError, named_message
 from ..run.runner import ProgressFn
 from .images import check_decodable, read_frames, read_image, write_frames, write_image
 from .pipeline import UpscaleOptions, check_fits, upscale
@@ -35,7 +35,7 @@ def upscale_file(
     try:
         check_fits(model, header.height, header.width, header.channels, options)
     except ImageError as error:
-        raise ImageError(error.args[0] if str(source) in str(error) else f"{source}: {error}") from None
+        raise ImageError(named_message(source, error)) from None
     if header.frames > 1:
         if destination.suffix.lower() not in FRAME_EXTENSIONS:
             raise ImageError(

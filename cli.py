@@ -87,17 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--fail-fast", action="store_true", help="stop at the first file that fails (default: report it and go on)"
     )
-    cluster = up.add_argument_group('spreading files over a Ray cluster (pip install "tilewise[ray]")')
-    cluster.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run the files on Ray actors: an address, auto (the cluster running here), or nothing (a local "
+    _add_ray_options(
+        up,
+        "files",
+        "run the files on Ray actors: an address, auto (the cluster running here), or nothing (a local "
         "cluster); inputs and outputs must be on storage every node sees",
     )
-    cluster.add_argument("--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)")
-    cluster.add_argument("--ray-gpus-per-actor", type=float, metavar="F", help="GPUs per actor (default 1 with GPUs)")
     up.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -222,19 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--upsampler-alpha", type=float, metavar="A")
     video.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     video.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    video_cluster = video.add_argument_group('spreading the video over a Ray cluster (pip install "tilewise[ray]")')
-    video_cluster.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="cut the video at keyframes into one segment per actor (each warmed up so the temporal state "
+    _add_ray_options(
+        video,
+        "the video",
+        "cut the video at scene cuts or keyframes into one segment per actor (each warmed up so the temporal state "
         "matches one run) and join them: an address, auto, or nothing (a local cluster)",
     )
-    video_cluster.add_argument(
-        "--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)"
-    )
-    video_cluster.add_argument("--ray-gpus-per-actor", type=float, metavar="F", help="GPUs per actor (default 1)")
 
     onnx = commands.add_parser("export-onnx", help="export a model to ONNX (validated with onnxruntime)")
     onnx.add_argument("model", help="model file or built-in name")
@@ -272,6 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model-scale", type=int, metavar="N")
     info.add_argument("--upsampler-alpha", type=float, metavar="A")
     return parser
+
+
+def _add_ray_options(parser: argparse.ArgumentParser, what: str, ray_help: str) -> None:
+    """--ray, --ray-actors and --ray-gpus-per-actor, the same for files and videos (`_ray_placement`)."""
+    cluster = parser.add_argument_group(f'spreading {what} over a Ray cluster (pip install "tilewise[ray]")')
+    cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help=ray_help)
+    cluster.add_argument("--ray-actors", type=int, metavar="N", help="actors (default: one per GPU, else per CPU)")
+    cluster.add_argument("--ray-gpus-per-actor", type=float, metavar="F", help="GPUs per actor (default 1 with GPUs)")
+
+
+def _ray_placement(args) -> dict:
+    """The Ray options as `distributed`'s keyword arguments (address, actors, GPUs per actor)."""
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise UsageError("--ray-actors must be 1 or more")
+    return {
+        "address": None if args.ray == "local" else args.ray,
+        "actors": args.ray_actors,
+        "gpus_per_actor": args.ray_gpus_per_actor,
+    }
 
 
 def _doctor(args) -> int:
@@ -604,8 +611,7 @@ def _upscale_on_ray(args, jobs: list[tuple[Path, Path]], options, batch: _Batch,
     display for the whole job and the local batch's reporting."""
     from . import distributed
 
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise UsageError("--ray-actors must be 1 or more")
+    placement = _ray_placement(args)
     progress = _JobProgress(len(jobs), args.quiet)
 
     def report(result: distributed.FileResult, pool) -> None:
@@ -617,9 +623,7 @@ def _upscale_on_ray(args, jobs: list[tuple[Path, Path]], options, batch: _Batch,
             args.model,
             _hints(args),
             options,
-            address=None if args.ray == "local" else args.ray,
-            actors=args.ray_actors,
-            gpus_per_actor=args.ray_gpus_per_actor,
+            **placement,
             on_result=report,
         )
     except distributed.ClusterError as error:
@@ -739,8 +743,7 @@ def _upscale_video_on_ray(args, source: Path, options):
     from . import distributed
     from .engine import VideoIOError
 
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise UsageError("--ray-actors must be 1 or more")
+    placement = _ray_placement(args)
 
     def report(result, pool) -> None:
         if not args.quiet:
@@ -753,9 +756,7 @@ def _upscale_video_on_ray(args, source: Path, options):
             args.model,
             _hints(args),
             options,
-            address=None if args.ray == "local" else args.ray,
-            actors=args.ray_actors,
-            gpus_per_actor=args.ray_gpus_per_actor,
+            **placement,
             codec=args.codec,
             crf=args.crf,
             on_result=report,

@@ -124,7 +124,7 @@ class ActorPool:
     def run(self, jobs: Sequence[tuple], on_result: Callable | None = None, method: str = "upscale") -> list:
         """Runs `method` of the actors on each job's arguments; one result per job, in completion order."""
         ray = self.ray
-        from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
+        from ray.exceptions import RayActorError, WorkerCrashedError
 
         died = (RayActorError, WorkerCrashedError)
         pending = deque(jobs)
@@ -149,8 +149,6 @@ class ActorPool:
                 pending.appendleft(job)  # another actor runs it
                 self.retried += 1
                 self._replace(slot, actor)
-            except GetTimeoutError:  # not raised without a timeout; kept for clarity of intent
-                pending.appendleft(job)
             else:
                 results.append(result)
                 if on_result is not None:
@@ -209,7 +207,7 @@ def upscale_video(
     segments_per_actor: int = 1,
     on_result: Callable[[SegmentResult, ActorPool], None] | None = None,
 ):
-    """A video cut at keyframes into one segment per actor, each upscaled on an actor with its
+    """A video cut at scene cuts or keyframes into segments, each upscaled on an actor with its
     temporal warm-up (`engine/video/segments.py`), then joined here with the source's timing and
     audio; returns the engine's VideoReport. The lossless parts live beside the destination (on
     the shared storage) and are removed at the end."""

@@ -376,6 +376,7 @@ def test_comfyui_loader_lists_onnx_files_and_core_node_runs_them(exported, tmp_p
     )
     if not (comfy_dir / "main.py").is_file() or not python.is_file():
         pytest.skip("the ComfyUI test environment is not set up (tests/test_comfyui.py sets it up)")
+    python = harness.comfy_python()  # layered over this test environment (another checkout may have set it up)
     descriptor, path = exported["x2"]
     models = tmp_path / "upscale_models"
     (models / "sub").mkdir(parents=True)

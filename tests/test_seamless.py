@@ -12,6 +12,7 @@ from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from conftest import photo
 from model_zoo import ZOO, _esrgan_finish
 from spandrel.architectures.ESRGAN import ESRGAN
+from test_runner import describe
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
 from tilewise.engine.compute.precision import forward_fn
 from tilewise.engine.plan.receptive import (
@@ -133,8 +134,38 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
     context = receptive._probe(shallow, forward_fn(shallow, shallow.model), torch.device("cpu"), 1)
     assert context.exact and sizes == [41]
     sizes.clear()
-    receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"), 1)
-    assert sizes == [41, 81]
+    receptive._probe(chain(30), forward_fn(chain(30), chain(30).model), torch.device("cpu"), 1)
+    assert sizes == [81], "a field past the 41-px probe's border needs the 81-px gradient"
+    sizes.clear()
+    context = receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"), 1)
+    assert sizes == [] and not context.exact, "a field past both borders needs no backward pass"
+
+
+def chain(layers: int, channels: int = 3):
+    """`layers` 3x3 convolutions in a row: a structural radius of exactly `layers` pixels."""
+    torch.manual_seed(layers)
+    convs = [
+        torch.nn.Conv2d(3 if i == 0 else channels, 3 if i == layers - 1 else channels, 3, padding=1)
+        for i in range(layers)
+    ]
+    net = torch.nn.Sequential(*[m for conv in convs for m in (conv, torch.nn.LeakyReLU(0.2))])
+    return describe(net, scale=1, name="Chain")
+
+
+@pytest.mark.parametrize("layers", [19, 20, 39, 40])
+@pytest.mark.parametrize("channels", [3, 64])
+def test_the_border_test_agrees_with_the_gradient(layers, channels, deep_rrdb):
+    """The forward-pair test says a field reaches the probe's border exactly where the gradient
+    does, to the pixel (a radius of 39 does not reach an 81-px probe's border, 40 does)."""
+    from tilewise.engine.plan.receptive import exact_radius, reaches_border
+
+    descriptor = chain(layers, channels)
+    for size in (41, 81):
+        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+        reaches = exact_radius(descriptor.model, image, 1) is None
+        assert reaches_border(descriptor.model, image, 1) == reaches == (layers >= size // 2)
+    image = torch.rand(1, 3, 81, 81, generator=torch.Generator().manual_seed(3))
+    assert reaches_border(forward_fn(deep_rrdb, deep_rrdb.model), image, deep_rrdb.scale)
 
 
 def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_probe(deep_rrdb, monkeypatch):

@@ -167,3 +167,20 @@ def test_fast_path_out_of_memory_is_an_out_of_memory(fast_path, monkeypatch):
     got = _fast_run(ConvNet(), image, settings)
     assert transfer.fast_path_failure() is None
     assert (got - _direct(ConvNet(), image, settings=settings)).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_overflow_check_finds_every_non_finite_value(dtype):
+    """`all_finite` (one min/max reduction) says what `isfinite(x).all()` says, wherever a NaN or
+    an infinity sits, in every precision the runner checks."""
+    image = torch.rand(2, 3, 37, 41).to(dtype).contiguous(memory_format=torch.channels_last)
+    assert bool(transfer.all_finite(image))
+    generator = torch.Generator().manual_seed(0)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        for _ in range(5):
+            spoiled = image.clone()
+            index = tuple(int(torch.randint(n, (1,), generator=generator)) for n in spoiled.shape)
+            spoiled[index] = value
+            assert not bool(transfer.all_finite(spoiled)), (value, index)
+            assert bool(transfer.all_finite(spoiled)) == bool(torch.isfinite(spoiled).all())
+    assert bool(transfer.all_finite(torch.full((1, 3, 4, 4), 60000.0, dtype=dtype)))  # large but finite

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
+from ..compute import devices
 from ..compute.precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
 from ..compute.transfer import FastPathError, Pending, Transfers
 from ..errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
@@ -138,9 +139,17 @@ class _TileRun:
             carry.begin(self.padded)
         # outputs and queue
         size = (batch, descriptor.output_channels, self.ph * self.scale, self.pw * self.scale)
-        self.output = torch.zeros(size, dtype=torch.float32, device=output_device)
         blend = settings.merge == "blend" and len(plan.tiles) > 1
         self.weights = torch.zeros(batch, 1, *size[-2:], dtype=torch.float32, device=output_device) if blend else None
+        # crop merge writes every output pixel once (the cores partition the image): no zeros needed;
+        # a run of one window over every image adopts the model's result instead (`_paste`)
+        self.whole = plan.tiles[0] if len(plan.tiles) == 1 and plan.tiles[0].window == plan.tiles[0].core else None
+        self.output = (
+            None
+            if self.whole is not None
+            else (torch.zeros if blend else torch.empty)(size, dtype=torch.float32, device=output_device)
+        )
+        self.output_size, self.output_device = size, output_device
         self.queue: deque[tuple[Tile, int]] = deque((t, b) for t in plan.tiles for b in range(batch))
         self.transfers = Transfers(device, output_device)
         self.pending: Pending | None = None
@@ -273,20 +282,42 @@ class _TileRun:
                 self.forward32, item.windows.to(self.device).contiguous(memory_format=self.layout), item.group
             )
             with torch.inference_mode():
-                result = result.to(device=self.output.device, dtype=torch.float32).clamp_(0, 1)
+                result = result.to(device=self.output_device, dtype=torch.float32).clamp_(0, 1)
         waiting = len(self.queue) + (
             len(self.pending.group) if self.pending is not None and self.pending is not item else 0
         )
+        output = self._output_for(item, result)
         for index, ((t, b), out) in enumerate(zip(item.group, result)):
-            if self.weights is None:
-                _paste_core(self.output[b], out, t, self.scale)
+            if output is None:
+                pass  # the adopted result is the output
+            elif self.weights is None:
+                _paste_core(output[b], out, t, self.scale)
             else:
-                _accumulate(self.output[b], self.weights[b], out, t, self.scale, self.pad, self.ph, self.pw)
+                _accumulate(output[b], self.weights[b], out, t, self.scale, self.pad, self.ph, self.pw)
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.done + len(item.group) - index - 1 + waiting)
 
+    def _output_for(self, item: Pending, result: torch.Tensor) -> torch.Tensor | None:
+        """The buffer `item` is pasted into; None when `result` becomes the output itself: one
+        window over the whole image, every image in this batch, on the plain path (a staging
+        buffer of the fast path is reused, so it is copied). That saves allocating the output and
+        a pass over it, the most a small image costs beside the model's forward."""
+        whole = all(t is self.whole for t, _ in item.group)
+        every_image = [b for _, b in item.group] == list(range(self.output_size[0]))
+        # the model ran in inference mode: its own tensor is returned only to a caller in it too
+        # (ComfyUI), else the conversion makes a normal tensor the caller may change in place
+        converted = result.dtype != torch.float32 or not devices.active().same_device(result.device, self.output_device)
+        own = converted or torch.is_inference_mode_enabled()
+        if self.output is None and whole and every_image and item.event is None and own:
+            self.output = result.to(device=self.output_device, dtype=torch.float32)
+            return None
+        if self.output is None:  # the whole-image window ran out of memory and was split
+            self.output = torch.empty(self.output_size, dtype=torch.float32, device=self.output_device)
+        return self.output
+
     def result(self) -> torch.Tensor:
+        assert self.output is not None
         if self.weights is not None:
             self.output /= self.weights.clamp_min(1e-12)
         return self.output[..., : (self.ph - self.pad_bottom) * self.scale, : (self.pw - self.pad_right) * self.scale]

@@ -242,6 +242,59 @@ def test_largest_tensor_counts_every_operation_not_only_module_outputs():
     assert autotile._probe(describe(CatsInside()), CPU, torch.float32)["largest"] == 40 * 4
 
 
+class ViewsAndTemporaries(torch.nn.Module):
+    """16 channels live as one storage with a view on it, then a 32-channel temporary freed
+    before the 8-channel result: a peak of 16 + 32 channels, and never 16 + 16 + 32."""
+
+    def forward(self, x):
+        wide = x.repeat(1, 16, 1, 1)  # 16 channels
+        view = wide[:, :8]  # the same storage
+        temporary = torch.cat([wide, wide], dim=1)  # 32 channels
+        small = temporary[:, :8] * 2  # 8 channels; `temporary` is freed next
+        del temporary
+        return view + small
+
+
+def test_the_memory_probe_counts_each_storage_once_while_it_lives():
+    meter = autotile._TensorMeter()
+    x = torch.rand(1, 1, 20, 20)
+    with torch.no_grad(), meter:
+        ViewsAndTemporaries()(x)
+    channel = 20 * 20 * 4  # bytes of one fp32 channel
+    assert meter.peak == (16 + 32 + 8) * channel, "the product lives beside both before the temporary goes"
+    assert meter.largest == 32 * channel
+
+
+def _allocator_peak(forward, x) -> int:
+    """Peak bytes PyTorch's CPU allocator held during one forward, from the profiler's
+    allocation events: an independent reference for the probe's count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward(x)
+    live = peak = 0
+    for event in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("name", ["Compact", "SPAN", "ESRGAN", "SwinIR"])
+def test_the_memory_estimate_bounds_what_a_larger_forward_allocates(name):
+    """The estimate from a 64² forward, times the overhead allowance, covers what the allocator
+    holds at the peak of a 128² forward (room left for oneDNN's own scratch memory)."""
+    from tilewise.engine.compute.precision import forward_fn, model_on
+
+    descriptor = describe_state_dict(ZOO[name].state_dict(seed=0))
+    estimate = autotile._probe(descriptor, CPU, torch.float32)["bytes"]
+    size = 128
+    forward = forward_fn(descriptor, model_on(descriptor, CPU, torch.float32))
+    peak = _allocator_peak(forward, torch.rand(1, descriptor.input_channels, size, size)) / size**2
+    assert peak > 0
+    assert estimate >= autotile.CPU_OVERHEAD * peak * 0.95, (estimate, peak)
+    assert estimate <= autotile.CPU_OVERHEAD * peak * 8, "a gross over-estimate would tile images that fit"
+
+
 @pytest.mark.parametrize("pad, tiled", [(3, True), (40, False)])
 def test_cpu_auto_weighs_large_tensors_against_margins(monkeypatch, pad, tiled):
     """Windows whose largest tensor stays small run faster per pixel on a CPU; auto takes them

@@ -26,7 +26,7 @@ IMAGES = 5000 if FULL_SOAK else 500
 FRAMES = 3000 if FULL_SOAK else 400
 
 
-from tilewise.engine.plan.autotile import resident_bytes as rss  # noqa: E402
+from tilewise.engine.compute.devices import resident_bytes as rss  # noqa: E402
 
 
 class Sampler:

@@ -5,14 +5,15 @@ forward per (model, device, dtype) gives bytes per input pixel, measured as the 
 (the device policy, `devices`, says what the device is):
 - CUDA, XPU: the allocator's peak during a 64 x 64 forward, over its pixel count, plus device
   memory lost outside the allocator (exact);
-- CPU: the allocator keeps no statistics, so the probe takes the larger of two estimates:
-  forward hooks' output sizes (the two largest layers live at once plus the final output,
-  times `CPU_OVERHEAD` for temporaries) and the resident-memory growth sampled during a
-  128 x 128 forward (psutil). Either alone missed by up to 4x on some architecture (hooks on
-  SPAN, whose re-parameterised kernels are not outputs; RSS on models whose buffers the
-  allocator reuses); their maximum over-estimates Compact, RRDB and SPAN, the safe side;
-- MPS, DirectML and other devices without allocator statistics: the hook estimate, run on
-  the device itself.
+- CPU, MPS, DirectML and other devices without allocator statistics: the peak of the tensors
+  alive during a 64 x 64 forward, seen through `torch.overrides.TorchFunctionMode` (every
+  operation's result, views counted once, freed when their last reference goes), times
+  `CPU_OVERHEAD` for what operations allocate inside (oneDNN's reorders, concatenations). The
+  same forward gives the tensor profile the CPU cost terms use, so the memory figure costs no
+  forward of its own. It replaced forward hooks (module outputs only: missed SPAN's functional
+  convolutions) and resident-memory sampling during a 128 x 128 forward (noisy with the heap's
+  state, and its sampler thread made it cost 4x that forward); figures in benchmarks/README.md,
+  "CPU cost terms".
 The window is then sqrt(free * SAFETY / (bytes per pixel * tiles per batch)), aligned to 8 and
 clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE], where `free` is the policy's free memory (the host's
 own figure inside ComfyUI). An out-of-memory error still halves the tile.
@@ -45,6 +46,8 @@ from . import probe_store
 
 PROBE = 64
 SAFETY = 0.5  # use at most half of what is free
+#: Working memory over the peak of live tensors a forward's operations return (measured up to 2.1x:
+#: RRDB 17 kB per pixel against 8 kB live, fp32).
 CPU_OVERHEAD = 3.0
 #: On a CPU, a forward whose largest tensor exceeds this runs about `LARGE_TENSOR_PENALTY` times
 #: slower per pixel in a host's worker thread (see `largest_tensor_per_pixel`).
@@ -136,90 +139,42 @@ def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
 def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     model, forward, x, size = _probe_input(descriptor, device, dtype)
     policy = devices.active()
-    meter = policy.peak_memory(device)
-    if meter is not None:
-        with meter, torch.no_grad():
+    allocator = policy.peak_memory(device)
+    if allocator is not None:
+        with allocator, torch.no_grad():
             forward(x)
-        return {"bytes": meter.bytes / (size * size)}
-    largest = _LargestResult()
-    with largest:
-        hooked = _hooked_estimate(model, forward, x) / (size * size)
-    with _lock:  # the same forward gives the tensor profile (`large_tensor_rate`)
-        _profiles.setdefault(descriptor.model, {}).setdefault(
-            (str(device), dtype), tuple(s / (size * size) for s in largest.sizes)
-        )
-    if policy.is_cpu(device):
-        return {
-            "bytes": max(hooked, _rss_growth(forward, descriptor, device, dtype)),
-            "largest": largest.largest / (size * size),
-        }
-    return {"bytes": hooked, "largest": largest.largest / (size * size)}
+        return {"bytes": allocator.bytes / (size * size)}
+    return _counted(descriptor, device, dtype, forward, x, size)
+
+
+def _counted(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, forward, x, size: int):
+    """One forward of `x` under `_TensorMeter`: {"bytes": working memory per pixel, "largest":
+    largest tensor per pixel}; the tensor profile (`large_tensor_rate`) and, on devices without
+    allocator statistics, the working memory are remembered from the same forward."""
+    meter = _TensorMeter()
+    with torch.no_grad(), meter:
+        forward(x)
+    pixels = size * size
+    measured = {"bytes": CPU_OVERHEAD * meter.peak / pixels, "largest": meter.largest / pixels}
+    key = (str(device), dtype)
+    with _lock:
+        _profiles.setdefault(descriptor.model, {}).setdefault(key, tuple(s / pixels for s in meter.sizes))
+        if devices.active().peak_memory(device) is None:
+            _cache.setdefault(descriptor.model, {}).setdefault(key, measured["bytes"])
+    return measured
 
 
 def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
-    """The key a CPU probe is kept under between processes (None: not kept). The resident-memory
-    estimate varies between processes (SPAN: 5.8-6.6 kB per pixel over three runs, with glibc's
-    heap state), and with it the auto window (416-432 px); windows of different sizes agree to
-    about 1e-6, not bitwise, so the CLI and a host could differ in a rare 8-bit step. Keeping the
-    first probe per (weights, dtype, torch, CPU) makes every later process on the machine plan
-    the same windows, and skips the probe. CUDA's allocator peak is exact and not kept."""
+    """The key a CPU probe is kept under between processes (None: not kept): per (weights, dtype,
+    torch, CPU), so every process on the machine plans the same windows (windows of different
+    sizes agree to about 1e-6, not bitwise). The figures come from a deterministic count of
+    tensors; keeping them matters for stores written by an earlier, heap-dependent estimate,
+    which the key's version leaves behind. CUDA's allocator peak is exact and not kept."""
     if not devices.active().is_cpu(device):
         return None
     return probe_store.key(
-        descriptor.model, f"memory2|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
+        descriptor.model, f"memory3|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
     )
-
-
-def _hooked_estimate(model: torch.nn.Module, forward, x: torch.Tensor) -> float:
-    sizes: list[int] = []
-
-    def record(_module, _inputs, output):
-        tensors = output if isinstance(output, (tuple, list)) else (output,)
-        sizes.append(sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)))
-
-    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            out = forward(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    largest = sorted(sizes, reverse=True)[:2]
-    return CPU_OVERHEAD * (sum(largest) + out.numel() * out.element_size())
-
-
-resident_bytes = devices.resident_bytes
-
-
-def _rss_growth(forward, descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    """Peak resident-memory growth per input pixel during one 128 x 128 forward on the CPU
-    `device` (0 if unknown)."""
-    import gc
-
-    size = 128
-    x = torch.rand(1, descriptor.input_channels, size, size).to(device=device, dtype=dtype)
-    try:
-        gc.collect()
-        base = resident_bytes()
-    except Exception:  # noqa: BLE001 - psutil cannot read this process: no estimate
-        return 0.0
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak.append(resident_bytes())
-            done.wait(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        with torch.no_grad():
-            forward(x)
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, max(peak) - base) / (size * size)
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -316,25 +271,24 @@ def _tensor_profile(
         if key in known:
             return known[key]
     try:
-        _, forward, x, size = _probe_input(descriptor, device, dtype)
-        meter = _LargestResult()
-        with torch.no_grad(), meter:
-            forward(x)
-        profile: tuple[float, ...] | None = tuple(s / (size * size) for s in meter.sizes)
+        _counted(descriptor, device, dtype, *_probe_input(descriptor, device, dtype)[1:])
     except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back)
-        profile = None
+        with _lock:
+            _profiles.setdefault(descriptor.model, {})[key] = None
     with _lock:
-        _profiles.setdefault(descriptor.model, {})[key] = profile
-    return profile
+        return _profiles[descriptor.model][key]
 
 
-class _LargestResult(torch.overrides.TorchFunctionMode):
-    """Records the size of every tensor any torch function returns inside the block, and the largest."""
+class _TensorMeter(torch.overrides.TorchFunctionMode):
+    """Inside the block, records the size of every tensor any torch function returns (`sizes`,
+    `largest`) and the peak bytes of those alive at once (`peak`): a storage counts once however
+    many views share it, from its first appearance until its last tensor is freed."""
 
     def __init__(self):
         super().__init__()
-        self.largest = 0
+        self.largest = self.live = self.peak = 0
         self.sizes: list[int] = []
+        self._views: dict[int, int] = {}  # storage address -> live tensors on it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
@@ -343,7 +297,29 @@ class _LargestResult(torch.overrides.TorchFunctionMode):
                 size = value.numel() * value.element_size()
                 self.sizes.append(size)
                 self.largest = max(self.largest, size)
+                self._track(value)
         return result
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        try:
+            storage = tensor.untyped_storage()
+            address, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested, ...)
+            return
+        if address not in self._views:
+            self._views[address] = 0
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        self._views[address] += 1
+        weakref.finalize(tensor, self._freed, address, nbytes)
+
+    def _freed(self, address: int, nbytes: int) -> None:
+        left = self._views.get(address, 1) - 1
+        if left > 0:
+            self._views[address] = left
+        else:
+            self._views.pop(address, None)
+            self.live -= nbytes
 
 
 _profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...] | None]]" = (
@@ -375,10 +351,10 @@ CPU_BOUND_PER_PIXEL = 64 << 10
 def fits_without_probe(device: torch.device, pixels: int) -> bool:
     """Whether a CPU window of `pixels` surely fits without measuring the model's working memory:
     even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
-    `CPU_WORKING_SET` (so it pays no working-set slowdown either). The runner then weighs only
-    the large-tensor window against the whole image (`planner._cheaper_cpu_tile`), and the full
-    probe (a further 128² forward sampling resident memory) is skipped: on small images it was
-    most of what a first call cost over a later one."""
+    `CPU_WORKING_SET` (so it pays no working-set slowdown either). A model with global context
+    then runs whole without a probe forward at all (SwinIR light: 0.13 s at fp32); others need
+    the probe's tensor profile for the large-tensor cost anyway, which gives the working memory
+    with it."""
     if not devices.active().is_cpu(device):
         return False
     free = free_memory(device)

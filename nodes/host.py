@@ -178,12 +178,15 @@ def raise_interrupt() -> None:
 
 @contextlib.contextmanager
 def run_on(descriptor: ImageModelDescriptor, device: torch.device) -> Iterator[None]:
-    """Afterwards, drops the per-device copies the engine made and returns cached GPU memory."""
+    """Afterwards, on a GPU, drops the per-device copies the engine made and returns cached
+    memory: ComfyUI budgets that memory for its own models. Copies in system memory are kept with
+    the model (freed with it): rebuilding them on every call cost SPAN bf16 at 256² 0.1 of its
+    0.26 s, against 0.15 s for the model's forward."""
     try:
         yield
     finally:
-        release_variants(descriptor)
         if device.type != "cpu":
+            release_variants(descriptor)
             mm.soft_empty_cache()
 
 

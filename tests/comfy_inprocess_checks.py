@@ -391,8 +391,8 @@ def test_interrupt_stops_within_one_tile(comfy, compact, progress_calls):
     assert not comfy.mm.processing_interrupted(), "the interrupt flag is consumed, as ComfyUI's own nodes do"
 
 
-def test_makes_room_and_releases_device_copies(comfy, compact, monkeypatch):
-    requests = []
+def test_makes_room_keeps_copies_in_system_memory_and_releases_device_copies(comfy, compact, monkeypatch):
+    requests, emptied = [], []
     monkeypatch.setattr(
         comfy.mm, "free_memory", lambda needed, device, keep_loaded=[]: requests.append((needed, device))
     )
@@ -400,7 +400,16 @@ def test_makes_room_and_releases_device_copies(comfy, compact, monkeypatch):
     ((needed, device),) = requests
     weights = sum(p.numel() for p in compact.model.parameters()) * 2
     assert device == torch.device("cpu") and needed > weights
-    assert compact.model not in comfy.precision._variants, "the bf16 copy made for the run is released afterwards"
+    key = ("cpu", torch.bfloat16)
+    kept = comfy.precision._variants[compact.model][key]
+    assert ("cpu", torch.float32) not in comfy.precision._variants[compact.model], "no fp32 copy a bf16 run never used"
+    comfy.nodes["TilewiseUpscale"].execute(compact, image(), precision="bf16")
+    assert comfy.precision._variants[compact.model][key] is kept, "the next call reuses the bf16 copy"
+    # on a GPU the copies go after the run: ComfyUI budgets that memory for its own models
+    monkeypatch.setattr(comfy.mm, "soft_empty_cache", lambda *args, **kwargs: emptied.append(1))
+    with comfy.host.run_on(compact, torch.device("meta")):
+        pass
+    assert compact.model not in comfy.precision._variants and emptied
 
 
 def test_patcher_only_where_the_host_has_core_model_patcher(comfy, monkeypatch):

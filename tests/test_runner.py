@@ -278,6 +278,23 @@ def test_out_of_memory_in_an_untiled_run_tiles_with_a_margin():
     assert (got - want).abs().max().item() <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inference", [False, True])
+def test_a_whole_image_run_returns_the_pasted_pixels_as_a_tensor_the_caller_owns(dtype, inference):
+    """One window over the image: the model's result becomes the output without a paste, and is
+    the same as a tiled run's; outside inference mode it stays a normal tensor a caller may
+    change in place (the model itself runs in inference mode)."""
+    image = torch.cat([photo("chelsea", 0, 0, 48, 56), photo("coffee", 0, 0, 48, 56)])
+    tiled = run_tiled(describe(ConvNet()), image, settings=TileSettings(tile=24, pad=3), dtype=dtype)
+    with torch.inference_mode(inference):
+        for batch in (1, 2):  # CPU runs one window per forward: the 2-image run pastes
+            whole = run_tiled(describe(ConvNet()), image, settings=TileSettings(tile=-1, batch=batch), dtype=dtype)
+            assert whole.dtype == torch.float32 and whole.is_inference() == inference
+            assert torch.equal(whole, tiled) if dtype == torch.float32 else (whole - tiled).abs().max() <= 1 / 64
+            assert whole.min() >= 0 and whole.max() <= 1
+            whole.mul_(0.5)  # in place: allowed in either mode
+
+
 def test_out_of_memory_with_an_untileable_model_is_a_clear_error():
     flaky = describe(FailsOnCalls({1}), tiling=ModelTiling.INTERNAL)
     with pytest.raises(TilewiseError, match="cannot be tiled"):

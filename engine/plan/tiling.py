@@ -15,6 +15,7 @@ feathers the margins, for models whose context is global.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 
@@ -124,6 +125,7 @@ def plan_tiles(
     return tiles
 
 
+@functools.lru_cache(maxsize=4096)  # pure; auto planning weighs the same shapes for every plan of a size
 def window_shape(height: int, width: int, side: int, pad: int, align: int = 1) -> tuple[int, int]:
     """The (height, width) `tile` for `plan_tiles` whose windows hold at most `side`² pixels
     (or as many as the square `side` plan's windows) and that computes the fewest pixels in all.

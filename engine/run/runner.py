@@ -123,11 +123,7 @@ class _TileRun:
         self.model_forward = forward_fn(
             descriptor, model_on(descriptor, device, self.dtype, compiled=self.compile), self.autocast
         )
-        self.forward32 = (
-            self.model_forward
-            if self.dtype == torch.float32 and self.autocast is None
-            else forward_fn(descriptor, model_on(descriptor, device, torch.float32))
-        )
+        self._forward32 = self.model_forward if self.dtype == torch.float32 and self.autocast is None else None
         # plan
         batch, _, height, width = image.shape
         self.padded, (self.pad_bottom, self.pad_right) = _pad_to_requirements(descriptor, image)
@@ -154,6 +150,15 @@ class _TileRun:
         self.transfers = Transfers(device, output_device)
         self.pending: Pending | None = None
         self.done = 0
+
+    @property
+    def forward32(self) -> Forward:
+        """The model's fp32 forward, for fallbacks and overflow re-runs: made when first needed,
+        since a private fp32 copy of a large model costs time and memory a low-precision run
+        rarely uses."""
+        if self._forward32 is None:
+            self._forward32 = forward_fn(self.descriptor, model_on(self.descriptor, self.device, torch.float32))
+        return self._forward32
 
     # -- batch ----------------------------------------------------------------------------
 
@@ -200,7 +205,7 @@ class _TileRun:
         and if that fails too, in fp32 (flagged bf16/fp16-capable models that mix dtypes inside,
         e.g. SwinIR's attention mask; see `precision.run_mode`). Requeues `group`; False when no
         fallback applies."""
-        if is_out_of_memory(error) or self.asked == torch.float32 or self.model_forward is self.forward32:
+        if is_out_of_memory(error) or self.asked == torch.float32 or self.model_forward is self._forward32:
             return False
         name, asked = self.descriptor.architecture.name, self.asked
         if self.autocast is None:

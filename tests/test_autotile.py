@@ -357,6 +357,18 @@ def test_cpu_auto_weighs_the_working_set_against_margins(monkeypatch, pad, tiled
         assert len(plan.tiles) == 1
 
 
+def test_cpu_auto_runs_an_rrdb_whole_where_strips_were_measured_slower(monkeypatch):
+    """RRDB 6 blocks, fp32, 512², its probed 10-px margin: two strips ran 1.02-1.04x the whole
+    image's time (benchmarks/README.md, "CPU cost terms"), so auto runs it whole; on 640² four
+    strips ran 0.98x, and auto tiles."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "bytes_per_pixel", lambda descriptor, device, dtype: 24576.0)
+    monkeypatch.setattr(autotile, "largest_tensor_per_pixel", lambda descriptor, device, dtype: 768.0)
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
+    assert len(plan_run(model, 512, 512, TileSettings(tile=0, pad=10), CPU).tiles) == 1
+    assert len(plan_run(model, 640, 640, TileSettings(tile=0, pad=10), CPU).tiles) > 1
+
+
 def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
     """RRDB at 256²: its large tensors and working set give smaller candidate windows, but all of
     them hold the whole image, so the plan needs no margin and the margin probe (forwards of

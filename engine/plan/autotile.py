@@ -56,8 +56,8 @@ LARGE_TENSOR_PENALTY = 1.45
 #: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
 #: slower per pixel, by `WORKING_SET_SLOPE` per GiB beyond it (`working_set_rate`); fitted to
 #: RRDB x4 windows of 256² to 640² (benchmarks/README.md, "CPU cost terms").
-CPU_WORKING_SET = 4 << 30
-WORKING_SET_SLOPE = 0.07
+CPU_WORKING_SET = 6 << 30
+WORKING_SET_SLOPE = 0.05
 
 
 def working_set_rate(working_bytes: float) -> float:

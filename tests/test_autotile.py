@@ -265,6 +265,20 @@ def test_the_memory_probe_counts_each_storage_once_while_it_lives():
     assert meter.largest == 32 * channel
 
 
+def test_the_memory_probe_counts_tensors_whose_storage_it_cannot_see(monkeypatch):
+    """A backend whose tensors expose no storage (some private devices) is still counted,
+    each tensor as its own block: never less than the real peak."""
+
+    def hidden(self):
+        raise NotImplementedError("no storage on this backend")
+
+    monkeypatch.setattr(torch.Tensor, "untyped_storage", hidden)
+    meter = autotile._TensorMeter()
+    with torch.no_grad(), meter:
+        ViewsAndTemporaries()(torch.rand(1, 1, 20, 20))
+    assert meter.peak >= (16 + 32 + 8) * 20 * 20 * 4
+
+
 def _allocator_peak(forward, x) -> int:
     """Peak bytes PyTorch's CPU allocator held during one forward, from the profiler's
     allocation events: an independent reference for the probe's count."""

@@ -137,9 +137,8 @@ def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
 
 
 def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    model, forward, x, size = _probe_input(descriptor, device, dtype)
-    policy = devices.active()
-    allocator = policy.peak_memory(device)
+    _, forward, x, size = _probe_input(descriptor, device, dtype)
+    allocator = devices.active().peak_memory(device)
     if allocator is not None:
         with allocator, torch.no_grad():
             forward(x)
@@ -304,8 +303,8 @@ class _TensorMeter(torch.overrides.TorchFunctionMode):
         try:
             storage = tensor.untyped_storage()
             address, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested, ...)
-            return
+        except (RuntimeError, NotImplementedError):  # no storage to see (a private backend's, sparse, ...)
+            address, nbytes = id(tensor), tensor.numel() * tensor.element_size()  # counted as its own
         if address not in self._views:
             self._views[address] = 0
             self.live += nbytes

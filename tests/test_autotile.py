@@ -243,8 +243,9 @@ def test_largest_tensor_counts_every_operation_not_only_module_outputs():
 
 
 class ViewsAndTemporaries(torch.nn.Module):
-    """16 channels live as one storage with a view on it, then a 32-channel temporary freed
-    before the 8-channel result: a peak of 16 + 32 channels, and never 16 + 16 + 32."""
+    """16 channels live as one storage with a view on it, a 32-channel temporary, an 8-channel
+    product of it, then the temporary freed before the 8-channel result: a peak of 16 + 32 + 8
+    channels (the view never counts again, the freed temporary never beside the result)."""
 
     def forward(self, x):
         wide = x.repeat(1, 16, 1, 1)  # 16 channels

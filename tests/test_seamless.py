@@ -134,7 +134,8 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
     context = receptive._probe(shallow, forward_fn(shallow, shallow.model), torch.device("cpu"), 1)
     assert context.exact and sizes == [41]
     sizes.clear()
-    receptive._probe(chain(30), forward_fn(chain(30), chain(30).model), torch.device("cpu"), 1)
+    thirty = chain(30)
+    receptive._probe(thirty, forward_fn(thirty, thirty.model), torch.device("cpu"), 1)
     assert sizes == [81], "a field past the 41-px probe's border needs the 81-px gradient"
     sizes.clear()
     context = receptive._probe(deep_rrdb, forward_fn(deep_rrdb, deep_rrdb.model), torch.device("cpu"), 1)
@@ -143,11 +144,12 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
 
 def chain(layers: int, channels: int = 3):
     """`layers` 3x3 convolutions in a row: a structural radius of exactly `layers` pixels."""
-    torch.manual_seed(layers)
-    convs = [
-        torch.nn.Conv2d(3 if i == 0 else channels, 3 if i == layers - 1 else channels, 3, padding=1)
-        for i in range(layers)
-    ]
+    with torch.random.fork_rng():  # seeded weights without touching the suite's random state
+        torch.manual_seed(layers)
+        convs = [
+            torch.nn.Conv2d(3 if i == 0 else channels, 3 if i == layers - 1 else channels, 3, padding=1)
+            for i in range(layers)
+        ]
     net = torch.nn.Sequential(*[m for conv in convs for m in (conv, torch.nn.LeakyReLU(0.2))])
     return describe(net, scale=1, name="Chain")
 
@@ -155,7 +157,7 @@ def chain(layers: int, channels: int = 3):
 @pytest.mark.parametrize("layers", [19, 20, 39, 40])
 @pytest.mark.parametrize("channels", [3, 64])
 def test_the_border_test_agrees_with_the_gradient(layers, channels, deep_rrdb):
-    """The forward-pair test says a field reaches the probe's border exactly where the gradient
+    """The NaN-border test says a field reaches the probe's border exactly where the gradient
     does, to the pixel (a radius of 39 does not reach an 81-px probe's border, 40 does)."""
     from tilewise.engine.plan.receptive import exact_radius, reaches_border
 

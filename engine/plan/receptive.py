@@ -3,9 +3,9 @@
 Two probes, both run once per model (fp32) and cached:
 
 * exact radius: the extent of the input gradient of the centre output pixels on a random image
-  (41 px, then 81 px when the field reaches the smaller probe's border). Two forwards with the
-  probe's border redrawn first tell whether the field reaches that border (`reaches_border`), so
-  the backward pass, many forwards' cost on deep nets, runs only where it finds the radius.
+  (41 px, then 81 px when the field reaches the smaller probe's border). One forward with the
+  probe's border set to NaN first tells whether the field reaches that border (`reaches_border`),
+  so the backward pass, many forwards' cost on deep nets, runs only where it finds the radius.
   For convolutional nets that is their structural receptive field. Shallow models (Compact,
   SPAN: a dozen pixels) get it as `pad`, so crop-merged tiles equal the untiled run to rounding.
 * effective radius: deep models (RRDB: hundreds of pixels) have a structural field far larger

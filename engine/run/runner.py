@@ -22,8 +22,15 @@ import torch
 import torch.nn.functional as F
 from spandrel import ImageModelDescriptor, ModelTiling
 
-from ..compute import devices
-from ..compute.precision import forward_fn, is_out_of_memory, mark_failing, model_on, prefers_channels_last, run_mode
+from ..compute.precision import (
+    forward_fn,
+    is_out_of_memory,
+    mark_failing,
+    model_on,
+    prefers_channels_last,
+    run_mode,
+    same_device,
+)
 from ..compute.transfer import FastPathError, Pending, Transfers
 from ..errors import CancelledError, ImageError, ModelRunError, TilewiseError, first_line
 from ..plan.planner import TileSettings, context_pad, halved_tile, plan_run
@@ -308,17 +315,19 @@ class _TileRun:
         window over the whole image, every image in this batch, on the plain path (a staging
         buffer of the fast path is reused, so it is copied). That saves allocating the output and
         a pass over it, the most a small image costs beside the model's forward."""
+        if self.output is not None:
+            return self.output
         whole = all(t is self.whole for t, _ in item.group)
         every_image = [b for _, b in item.group] == list(range(self.output_size[0]))
         # the model ran in inference mode: its own tensor is returned only to a caller in it too
         # (ComfyUI), else the conversion makes a normal tensor the caller may change in place
-        converted = result.dtype != torch.float32 or not devices.active().same_device(result.device, self.output_device)
+        converted = result.dtype != torch.float32 or not same_device(result.device, self.output_device)
         own = converted or torch.is_inference_mode_enabled()
-        if self.output is None and whole and every_image and item.event is None and own:
+        if whole and every_image and item.event is None and own:
             self.output = result.to(device=self.output_device, dtype=torch.float32)
             return None
-        if self.output is None:  # the whole-image window ran out of memory and was split
-            self.output = torch.empty(self.output_size, dtype=torch.float32, device=self.output_device)
+        # pasted instead: the whole-image window ran out of memory and was split, or one image of several
+        self.output = torch.empty(self.output_size, dtype=torch.float32, device=self.output_device)
         return self.output
 
     def result(self) -> torch.Tensor:

@@ -328,13 +328,22 @@ def test_cpu_auto_weighs_large_tensors_against_margins(monkeypatch, pad, tiled):
 
 
 def test_largest_tensor_of_a_model_failing_in_its_dtype_is_sized_from_fp32():
+    forwards = []
+
     class FailsInBf16(ConvNet):
         def forward(self, x):
+            forwards.append(x.dtype)  # shared by the private bf16 copy
             if x.dtype == torch.bfloat16:
                 raise RuntimeError("expected scalar type Float but found BFloat16")
             return super().forward(x)
 
-    assert autotile.largest_tensor_per_pixel(describe(FailsInBf16()), CPU, torch.bfloat16) == 12 * 2
+    model = describe(FailsInBf16())
+    assert autotile.largest_tensor_per_pixel(model, CPU, torch.bfloat16) == 12 * 2
+    assert autotile.large_tensor_rate(model, CPU, torch.bfloat16, 10**6) == 1.0  # no preference
+    with pytest.raises(autotile.ProbeFailed, match="found BFloat16"):
+        autotile.bytes_per_pixel(model, CPU, torch.bfloat16)
+    assert autotile.pixel_budget(model, CPU, torch.bfloat16) == autotile.pixel_budget(model, CPU, torch.float32)
+    assert forwards == [torch.bfloat16, torch.float32], "the failing forward ran once, not on every ask"
 
 
 def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog):
@@ -400,23 +409,18 @@ def test_cpu_auto_probes_no_margin_when_every_candidate_runs_whole(monkeypatch):
     assert asked
 
 
-def test_small_images_run_whole_without_the_memory_probe(monkeypatch):
-    """On a CPU with room for 64 kB per pixel, a small image runs whole after only the 64²
-    largest-tensor forward; the full probe would have planned the same."""
+def test_one_probe_forward_gives_the_memory_figure_and_the_tensor_profile(monkeypatch):
+    """On a CPU, auto tiling reads the working memory and the tensor profile (the large-tensor
+    cost) from the same 64² forward: planning a small image and a large one runs one probe
+    forward in all, and the small image runs whole."""
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
-    probe = autotile._probe
-    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
-    quick = plan_run(model, 200, 180, TileSettings(tile=0), CPU)
-    assert len(quick.tiles) == 1 and quick.tile == -1
-    monkeypatch.setattr(autotile, "_probe", probe)
-    monkeypatch.setattr(autotile, "fits_without_probe", lambda *args: False)
-    assert plan_run(model, 200, 180, TileSettings(tile=0), CPU).tiles == quick.tiles
-    monkeypatch.undo()
-    monkeypatch.setattr(autotile, "free_memory", lambda device: 1 << 30)  # 200 x 180 x 64 kB is more than half of it
-    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
-    with pytest.raises(pytest.fail.Exception):
-        plan_run(describe(ConvNet()), 200, 180, TileSettings(tile=0), CPU)  # a fresh model: nothing measured yet
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 136 * 136)  # 136² windows of ConvNet
+    small = plan_run(model, 120, 110, TileSettings(tile=0, pad=4), CPU)
+    assert len(small.tiles) == 1 and small.tile == -1
+    large = plan_run(model, 300, 320, TileSettings(tile=0, pad=4), CPU)
+    assert len(large.tiles) > 1, "the large-tensor cost was read"
+    assert model.model.calls == [(1, 3, 64, 64)], "one probe forward for both figures and both images"
 
 
 def test_the_large_tensor_slowdown_is_weighted_by_the_share_of_large_tensors(monkeypatch):
@@ -437,12 +441,10 @@ def test_the_large_tensor_slowdown_is_weighted_by_the_share_of_large_tensors(mon
 def test_the_margin_probe_looks_only_as_far_as_a_tiled_plan_could_win(monkeypatch):
     """When the whole image fits, the margin matters only below the `reach` at which tiles stop
     beating it: the runner asks for the margin with that reach (the probe may stop there), and
-    the reach is exact: one pixel less tiles, the reach itself runs whole. No memory probe runs
-    for an image this small."""
+    the reach is exact: one pixel less tiles, the reach itself runs whole."""
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "free_memory", lambda device: 64 << 30)
     monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 136 * 136)
-    monkeypatch.setattr(autotile, "_probe", lambda *args: pytest.fail("the full memory probe ran"))
     reaches = []
 
     def margin(descriptor, settings, device, align, reach=None):

@@ -10,10 +10,11 @@ forward per (model, device, dtype) gives bytes per input pixel, measured as the 
   operation's result, views counted once, freed when their last reference goes), times
   `CPU_OVERHEAD` for what operations allocate inside (oneDNN's reorders, concatenations). The
   same forward gives the tensor profile the CPU cost terms use, so the memory figure costs no
-  forward of its own. It replaced forward hooks (module outputs only: missed SPAN's functional
-  convolutions) and resident-memory sampling during a 128 x 128 forward (noisy with the heap's
-  state, and its sampler thread made it cost 4x that forward); figures in benchmarks/README.md,
-  "CPU cost terms".
+  forward of its own, and both are kept on disk per weights (`probe_store`): a later process
+  runs no probe forward for a model it has seen. It replaced forward hooks (module outputs
+  only: missed SPAN's functional convolutions) and resident-memory sampling during a 128 x 128
+  forward (noisy with the heap's state, and its sampler thread made it cost 4x that forward);
+  figures in benchmarks/README.md, "CPU cost terms".
 The window is then sqrt(free * SAFETY / (bytes per pixel * tiles per batch)), aligned to 8 and
 clamped to [MIN_AUTO_TILE, MAX_AUTO_TILE], where `free` is the policy's free memory (the host's
 own figure inside ComfyUI). An out-of-memory error still halves the tile.
@@ -35,13 +36,12 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import cast
 
 import torch
 from spandrel import ImageModelDescriptor
 
 from ..compute import devices
-from ..compute.precision import forward_fn, model_on
+from ..compute.precision import forward_fn, is_out_of_memory, model_on
 from . import probe_store
 
 PROBE = 64
@@ -69,61 +69,106 @@ MIN_AUTO_TILE = 128
 #: Beyond this, larger windows no longer run faster (measured on CPU and GPU), they only cost memory.
 MAX_AUTO_TILE = 2048
 
-_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = weakref.WeakKeyDictionary()
+#: Distinct tensor sizes a model's kept profile holds (`_profile_steps`); smaller ones are pooled.
+PROFILE_STEPS = 48
+
+#: (model, device, dtype) -> the probe's record: {"bytes": working memory per input pixel} and,
+#: where the tensors were counted (`_counted`), "largest", "sizes" and "totals" (bytes per input
+#: pixel); or, when the probe forward failed in that dtype, the error's message.
+_records: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], dict | str]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class ProbeFailed(RuntimeError):
+    """The probe forward failed in this dtype (the message is its error's); raised again for
+    every later ask without running it, as a new exception that holds no earlier frames."""
+
+
 _lock = threading.Lock()
 
 
 def bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    """Working memory of one forward per input pixel (probed once, cached in the process and,
-    on the CPU, on disk: `_stored_key`)."""
-    return _memo(_cache, descriptor, device, dtype, lambda: _measured(descriptor, device, dtype)["bytes"])
+    """Working memory of one forward per input pixel (probed once, kept in the process and, on
+    the CPU, on disk: `_stored_key`)."""
+    return _record(descriptor, device, dtype)["bytes"]
 
 
 def known_bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float | None:
     """`bytes_per_pixel` when it is already known (this process or the disk store), else None:
     nothing is run."""
     with _lock:
-        known = _cache.get(descriptor.model, {}).get((str(device), dtype))
-    if known is not None:
-        return known
+        known = _records.get(descriptor.model, {}).get((str(device), dtype))
+    if isinstance(known, dict):
+        return known["bytes"]
     stored = _stored_key(descriptor, device, dtype)
-    kept = probe_store.get(stored) if stored else None
-    return kept["bytes"] if isinstance(kept, dict) and "bytes" in kept else None
+    kept = _kept_record(probe_store.get(stored)) if stored else None
+    return kept["bytes"] if kept is not None else None
 
 
-def _measured(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """{"bytes": working memory per pixel, "largest": largest tensor per pixel (CPU only)}, from
-    the disk store when kept there, else probed; on a CPU one 64² forward gives the hook
-    estimate and the largest tensor together, and both are kept."""
-    stored = _stored_key(descriptor, device, dtype)
-    kept = probe_store.get(stored) if stored else None
-    if isinstance(kept, dict) and {"bytes", "largest"} <= set(kept):
-        return kept
-    measured = _probe(descriptor, device, dtype)
-    if stored:
-        measured = cast(dict[str, float], probe_store.put(stored, measured))
-    if "largest" in measured:
-        _memo(_largest, descriptor, device, dtype, lambda: measured["largest"])
-    return measured
+def _kept_record(kept) -> dict | None:
+    """A record from the disk store when it is whole: numbers where numbers belong and a profile
+    whose lists pair up (a store written by hand or by another version is otherwise ignored)."""
+    if not isinstance(kept, dict) or not _COUNTED <= set(kept):
+        return None
+    numbers = all(isinstance(kept[k], (int, float)) and kept[k] >= 0 for k in ("bytes", "largest"))
+    lists = all(isinstance(kept[k], list) for k in ("sizes", "totals"))
+    return kept if numbers and lists and len(kept["sizes"]) == len(kept["totals"]) else None
 
 
-def _memo(
-    table: "weakref.WeakKeyDictionary",
-    descriptor: ImageModelDescriptor,
-    device: torch.device,
-    dtype: torch.dtype,
-    measure,
-) -> float:
-    """`table`'s figure for (model, device, dtype), from `measure()` the first time."""
+def _record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict:
+    """The probe's record for (model, device, dtype): from this process, else from the disk
+    store, else one probe forward (`_probe`), kept in both. A forward that fails in this dtype
+    raises, now and on every later ask, without running again; running out of memory is not
+    kept (it depends on what else holds memory)."""
     key = (str(device), dtype)
     with _lock:
-        known = table.get(descriptor.model, {}).get(key)
+        known = _records.get(descriptor.model, {}).get(key)
+    if isinstance(known, str):
+        raise ProbeFailed(known)
     if known is not None:
         return known
-    measured = measure()
+    stored = _stored_key(descriptor, device, dtype)
+    found = probe_store.get(stored) if stored else None
+    kept = _kept_record(found)
+    if kept is not None:
+        record: dict | str = kept
+    else:
+        try:
+            record = _probe(descriptor, device, dtype)
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise
+            record = f"{type(error).__name__}: {error}"
+        if stored and isinstance(record, dict):  # a record another process kept meanwhile wins
+            record = _kept_record(probe_store.put(stored, record, replace=found is not None)) or record
     with _lock:
-        table.setdefault(descriptor.model, {})[key] = measured
-    return measured
+        record = _records.setdefault(descriptor.model, {}).setdefault(key, record)
+    if isinstance(record, str):
+        raise ProbeFailed(record)
+    return record
+
+
+_COUNTED = frozenset(("bytes", "largest", "sizes", "totals"))
+
+
+def _counted_record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict | None:
+    """The record with the tensor profile (`_counted`), or None when the model fails in this
+    dtype. Devices with allocator statistics probe memory without counting tensors, so there
+    the profile takes a counted forward of its own, added to the kept record."""
+    try:
+        record = _record(descriptor, device, dtype)
+    except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back)
+        return None
+    if _COUNTED <= set(record):
+        return record
+    try:
+        counted = _counted(*_probe_input(descriptor, device, dtype)[1:])
+    except Exception:  # noqa: BLE001
+        return None
+    with _lock:
+        record.update({k: v for k, v in counted.items() if k != "bytes"})
+    return record
 
 
 def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype):
@@ -136,31 +181,49 @@ def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: 
     return model, forward_fn(descriptor, model), x, size
 
 
-def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+def _probe(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict:
+    """One probe forward: the allocator's peak where the device keeps statistics, else the
+    counted record (`_counted`)."""
     _, forward, x, size = _probe_input(descriptor, device, dtype)
     allocator = devices.active().peak_memory(device)
     if allocator is not None:
         with allocator, torch.no_grad():
             forward(x)
         return {"bytes": allocator.bytes / (size * size)}
-    return _counted(descriptor, device, dtype, forward, x, size)
+    return _counted(forward, x, size)
 
 
-def _counted(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, forward, x, size: int):
-    """One forward of `x` under `_TensorMeter`: {"bytes": working memory per pixel, "largest":
-    largest tensor per pixel}; the tensor profile (`large_tensor_rate`) and, on devices without
-    allocator statistics, the working memory are remembered from the same forward."""
+def _counted(forward, x: torch.Tensor, size: int) -> dict:
+    """One forward of `x` under `_TensorMeter`, per input pixel: "bytes" (working memory: the
+    peak of live tensors times `CPU_OVERHEAD`), "largest" (the largest tensor) and the tensor
+    profile `large_tensor_rate` reads, "sizes" (distinct tensor sizes, largest first) with
+    "totals" (the bytes of all tensors of each size), pooled to `PROFILE_STEPS` so that the
+    disk store keeps it whole: every process then plans from the same figures."""
     meter = _TensorMeter()
     with torch.no_grad(), meter:
         forward(x)
     pixels = size * size
-    measured = {"bytes": CPU_OVERHEAD * meter.peak / pixels, "largest": meter.largest / pixels}
-    key = (str(device), dtype)
-    with _lock:
-        _profiles.setdefault(descriptor.model, {}).setdefault(key, tuple(s / pixels for s in meter.sizes))
-        if devices.active().peak_memory(device) is None:
-            _cache.setdefault(descriptor.model, {}).setdefault(key, measured["bytes"])
-    return measured
+    sizes, totals = _profile_steps([s / pixels for s in meter.sizes])
+    return {
+        "bytes": CPU_OVERHEAD * meter.peak / pixels,
+        "largest": meter.largest / pixels,
+        "sizes": sizes,
+        "totals": totals,
+    }
+
+
+def _profile_steps(sizes: list[float]) -> tuple[list[float], list[float]]:
+    """(distinct sizes, largest first; the total of each), the smallest pooled into the last
+    step at the largest size among them (never fewer bytes counted as large)."""
+    totals: dict[float, float] = {}
+    for size in sizes:
+        totals[size] = totals.get(size, 0.0) + size
+    steps = sorted(totals, reverse=True)
+    kept, pooled = steps[: PROFILE_STEPS - 1], steps[PROFILE_STEPS - 1 :]
+    result = [(size, totals[size]) for size in kept]
+    if pooled:
+        result.append((pooled[0], sum(totals[size] for size in pooled)))
+    return [size for size, _ in result], [total for _, total in result]
 
 
 def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -172,7 +235,7 @@ def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: t
     if not devices.active().is_cpu(device):
         return None
     return probe_store.key(
-        descriptor.model, f"memory3|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
+        descriptor.model, f"memory4|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
     )
 
 
@@ -186,8 +249,6 @@ def pixel_budget(
 ) -> float | None:
     """Input pixels one forward may hold in the device's free memory (with `SAFETY`), and in at
     most `limit` bytes when given; None when free memory is unknown, 0 when not even the probe fits."""
-    from ..compute.precision import is_out_of_memory
-
     free = free_memory(device)
     if free is None:
         return None
@@ -219,63 +280,24 @@ def auto_tile_size(
     return max(MIN_AUTO_TILE, min(MAX_AUTO_TILE, side) if cap else side)
 
 
-_largest: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], float]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def largest_tensor_per_pixel(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
     """Bytes per input pixel of the largest tensor one forward creates (any operation's result,
-    seen through `torch.overrides.TorchFunctionMode` on a 64 x 64 forward; cached per model).
+    seen through `torch.overrides.TorchFunctionMode` on a 64 x 64 forward; kept with the memory
+    probe's record).
 
     Why it matters on a CPU: C libraries hand large blocks to the operating system on free and
     map them afresh on the next allocation (glibc above its mmap threshold, at most 32 MiB;
     Windows' heap above 512 KiB), so every forward whose largest tensors exceed that pays a page
     fault and a zeroed page per 4 KiB for them: a step in seconds per pixel once feature maps
-    pass about 32 MiB (benchmarks/README.md, "CPU cost terms")."""
-
-    def measure() -> float:
-        try:
-            stored = _stored_key(descriptor, device, dtype)
-            kept = probe_store.get(stored) if stored else None
-            if isinstance(kept, dict) and "largest" in kept:  # measured with the memory probe, kept on disk
-                return kept["largest"]
-            return _largest_result(descriptor, device, dtype)
-        except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back): size by fp32
-            try:
-                element = torch.empty((), dtype=dtype).element_size()
-                return _largest_result(descriptor, device, torch.float32) * element / 4
-            except Exception:  # noqa: BLE001 - no measurement: no large-tensor preference
-                return 0.0
-
-    return _memo(_largest, descriptor, device, dtype, measure)
-
-
-def _largest_result(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> float:
-    profile = _tensor_profile(descriptor, device, dtype)
-    if profile is None:
-        raise RuntimeError("the model failed in this dtype")
-    return max(profile, default=0.0)
-
-
-def _tensor_profile(
-    descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype
-) -> tuple[float, ...] | None:
-    """Bytes per input pixel of every tensor one 64² forward creates (None: it failed in this
-    dtype); one forward per (model, device, dtype) serves both the largest tensor and
-    `large_tensor_rate`."""
-    key = (str(device), dtype)
-    with _lock:
-        known = _profiles.get(descriptor.model, {})
-        if key in known:
-            return known[key]
-    try:
-        _counted(descriptor, device, dtype, *_probe_input(descriptor, device, dtype)[1:])
-    except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back)
-        with _lock:
-            _profiles.setdefault(descriptor.model, {})[key] = None
-    with _lock:
-        return _profiles[descriptor.model][key]
+    pass about 32 MiB (benchmarks/README.md, "CPU cost terms"). A model that fails in `dtype`
+    (the runner then falls back) is sized from its fp32 forward."""
+    record = _counted_record(descriptor, device, dtype)
+    if record is not None:
+        return record["largest"]
+    fallback = _counted_record(descriptor, device, torch.float32)
+    if fallback is None:  # no measurement: no large-tensor preference
+        return 0.0
+    return fallback["largest"] * torch.empty((), dtype=dtype).element_size() / 4
 
 
 class _TensorMeter(torch.overrides.TorchFunctionMode):
@@ -321,24 +343,20 @@ class _TensorMeter(torch.overrides.TorchFunctionMode):
             self.live -= nbytes
 
 
-_profiles: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, torch.dtype], tuple[float, ...] | None]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype, pixels: int) -> float:
     """Relative cost per pixel of a CPU forward over `pixels` input pixels: `LARGE_TENSOR_PENALTY`
     weighted by the share of the forward's tensor bytes that are in tensors over `LARGE_TENSOR`.
     A step on the largest tensor alone overstated it for models whose large tensors are few
     (SPAN's one large concatenation among smaller feature maps made auto cut an image that ran
     faster whole); Compact's feature maps are all large, so it keeps the full penalty. The sizes
-    come from one 64² forward
-    (deterministic, so every process plans alike)."""
-    profile = _tensor_profile(descriptor, device, dtype) or ()  # failing in this dtype: no preference
-    total = sum(profile)
+    come from the memory probe's 64² forward (`_counted`), kept on disk with it."""
+    record = _counted_record(descriptor, device, dtype)  # failing in this dtype: no preference
+    if record is None:
+        return 1.0
+    total = sum(record["totals"])
     if not total:
         return 1.0
-    large = sum(per_pixel for per_pixel in profile if per_pixel * pixels > LARGE_TENSOR)
+    large = sum(t for size, t in zip(record["sizes"], record["totals"]) if size * pixels > LARGE_TENSOR)
     return 1.0 + (LARGE_TENSOR_PENALTY - 1.0) * large / total
 
 
@@ -352,8 +370,8 @@ def fits_without_probe(device: torch.device, pixels: int) -> bool:
     even at `CPU_BOUND_PER_PIXEL` it stays within half the free memory and under
     `CPU_WORKING_SET` (so it pays no working-set slowdown either). A model with global context
     then runs whole without a probe forward at all (SwinIR light: 0.13 s at fp32); others need
-    the probe's tensor profile for the large-tensor cost anyway, which gives the working memory
-    with it."""
+    the probe forward's tensor profile for the large-tensor cost anyway, which gives the working
+    memory with it."""
     if not devices.active().is_cpu(device):
         return False
     free = free_memory(device)

@@ -156,13 +156,9 @@ def plan_run(
             cpu = devices.active().is_cpu(device)
             if cpu:  # one large window per forward: batching buys nothing on a CPU,
                 batch = 1  # and the larger window has less margin
-            if cpu and autotile.fits_without_probe(device, ph * pw):
-                # surely within memory and the working set: only the large-tensor window competes
-                tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, max(ph, pw), align, working=0.0)
-            else:
-                tile = auto_tile_size(descriptor, device, dtype, batch)
-                if cpu:
-                    tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, tile, align)
+            tile = auto_tile_size(descriptor, device, dtype, batch)  # on a CPU its probe forward
+            if cpu:  # also gives the tensor profile the cost terms read
+                tile = _cheaper_cpu_tile(descriptor, settings, device, dtype, ph, pw, tile, align)
     tile_y, tile_x = tile if isinstance(tile, tuple) else (tile, tile)
     tiled = 0 < tile_y < ph or 0 < tile_x < pw
     if global_context and tiled:
@@ -232,7 +228,6 @@ def _cheaper_cpu_tile(
     width: int,
     tile: int,
     align: int,
-    working: float | None = None,
 ) -> int:
     """The auto window budget on a CPU: the cheapest of `tile` (what memory allows), the largest
     window whose working set stays under `autotile.CPU_WORKING_SET` and the largest whose biggest
@@ -241,15 +236,13 @@ def _cheaper_cpu_tile(
     slower pixels. Compact x4 on 640² (fp32, pad 18): four full-height strips instead of the
     whole image; an RRDB with 79-px margins: the whole image where it fits.
 
-    `working`: bytes per pixel of the working set (None: measured). When `tile` runs the whole
-    image, the margin probe only looks as far as a margin that could still make a tiled plan
+    When `tile` runs the whole image, the margin probe only looks as far as a margin that could still make a tiled plan
     cheaper (`_margin_that_matters`)."""
     largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype)
-    if working is None:
-        try:
-            working = autotile.bytes_per_pixel(descriptor, device, dtype)
-        except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
-            working = 0.0
+    try:
+        working = autotile.bytes_per_pixel(descriptor, device, dtype)
+    except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
+        working = 0.0
     if height * width * max(largest, 1.0) <= autotile.LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
         return tile  # the whole image runs at the fast rate
     sides = {tile}

@@ -4,7 +4,7 @@
 run's settings, so every process on a machine plans the same auto windows for the same model
 (see `autotile._stored_key`); `receptive` keeps each model's tile margin (a probe that costs a
 deep RRDB many forwards), so only the first process that uses a model file pays for it.
-Values are positive numbers or small records of numbers. The file is only an optimisation:
+Values are positive numbers or small records of numbers and short lists of numbers. The file is only an optimisation:
 unreadable, corrupt or missing, it is ignored (and rewritten); `TILEWISE_PROBE_CACHE=0`
 switches it off (the test suite does, so that each test probes afresh). Deleting it makes the next run probe again.
 """
@@ -73,15 +73,21 @@ def _weights_digest(model: torch.nn.Module) -> str | None:
     return digest
 
 
-Value = float | dict[str, float]
+Value = float | dict[str, float | list[float]]
+
+#: The longest list of numbers a record may hold (a tensor profile, `autotile.PROFILE_STEPS`).
+MAX_LIST = 64
 
 
 def _valid(value) -> bool:
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+    def field(v) -> bool:
+        return number(v) or (isinstance(v, list) and len(v) <= MAX_LIST and all(number(n) for n in v))
+
     if isinstance(value, dict):
-        return 0 < len(value) <= 8 and all(isinstance(k, str) and number(v) for k, v in value.items())
+        return 0 < len(value) <= 8 and all(isinstance(k, str) and field(v) for k, v in value.items())
     return number(value) and value > 0
 
 
@@ -100,12 +106,13 @@ def get(key: str) -> Value | None:
         return _read().get(key)
 
 
-def put(key: str, value: Value) -> Value:
+def put(key: str, value: Value, replace: bool = False) -> Value:
     """Adds an entry unless another process stored one meanwhile, and returns the kept value
-    (best effort: a read-only cache directory only means probing again)."""
+    (best effort: a read-only cache directory only means probing again). `replace`: overwrite
+    an entry the caller found unusable (written by another version, or by hand)."""
     with _lock:
         entries = _read()
-        if key in entries:
+        if key in entries and not replace:
             return entries[key]
         entries[key] = value if isinstance(value, dict) else float(value)
         while len(entries) > MAX_ENTRIES:

@@ -36,7 +36,7 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from spandrel import ImageModelDescriptor
@@ -105,8 +105,11 @@ def model_context(
         stored = _stored_key(descriptor, align)
         kept = probe_store.get(stored) if stored else None
         context = None
-        if isinstance(kept, dict) and {"pad", "exact", "bounded", "partial"} <= set(kept) and kept["pad"] >= 0:
-            context = Context(int(kept["pad"]), bool(kept["exact"]), bool(kept["bounded"]), bool(kept["partial"]))
+        fields = ("pad", "exact", "bounded", "partial")
+        numbers = cast(list[float], [kept.get(field) for field in fields] if isinstance(kept, dict) else [])
+        if numbers and all(isinstance(n, (int, float)) for n in numbers) and numbers[0] >= 0:
+            pad, exact, bounded, partial = numbers
+            context = Context(int(pad), bool(exact), bool(bounded), bool(partial))
         if context is None or context.partial and (reach is None or context.pad < reach):
             context = _probe(descriptor, forward, device, align, reach)
             if stored:
@@ -118,6 +121,7 @@ def model_context(
                         "bounded": int(context.bounded),
                         "partial": int(context.partial),
                     },
+                    replace=kept is not None,  # unusable, or partial and now probed further
                 )
         minimum = getattr(model, "min_tile_margin", None)
         if isinstance(minimum, int) and minimum > context.pad:

@@ -15,8 +15,14 @@ processes falls on all of them alike. Per model, size and precision it prints:
   limit    one plain untiled forward of the model in the row's precision, channels-last input
            (the fastest layout here): what no tiling scheme can beat by much
   ratios   core / warm (speed over the core node), warm / limit (overhead over the limit),
-           first / warm, and the limit's own first / warm: the floor for a first call, since
-           oneDNN builds its kernels for each new shape and precision on first use
+           first / warm, then `kept` and `floor`, each in a new process of its own
+  kept     Tilewise's engine alone in a new process (the model file loaded, a 16² warm-up), the
+           probe store as this table's run left it: first / best later call, i.e. the first
+           upscale after ComfyUI restarts with a model it has seen
+  floor    the limit's forward alone in a new process (the same 16² warm-up): first / best
+           later call. oneDNN builds kernels for each new shape and precision on first use, so
+           no first call at a new shape gets below this; it is measured apart because in the
+           table's process Tilewise's first call has already built them for the limit
 
 Afterwards the core node runs once more on each model: its module classes and pixels must be
 what they were before Tilewise ran (printed).
@@ -79,6 +85,7 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
             TILEWISE_BENCH_BASE=base,
             PYTHONDONTWRITEBYTECODE="1",
             TILEWISE_CACHE_DIR=str(Path(base) / "cache"),
+            TILEWISE_BENCH_FRESH_PYTHON=sys.executable,  # `fresh_process` runs where Tilewise is installed
         )  # a fresh probe store: first calls pay the probes
         env.pop("PYTHONPATH", None)
         return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], cwd=base, env=env).returncode
@@ -131,7 +138,7 @@ def inner(args: argparse.Namespace) -> int:
     )
     print(
         f"  {'model':<11} {'size':>5} {'prec':<5} {'core s':>7} {'first s':>8} {'warm s':>7} {'limit s':>8} "
-        f"{'vs core':>8} {'vs limit':>9} {'first/warm':>11} {'limit f/w':>10}"
+        f"{'vs core':>8} {'vs limit':>9} {'first/warm':>11} {'kept f/w':>10} {'floor f/w':>10}"
     )
     unchanged = True
     for name in args.models.split(","):
@@ -173,7 +180,8 @@ def inner(args: argparse.Namespace) -> int:
                 print(
                     f"  {name:<11} {size:>5} {precision:<5} {core_warm:>7.2f} {first:>8.2f} {warm:>7.2f} {limit:>8.2f} "
                     f"{core_warm / warm:>7.2f}x {warm / limit:>8.2f}x {first / warm:>10.2f}x "
-                    f"{times['limit'][0] / limit:>9.2f}x",
+                    f"{fresh_process(name, size, precision, 'tilewise', args):>9.2f}x "
+                    f"{fresh_process(name, size, precision, 'limit', args):>9.2f}x",
                     flush=True,
                 )
                 if args.profile:
@@ -204,6 +212,59 @@ def profile_calls(fn, in_worker, calls: int = 3) -> None:
 
     in_worker(run)
     pstats.Stats(profile).sort_stats("cumulative").print_stats(r"tilewise|comfy|psutil|nodes", 20)
+
+
+def fresh_process(name: str, size: int, precision: str, path: str, args: argparse.Namespace) -> float:
+    """First / best later call of `path` (limit or tilewise) in a new process (`floor`, `kept`)."""
+    python = os.environ["TILEWISE_BENCH_FRESH_PYTHON"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILEWISE_BENCH_COMFYUI")}
+    command = [python, str(Path(__file__).resolve()), "--fresh", f"{name}:{size}:{precision}:{path}"]
+    command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
+def fresh(spec: str, args: argparse.Namespace) -> int:
+    """Prints the first / best later call of one path for `spec` (model:size:precision:path), in
+    this new process: `limit` (a plain forward) or `tilewise` (the engine, as the node calls it,
+    with the probe store the table's process wrote). Both start after the same 16² warm-up."""
+    import numpy as np
+    import torch
+    from skimage import data
+    from tilewise.engine import UpscaleOptions, load_model, upscale
+
+    name, size, precision, path = spec.split(":")
+    torch.set_num_threads(args.threads)
+    model = load_model(Path(os.environ["TILEWISE_BENCH_BASE"]) / "models" / "upscale_models" / f"{name}.safetensors")
+    photo = data.hubble_deep_field()[: int(size), : int(size)]
+    image = torch.from_numpy(np.ascontiguousarray(photo)).float().div(255)[None].movedim(-1, 1)
+    worker = ThreadPoolExecutor(1)
+
+    def in_worker(fn):
+        def run():
+            with torch.inference_mode():
+                return fn()
+
+        return worker.submit(run).result()
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if path == "limit":
+        call = limit_forward(model.model, image, dtype, in_worker)
+    else:
+        in_worker(lambda: model.model(image[..., :16, :16]))
+        options = UpscaleOptions(precision=precision)
+
+        def call():
+            return upscale(model, image, options)
+
+    times = []
+    for _ in range(args.repeats + 1):
+        start = time.perf_counter()
+        in_worker(call)
+        times.append(time.perf_counter() - start)
+    worker.shutdown()
+    print(f"{times[0] / min(times[1:]):.4f}")
+    return 0
 
 
 def limit_forward(module, x, dtype, in_worker):
@@ -237,6 +298,7 @@ def main() -> int:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", metavar="MODEL:SIZE:PRECISION:PATH", help=argparse.SUPPRESS)  # `fresh_process`
     parser.add_argument(
         "--profile", action="store_true", help="after each row, cProfile three warm Tilewise calls (top functions)"
     )
@@ -244,6 +306,8 @@ def main() -> int:
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    if args.fresh:
+        return fresh(args.fresh, args)
     if "TILEWISE_BENCH_COMFYUI" in os.environ:
         return inner(args)
     return outer(args, sys.argv[1:])

@@ -70,13 +70,15 @@ def benchmark_model(name: str) -> ImageModelDescriptor:
     """The seeded models the benchmarks share, real architecture classes in the shapes users run:
     `compact` (realesr-animevideov3: 64 x 16, x4), `span` (48 features, x4), `rrdb<N>` (RealESRGAN
     x4plus's RRDB with N blocks: 23 = x4plus, 6 = x4plus anime), `swinir` and `dat` (light x2),
-    `paragonsr2photo` (the photo variant, x2). One seed per architecture, so every benchmark
-    measures the same weights."""
+    `paragonsr2photo` (the photo variant, x2). One seed per architecture, set before the
+    constructor too, so every benchmark and process measures the same weights."""
     from spandrel.architectures.SPAN import SPAN
     from tilewise.archs.paragonsr2 import ParagonSR2
 
     if name.startswith("rrdb") and name[4:].isdigit():
-        return seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=int(name[4:]), scale=4), 1)
+        with torch.random.fork_rng():  # the constructor's own initialisation draws from the global RNG
+            torch.manual_seed(1)
+            return seeded(ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=int(name[4:]), scale=4), 1)
     makers = {
         "compact": lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"),
         "span": lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4),
@@ -87,7 +89,9 @@ def benchmark_model(name: str) -> ImageModelDescriptor:
     seeds = {"compact": 0, "span": 2, "swinir": 3, "dat": 5, "paragonsr2photo": 6}
     if name not in makers:
         raise ValueError(f"unknown benchmark model '{name}'; choose from {', '.join(makers)} or rrdb<blocks>")
-    return seeded(makers[name](), seeds[name])
+    with torch.random.fork_rng():  # the same weights in every process, the caller's RNG untouched
+        torch.manual_seed(seeds[name])
+        return seeded(makers[name](), seeds[name])
 
 
 def naive_tiled(

@@ -73,17 +73,23 @@ def test_without_the_store_each_process_probes(monkeypatch, varying_probe, tmp_p
     assert not list(tmp_path.iterdir())
 
 
-def test_other_weights_and_dtypes_are_probed_apart(store, varying_probe):
+def test_checkpoints_of_one_shape_share_a_probe_other_shapes_and_dtypes_do_not(store, varying_probe):
+    """The tensors a forward creates follow from the weights' shapes, not their values: another
+    checkpoint of the same shapes reads the kept record; another dtype or shape is probed."""
     model = describe(ConvNet())
     autotile.bytes_per_pixel(model, CPU, torch.float32)
     autotile.bytes_per_pixel(model, CPU, torch.bfloat16)
+    assert len(varying_probe) == 2
     other = ConvNet()
     with torch.no_grad():
         other.load_state_dict(model.model.state_dict())
         next(other.parameters()).view(-1)[0] += 1e-3
-    autotile.bytes_per_pixel(describe(other), CPU, torch.float32)
+    assert autotile.bytes_per_pixel(describe(other), CPU, torch.float32) == varying_probe[0]
+    assert autotile.bytes_per_pixel(describe(ConvNet(scale=3)), CPU, torch.float32) == varying_probe[2]
     assert len(varying_probe) == 3
     assert len(json.loads(store.read_text())) == 3
+    assert probe_store.key(model.model, "m", values=False) == probe_store.key(other, "m", values=False)
+    assert probe_store.key(model.model, "m") != probe_store.key(other, "m"), "the margin's key keeps the values"
 
 
 def test_a_module_without_state_is_not_kept():

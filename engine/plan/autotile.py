@@ -227,16 +227,20 @@ def _profile_steps(sizes: list[float]) -> tuple[list[float], list[float]]:
 
 
 def _stored_key(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> str | None:
-    """The key a CPU probe is kept under between processes (None: not kept): per (weights, dtype,
-    torch, CPU), so every process on the machine plans the same windows (windows of different
-    sizes agree to about 1e-6, not bitwise). The figures come from a deterministic count of
-    tensors; keeping them matters for stores written by an earlier, heap-dependent estimate,
-    which the key's version leaves behind. CUDA's allocator peak is exact and not kept."""
+    """The key a CPU probe is kept under between processes (None: not kept): per (architecture,
+    class, scale, names and shapes of the weights, dtype, torch, CPU). The tensors a forward
+    creates follow from shapes, not values, so the many checkpoints of one shape (community
+    RRDB x4 models, say) share one probe; and every process on the machine plans the same
+    windows (windows of different sizes agree to about 1e-6, not bitwise). CUDA's allocator peak
+    is exact and not kept."""
     if not devices.active().is_cpu(device):
         return None
-    return probe_store.key(
-        descriptor.model, f"memory4|{descriptor.architecture.id}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
+    model = descriptor.model
+    settings = (
+        f"memory4|{descriptor.architecture.id}|{type(model).__module__}.{type(model).__qualname__}|"
+        f"{descriptor.scale}|{dtype}|{torch.__version__}|{devices.cpu_signature()}"
     )
+    return probe_store.key(model, settings, values=False)
 
 
 def free_memory(device: torch.device) -> int | None:

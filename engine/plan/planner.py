@@ -236,8 +236,8 @@ def _cheaper_cpu_tile(
     slower pixels. Compact x4 on 640² (fp32, pad 18): four full-height strips instead of the
     whole image; an RRDB with 79-px margins: the whole image where it fits.
 
-    When `tile` runs the whole image, the margin probe only looks as far as a margin that could still make a tiled plan
-    cheaper (`_margin_that_matters`)."""
+    When `tile` runs the whole image, the margin probe only looks as far as a margin that could
+    still make a tiled plan cheaper (`_margin_that_matters`)."""
     largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype)
     try:
         working = autotile.bytes_per_pixel(descriptor, device, dtype)

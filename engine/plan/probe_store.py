@@ -1,7 +1,8 @@
 """Probe results kept between processes: a small JSON file in the user cache directory.
 
-`autotile` keeps its CPU memory probes here under a key made of the model's weights and the
-run's settings, so every process on a machine plans the same auto windows for the same model
+`autotile` keeps its CPU memory probes here under a key made of the model's architecture, the
+names and shapes of its weights and the run's settings, so every process on a machine plans the
+same auto windows for the same model, and one probe serves every checkpoint of the same shapes
 (see `autotile._stored_key`); `receptive` keeps each model's tile margin (a probe that costs a
 deep RRDB many forwards), so only the first process that uses a model file pays for it.
 Values are positive numbers or small records of numbers and short lists of numbers. The file is only an optimisation:
@@ -38,38 +39,40 @@ def path() -> Path:
     return storage.cache_dir() / FILE
 
 
-def key(model: torch.nn.Module, settings: str) -> str | None:
-    """A digest of `settings` and every parameter and buffer of `model` (names, shapes, dtypes,
-    bytes); None when keeping is switched off or the module has no state."""
+def key(model: torch.nn.Module, settings: str, values: bool = True) -> str | None:
+    """A digest of `settings` and every parameter and buffer of `model`: names, shapes, dtypes
+    and, with `values`, their bytes; None when keeping is switched off or the module has no state."""
     if not enabled():
         return None
-    weights = _weights_digest(model)
+    weights = _weights_digest(model, values)
     if weights is None:  # nothing identifies it (an onnxruntime session's module)
         return None
     return hashlib.blake2b(f"{settings}|{weights}".encode(), digest_size=16).hexdigest()
 
 
-_digests: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
+_digests: "weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, str | None]]" = weakref.WeakKeyDictionary()
 
 
-def _weights_digest(model: torch.nn.Module) -> str | None:
-    """The digest of a model's weights, computed once per model object: the memory probes and
-    the tile margin are both keyed by it, and hashing a 64 MB RRDB twice is time wasted."""
+def _weights_digest(model: torch.nn.Module, values: bool = True) -> str | None:
+    """The digest of a model's state (with or without the values), computed once per model
+    object: hashing a 64 MB RRDB's values costs about 0.1 s, so it is done only for what
+    depends on them (the tile margin), and only once."""
     with _lock:
-        if model in _digests:
-            return _digests[model]
+        known = _digests.get(model, {})
+        if values in known:
+            return known[values]
     state = model.state_dict()
     digest = None
     if state:
         hasher = hashlib.blake2b(digest_size=16)
         for name, tensor in state.items():
             hasher.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-            if flat.numel():
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1) if values else None
+            if flat is not None and flat.numel():
                 hasher.update(flat.view(torch.uint8).numpy().tobytes())
         digest = hasher.hexdigest()
     with _lock:
-        _digests[model] = digest
+        _digests.setdefault(model, {})[values] = digest
     return digest
 
 

@@ -16,10 +16,11 @@ processes falls on all of them alike. Per model, size and precision it prints:
            (the fastest layout here): what no tiling scheme can beat by much
   ratios   core / warm (speed over the core node), warm / limit (overhead over the limit),
            first / warm, then `kept` and `floor`, each in a new process of its own
-  kept     Tilewise's engine alone in a new process (the model file loaded, a 16² warm-up), the
-           probe store as this table's run left it: first / best later call, i.e. the first
-           upscale after ComfyUI restarts with a model it has seen
-  floor    the limit's forward alone in a new process (the same 16² warm-up): first / best
+  kept     Tilewise's engine alone in a new process (the model file loaded, a 16² NCHW forward
+           of a copy in the row's precision), the probe store as this table's run left it:
+           first / best later call, i.e. the first upscale after ComfyUI restarts with a model
+           it has seen
+  floor    the limit's forward alone in a new process (the same warm-up): first / best
            later call. oneDNN builds kernels for each new shape and precision on first use, so
            no first call at a new shape gets below this; it is measured apart because in the
            table's process Tilewise's first call has already built them for the limit
@@ -228,6 +229,8 @@ def fresh(spec: str, args: argparse.Namespace) -> int:
     """Prints the first / best later call of one path for `spec` (model:size:precision:path), in
     this new process: `limit` (a plain forward) or `tilewise` (the engine, as the node calls it,
     with the probe store the table's process wrote). Both start after the same 16² warm-up."""
+    import copy
+
     import numpy as np
     import torch
     from skimage import data
@@ -248,10 +251,17 @@ def fresh(spec: str, args: argparse.Namespace) -> int:
         return worker.submit(run).result()
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+    def warm_up():  # the same for both paths: a 16² NCHW forward of a copy in the row's precision
+        try:
+            copy.deepcopy(model.model).to(dtype).eval()(image[..., :16, :16].to(dtype))
+        except Exception:  # noqa: BLE001 - fails in pure bf16 (SwinIR): both then start without it
+            pass
+
+    in_worker(warm_up)
     if path == "limit":
         call = limit_forward(model.model, image, dtype, in_worker)
     else:
-        in_worker(lambda: model.model(image[..., :16, :16]))
         options = UpscaleOptions(precision=precision)
 
         def call():
@@ -277,8 +287,8 @@ def limit_forward(module, x, dtype, in_worker):
 
     pure = in_worker(lambda: copy.deepcopy(module).to(dtype).eval())
     data = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    try:
-        in_worker(lambda: pure(data[..., :16, :16]))
+    try:  # NCHW: builds no channels-last kernel before the first timed call
+        in_worker(lambda: pure(data[..., :16, :16].contiguous()))
         return lambda: pure(data)
     except Exception:  # noqa: BLE001 - mixed dtypes inside
         full = in_worker(lambda: copy.deepcopy(module).float().eval())

@@ -325,6 +325,29 @@ def test_tile_settings_are_validated_once_for_every_host(given, error):
             tile_settings(32, **bad)
 
 
+@pytest.mark.parametrize(
+    "given, setting",
+    [
+        ({"tile": None}, "tile"),
+        ({"tile": 256.0}, "tile"),
+        ({"tile": (256,)}, "tile"),
+        ({"tile": (0, 256)}, "tile"),
+        ({"pad": "8"}, "pad"),
+        ({"merge": "feather"}, "merge"),
+        ({"batch": None}, "batch"),
+    ],
+)
+def test_tile_settings_of_the_wrong_kind_fail_when_made_naming_the_setting(given, setting):
+    """Python callers building `TileSettings` directly (not through `tile_settings`) get a clear
+    error at once, not a TypeError from inside the planner; good values still pass."""
+    from tilewise.engine import TileSettingsError
+
+    with pytest.raises(TileSettingsError) as error:
+        TileSettings(**given)
+    assert error.value.setting == setting
+    assert TileSettings(tile=(128, 256), pad=4, merge="blend", batch=2).tile == (128, 256)
+
+
 def test_a_tile_of_10_is_refused_by_the_cli_with_the_engine_message(tmp_path, photo_png, capsys):
     """The same value and message in ComfyUI (comfy_inprocess_checks) and the WebUI (test_a1111)."""
     from tilewise import cli

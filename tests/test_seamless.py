@@ -128,7 +128,7 @@ def test_the_exact_probe_goes_coarse_to_fine(deep_rrdb, monkeypatch):
     monkeypatch.setattr(
         receptive,
         "exact_radius",
-        lambda forward, image, scale: sizes.append(image.shape[-1]) or exact(forward, image, scale),
+        lambda forward, image: sizes.append(image.shape[-1]) or exact(forward, image),
     )
     shallow = describe_state_dict(ZOO["Compact"].state_dict(seed=4))
     context = receptive._probe(shallow, forward_fn(shallow, shallow.model), torch.device("cpu"), 1)
@@ -164,10 +164,10 @@ def test_the_border_test_agrees_with_the_gradient(layers, channels, deep_rrdb):
     descriptor = chain(layers, channels)
     for size in (41, 81):
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
-        reaches = exact_radius(descriptor.model, image, 1) is None
-        assert reaches_border(descriptor.model, image, 1) == reaches == (layers >= size // 2)
+        reaches = exact_radius(descriptor.model, image) is None
+        assert reaches_border(descriptor.model, image) == reaches == (layers >= size // 2)
     image = torch.rand(1, 3, 81, 81, generator=torch.Generator().manual_seed(3))
-    assert reaches_border(forward_fn(deep_rrdb, deep_rrdb.model), image, deep_rrdb.scale)
+    assert reaches_border(forward_fn(deep_rrdb, deep_rrdb.model), image)
 
 
 def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_probe(deep_rrdb, monkeypatch):
@@ -182,7 +182,7 @@ def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_prob
     exact_calls, sides = [], []
     exact = receptive.exact_radius
     monkeypatch.setattr(
-        receptive, "exact_radius", lambda forward, image, scale: exact_calls.append(1) or exact(forward, image, scale)
+        receptive, "exact_radius", lambda forward, image: exact_calls.append(1) or exact(forward, image)
     )
     forward = forward_fn(deep_rrdb, deep_rrdb.model)
 

@@ -48,6 +48,23 @@ class TileSettings:
     channels_last: bool = True  # NHWC for convolution-dominated models (see precision.prefers_channels_last)
     compile: bool = False  # torch.compile the model (opt-in: slow first run); batches are padded to one shape
 
+    def __post_init__(self):
+        """Values of the wrong kind fail here, naming the setting, rather than deep inside a run
+        (hosts validate values with `tile_settings`; this guards callers of the Python API)."""
+
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        shape = isinstance(self.tile, tuple) and len(self.tile) == 2 and all(whole(v) and v > 0 for v in self.tile)
+        if not (whole(self.tile) or shape):
+            raise TileSettingsError("tile", f"tile must be a number of pixels or (height, width), got {self.tile!r}")
+        if self.pad is not None and not whole(self.pad):
+            raise TileSettingsError("pad", f"tile padding must be a whole number of pixels or None, got {self.pad!r}")
+        if self.merge not in ("crop", "blend"):
+            raise TileSettingsError("merge", f"tile merge must be crop or blend, got {self.merge!r}")
+        if not whole(self.batch):
+            raise TileSettingsError("batch", f"tile batch must be a whole number, got {self.batch!r}")
+
 
 #: The smallest tile length a user may choose (0 = automatic and -1 = whole image aside): smaller
 #: windows are almost all margin. Out-of-memory halving stops at the same length (`MIN_TILE`).

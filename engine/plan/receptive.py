@@ -204,19 +204,20 @@ def _probe(
         # at a quarter of the 81-px probe's cost, which only deeper models then need
         for extent, seed in ((EXACT_PROBE_RADIUS // 2, 1234), (EXACT_PROBE_RADIUS, 1235)):
             probe = image(extent, seed)
-            if reaches_border(forward, probe, descriptor.scale):
+            if reaches_border(forward, probe):
                 continue  # the gradient would only say so, at the cost of a backward through a deep net
-            radius = exact_radius(gradient, probe, descriptor.scale)
+            radius = exact_radius(gradient, probe)
             if radius is not None and radius < EXACT_PROBE_RADIUS:
                 return Context(radius, exact=True)
     radius, bounded = found or effective(None)
     return Context(math.ceil(radius * SAFETY), exact=False, bounded=bounded)
 
 
-def exact_radius(forward: Forward, image: torch.Tensor, scale: int) -> int | None:
+def exact_radius(forward: Forward, image: torch.Tensor) -> int | None:
     """Largest distance (input pixels) from the centre that the centre outputs depend on.
 
-    Returns None when the dependence reaches the probe's border (the field is larger).
+    Returns None when the dependence reaches the probe's border (the field is larger). The
+    output block of the centre pixel follows from the output's size (the model's scale).
     """
     size = image.shape[-1]
     centre = size // 2
@@ -235,7 +236,7 @@ def exact_radius(forward: Forward, image: torch.Tensor, scale: int) -> int | Non
     return None if reach >= centre else reach
 
 
-def reaches_border(forward: Forward, image: torch.Tensor, scale: int) -> bool:
+def reaches_border(forward: Forward, image: torch.Tensor) -> bool:
     """Whether the centre outputs depend on the probe's border, i.e. whether `exact_radius` on
     this image would return None, from one forward: the border pixels (distance >= the centre's
     from the centre) are set to NaN, which every arithmetic path carries to the outputs that

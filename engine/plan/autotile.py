@@ -71,6 +71,8 @@ MAX_AUTO_TILE = 2048
 
 #: Distinct tensor sizes a model's kept profile holds (`_profile_steps`); smaller ones are pooled.
 PROFILE_STEPS = 48
+#: The fields of a record made by counting tensors (`_counted`).
+_COUNTED = frozenset(("bytes", "largest", "sizes", "totals"))
 
 #: (model, device, dtype) -> the probe's record: {"bytes": working memory per input pixel} and,
 #: where the tensors were counted (`_counted`), "largest", "sizes" and "totals" (bytes per input
@@ -107,13 +109,12 @@ def known_bytes_per_pixel(descriptor: ImageModelDescriptor, device: torch.device
 
 
 def _kept_record(kept) -> dict | None:
-    """A record from the disk store when it is whole: numbers where numbers belong and a profile
-    whose lists pair up (a store written by hand or by another version is otherwise ignored)."""
-    if not isinstance(kept, dict) or not _COUNTED <= set(kept):
+    """A record from the disk store when it is whole: non-negative figures and a profile whose
+    lists pair up (anything else is probed again and replaced)."""
+    whole = probe_store.record(kept, numbers=("bytes", "largest"), lists=("sizes", "totals"))
+    if whole is None or min(whole["bytes"], whole["largest"]) < 0 or len(whole["sizes"]) != len(whole["totals"]):
         return None
-    numbers = all(isinstance(kept[k], (int, float)) and kept[k] >= 0 for k in ("bytes", "largest"))
-    lists = all(isinstance(kept[k], list) for k in ("sizes", "totals"))
-    return kept if numbers and lists and len(kept["sizes"]) == len(kept["totals"]) else None
+    return whole
 
 
 def _record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict:
@@ -147,9 +148,6 @@ def _record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch
     if isinstance(record, str):
         raise ProbeFailed(record)
     return record
-
-
-_COUNTED = frozenset(("bytes", "largest", "sizes", "totals"))
 
 
 def _counted_record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict | None:

@@ -5,9 +5,11 @@ names and shapes of its weights and the run's settings, so every process on a ma
 same auto windows for the same model, and one probe serves every checkpoint of the same shapes
 (see `autotile._stored_key`); `receptive` keeps each model's tile margin (a probe that costs a
 deep RRDB many forwards), so only the first process that uses a model file pays for it.
-Values are positive numbers or small records of numbers and short lists of numbers. The file is only an optimisation:
-unreadable, corrupt or missing, it is ignored (and rewritten); `TILEWISE_PROBE_CACHE=0`
-switches it off (the test suite does, so that each test probes afresh). Deleting it makes the next run probe again.
+Values are positive numbers or small records of numbers and short lists of numbers (readers
+take records through `record`, which checks each field's kind). The file is only an
+optimisation: unreadable, corrupt or missing, it is ignored (and rewritten);
+`TILEWISE_PROBE_CACHE=0` switches it off (the test suite does, so that each test probes
+afresh). Deleting it makes the next run probe again.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def _read() -> dict[str, Value]:
 def get(key: str) -> Value | None:
     with _lock:
         return _read().get(key)
+
+
+def record(value: Value | None, numbers: tuple[str, ...], lists: tuple[str, ...] = ()) -> dict | None:
+    """`value` (from `get`) when it is a record with a number in each of `numbers` and a list in
+    each of `lists`, else None: a store written by another version or by hand is then probed
+    again, and `put(..., replace=True)` overwrites it."""
+    if not isinstance(value, dict):
+        return None
+    fields_ok = all(isinstance(value.get(name), (int, float)) for name in numbers) and all(
+        isinstance(value.get(name), list) for name in lists
+    )
+    return value if fields_ok else None
 
 
 def put(key: str, value: Value, replace: bool = False) -> Value:

@@ -36,7 +36,7 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import Callable
 
 import torch
 from spandrel import ImageModelDescriptor
@@ -105,11 +105,9 @@ def model_context(
         stored = _stored_key(descriptor, align)
         kept = probe_store.get(stored) if stored else None
         context = None
-        fields = ("pad", "exact", "bounded", "partial")
-        numbers = cast(list[float], [kept.get(field) for field in fields] if isinstance(kept, dict) else [])
-        if numbers and all(isinstance(n, (int, float)) for n in numbers) and numbers[0] >= 0:
-            pad, exact, bounded, partial = numbers
-            context = Context(int(pad), bool(exact), bool(bounded), bool(partial))
+        whole = probe_store.record(kept, numbers=("pad", "exact", "bounded", "partial"))
+        if whole is not None and whole["pad"] >= 0:
+            context = Context(int(whole["pad"]), bool(whole["exact"]), bool(whole["bounded"]), bool(whole["partial"]))
         if context is None or context.partial and (reach is None or context.pad < reach):
             context = _probe(descriptor, forward, device, align, reach)
             if stored:

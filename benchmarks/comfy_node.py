@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +95,7 @@ def inner(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from skimage import data
+    from worker_thread import WorkerThread  # beside this file
 
     torch.set_num_threads(args.threads)
     base = Path(os.environ["TILEWISE_BENCH_BASE"])
@@ -122,14 +122,7 @@ def inner(args: argparse.Namespace) -> int:
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     mapping = nodes.NODE_CLASS_MAPPINGS
-    worker = ThreadPoolExecutor(1)  # ComfyUI's prompt worker: one long-lived thread
-
-    def in_worker(fn):
-        def run():
-            with torch.inference_mode():
-                return fn()
-
-        return worker.submit(run).result()
+    in_worker = WorkerThread()  # as ComfyUI's prompt worker: one long-lived thread
 
     photo = data.hubble_deep_field()
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -193,7 +186,7 @@ def inner(args: argparse.Namespace) -> int:
                 unchanged = unchanged and same
                 if not same:
                     print(f"  {name}: the core node after Tilewise runs other classes or gives other pixels")
-    worker.shutdown()
+    in_worker.shutdown()
     print(f"  core node after Tilewise: same module classes and pixels for every model: {unchanged}")
     return 0 if unchanged else 1
 
@@ -235,20 +228,14 @@ def fresh(spec: str, args: argparse.Namespace) -> int:
     import torch
     from skimage import data
     from tilewise.engine import UpscaleOptions, load_model, upscale
+    from worker_thread import WorkerThread
 
     name, size, precision, path = spec.split(":")
     torch.set_num_threads(args.threads)
     model = load_model(Path(os.environ["TILEWISE_BENCH_BASE"]) / "models" / "upscale_models" / f"{name}.safetensors")
     photo = data.hubble_deep_field()[: int(size), : int(size)]
     image = torch.from_numpy(np.ascontiguousarray(photo)).float().div(255)[None].movedim(-1, 1)
-    worker = ThreadPoolExecutor(1)
-
-    def in_worker(fn):
-        def run():
-            with torch.inference_mode():
-                return fn()
-
-        return worker.submit(run).result()
+    in_worker = WorkerThread()  # as ComfyUI's prompt worker: one long-lived thread
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
@@ -272,7 +259,7 @@ def fresh(spec: str, args: argparse.Namespace) -> int:
         start = time.perf_counter()
         in_worker(call)
         times.append(time.perf_counter() - start)
-    worker.shutdown()
+    in_worker.shutdown()
     print(f"{times[0] / min(times[1:]):.4f}")
     return 0
 

@@ -18,7 +18,6 @@ import copy
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,17 +40,11 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from tiling import benchmark_model
+    from worker_thread import WorkerThread
 
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-    worker = ThreadPoolExecutor(1)
-
-    def in_worker(fn):
-        def run():
-            with torch.inference_mode():
-                return fn()
-
-        return worker.submit(run).result()
+    in_worker = WorkerThread()  # as ComfyUI's prompt worker: one long-lived thread
 
     model = in_worker(lambda: copy.deepcopy(benchmark_model(args.model).model).to(dtype).eval())
     photo = np.ascontiguousarray(data.hubble_deep_field()[: args.size, : args.size])
@@ -73,7 +66,7 @@ def main() -> int:
             start = time.perf_counter()
             in_worker(fn)
             times[name].append(time.perf_counter() - start)
-    worker.shutdown()
+    in_worker.shutdown()
     pixels = sum(stop - start for start, stop in spans) / width
     print(
         f"{args.model} {height}x{width} {args.precision}, {args.strips} strips with a {args.pad}-px margin "

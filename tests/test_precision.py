@@ -7,7 +7,14 @@ import torch
 from conftest import photo
 from test_runner import ConvNet, describe
 from tilewise.engine import TileSettings, UpscaleOptions, resolve_dtype, run_tiled, upscale
-from tilewise.engine.compute.precision import is_out_of_memory, model_on, release_variants, resolve_device, same_device
+from tilewise.engine.compute.precision import (
+    is_out_of_memory,
+    model_on,
+    private_copy,
+    release_variants,
+    resolve_device,
+    same_device,
+)
 
 
 def test_auto_is_fp32_on_cpu():
@@ -59,6 +66,44 @@ def test_model_copies_leave_the_original_alone():
     assert model_on(descriptor, torch.device("cpu"), torch.float32) is original
     release_variants(descriptor)
     assert model_on(descriptor, torch.device("cpu"), torch.bfloat16) is not copy16
+
+
+class _Tied(torch.nn.Module):
+    """Tied weights, a float and an integer buffer: what a private copy must keep as they are."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.register_buffer("mean", torch.rand(4))
+        self.register_buffer("steps", torch.arange(4))
+
+
+def test_private_copy_casts_each_weight_once_and_shares_nothing(monkeypatch):
+    model = _Tied()
+    expected = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    # the original's tensors are never deep-copied (a full-precision duplicate): only cast
+    copied = []
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", lambda self, memo: copied.append(self))
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", lambda self, memo: copied.append(self))
+    variant = private_copy(model, torch.device("cpu"), torch.bfloat16)
+    monkeypatch.undo()
+    assert copied == []
+    state = variant.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+    assert variant.b.weight is variant.a.weight  # still tied
+    assert isinstance(variant.a.weight, torch.nn.Parameter) and variant.a.weight.requires_grad
+    originals = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    assert not originals & {t.data_ptr() for t in list(variant.parameters()) + list(variant.buffers())}
+    # same device and dtype: still a copy (an inference form may write its own weights)
+    same = private_copy(model, torch.device("cpu"), torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(same.state_dict().values(), model.state_dict().values()))
+    assert not originals & {t.data_ptr() for t in same.parameters()}
+    assert next(model.parameters()).dtype == torch.float32
 
 
 def test_bf16_run_is_close_to_fp32():

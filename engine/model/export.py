@@ -13,7 +13,6 @@ Needs the optional extra `onnx` (`pip install tilewise[onnx]`).
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import cast
 import torch
 from spandrel import ImageModelDescriptor
 
-from ..compute.precision import forward_fn
+from ..compute.precision import forward_fn, private_copy
 from ..errors import TilewiseError
 from ..storage import exclusive_file
 
@@ -115,7 +114,7 @@ def _require(module: str) -> None:
 def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, validate: bool, size) -> ExportReport:
     # a private fp32 CPU copy: the shared model keeps its device and dtype, and a model loaded
     # under inference mode (ComfyUI) becomes traceable (clones made outside it are normal tensors)
-    model = copy.deepcopy(descriptor.model).float().cpu().eval()
+    model = private_copy(descriptor.model, torch.device("cpu"), torch.float32).eval()
     descriptor = cast(ImageModelDescriptor, _Shadow(descriptor, model))  # duck-typed: the fields read below
     channels = descriptor.input_channels
     height, width = size if size is not None else _trace_size(descriptor)
@@ -125,7 +124,7 @@ def _export(descriptor, path: Path, opset: int, video: bool, temporal_alpha, val
     if video:
         alpha = temporal_alpha if temporal_alpha is not None else getattr(model, "temporal_alpha", 0.2)
         wrapper: torch.nn.Module = _Video(descriptor, alpha)
-        inputs = (example, torch.zeros(1, model.num_feat, height, width))
+        inputs = (example, torch.zeros(1, cast(int, model.num_feat), height, width))
         names_in, names_out = ["input", "prev_feat"], ["output", "feature_map"]
         dynamic = {"input": axes, "prev_feat": axes, "output": out_axes, "feature_map": axes}
     else:

@@ -31,7 +31,6 @@ onnxruntime session) says `differentiable = False` and gets the effective probe 
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import weakref
@@ -154,10 +153,10 @@ class _GradientCapableForward:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.forward is None:
-            from ..compute.precision import forward_fn
+            from ..compute.precision import forward_fn, private_copy
 
             with torch.inference_mode(False):
-                module = copy.deepcopy(self.descriptor.model).to(device=self.device, dtype=torch.float32).eval()
+                module = private_copy(self.descriptor.model, self.device, torch.float32).eval()
             self.forward = forward_fn(self.descriptor, module)
         return self.forward(x)
 

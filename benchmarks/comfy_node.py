@@ -39,7 +39,6 @@ realtime x2, a bundled file), paragonsr2photo (the photo variant x2, window atte
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
@@ -99,28 +98,10 @@ def inner(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     base = Path(os.environ["TILEWISE_BENCH_BASE"])
-    (base / "custom_nodes").mkdir(exist_ok=True)
-    (base / "custom_nodes" / "tilewise").symlink_to(ROOT, target_is_directory=True)
+    sys.path.insert(0, str(ROOT / "tests"))
+    import comfy_harness
 
-    sys.path.insert(0, os.environ["TILEWISE_BENCH_COMFYUI"])
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [
-        "main.py",
-        "--cpu",
-        "--base-directory",
-        str(base),
-        "--disable-all-custom-nodes",
-        "--whitelist-custom-nodes",
-        "tilewise",
-    ]
-    import comfy.cli_args  # noqa: F401
-    import utils.extra_config  # noqa: F401
-
-    import nodes
-
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    nodes = comfy_harness.start_in_process(Path(os.environ["TILEWISE_BENCH_COMFYUI"]), base)
     mapping = nodes.NODE_CLASS_MAPPINGS
     in_worker = WorkerThread()  # as ComfyUI's prompt worker: one long-lived thread
 

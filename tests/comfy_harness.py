@@ -504,6 +504,28 @@ def link_pack(custom_nodes: Path) -> Path:
     return link
 
 
+def start_in_process(comfy_dir: Path, base: Path):
+    """Initialises ComfyUI inside this process as its main.py does (`--cpu`), with `base` as its
+    base directory and only this pack (linked into `base/custom_nodes`) among the custom nodes,
+    and returns ComfyUI's `nodes` module. Only in ComfyUI's own Python (`comfy_python`)."""
+    import asyncio
+
+    link_pack(base / "custom_nodes")
+    sys.path.insert(0, str(comfy_dir))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = ["main.py", "--cpu", "--base-directory", str(base), "--disable-all-custom-nodes"]
+    sys.argv += ["--whitelist-custom-nodes", PACK_DIR_NAME]
+    import comfy.cli_args  # noqa: F401
+    import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    return nodes
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """Converts a UI-format workflow (schema 0.4) to the API format, as the front end does:
     widget values are positional over each node's widget inputs in `input_order`, links win."""

@@ -8,13 +8,13 @@ main.py would, with only this pack among the custom nodes.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import comfy_harness
 import pytest
 import torch
 from clips import describe_video, make_video
@@ -32,34 +32,13 @@ def comfy(tmp_path_factory):
             "TILEWISE_COMFYUI_DIR must name a ComfyUI folder; run this through tests/test_comfyui.py", pytrace=False
         )
     base = tmp_path_factory.mktemp("comfy-inprocess")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "tilewise").symlink_to(ROOT, target_is_directory=True)
     models = base / "models" / "upscale_models"
     models.mkdir(parents=True)
     ZOO["Compact"].save(models / "compact_x2.safetensors", seed=0, scale=2)
     ZOO["SPAN"].save(models / "span_x2.safetensors", seed=0, scale=2)
     ZOO["SwinIR"].save(models / "swinir_x2.safetensors", seed=0, scale=2)
     (models / "broken.pth").write_text(HTML_PAGE)
-
-    sys.path.insert(0, str(COMFY_DIR))
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [
-        "main.py",
-        "--cpu",
-        "--base-directory",
-        str(base),
-        "--disable-all-custom-nodes",
-        "--whitelist-custom-nodes",
-        "tilewise",
-    ]
-    import comfy.cli_args  # noqa: F401
-    import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
-
-    import nodes
-
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    nodes = comfy_harness.start_in_process(COMFY_DIR, base)
     entry = str(base / "custom_nodes" / "tilewise" / "__init__.py")
     pack_name = next(name for name, module in list(sys.modules.items()) if getattr(module, "__file__", None) == entry)
     import comfy.model_management as mm

@@ -346,6 +346,18 @@ def test_largest_tensor_of_a_model_failing_in_its_dtype_is_sized_from_fp32():
     assert forwards == [torch.bfloat16, torch.float32], "the failing forward ran once, not on every ask"
 
 
+def test_an_allocator_record_gives_no_large_tensor_preference(monkeypatch):
+    """A GPU's probe record is the allocator's peak without a tensor profile: the CPU page-fault
+    terms give no preference there, and no further forward runs to count tensors."""
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "_record", lambda descriptor, device, dtype: {"bytes": 5000.0})
+    monkeypatch.setattr(autotile, "_probe_input", lambda *args: (None, None, None, autotile.PROBE))
+    monkeypatch.setattr(autotile, "_counted", lambda *args: pytest.fail("a counting forward ran"))
+    cuda = torch.device("cuda")
+    assert autotile.large_tensor_rate(model, cuda, torch.float16, 10**7) == 1.0
+    assert autotile.largest_tensor_per_pixel(model, cuda, torch.float16) == 0.0
+
+
 def test_a_chosen_tile_whose_margins_dominate_is_warned_once(monkeypatch, caplog):
     model = describe(ConvNet())
     monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)

@@ -152,21 +152,14 @@ def _record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch
 
 def _counted_record(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype) -> dict | None:
     """The record with the tensor profile (`_counted`), or None when the model fails in this
-    dtype. Devices with allocator statistics probe memory without counting tensors, so there
-    the profile takes a counted forward of its own, added to the kept record."""
+    dtype or the record has none: devices with allocator statistics probe memory without
+    counting tensors, and the large-tensor terms the profile feeds are a CPU's (only CPU plans
+    read it)."""
     try:
         record = _record(descriptor, device, dtype)
     except Exception:  # noqa: BLE001 - fails in this dtype (the runner then falls back)
         return None
-    if _COUNTED <= set(record):
-        return record
-    try:
-        counted = _counted(*_probe_input(descriptor, device, dtype)[1:])
-    except Exception:  # noqa: BLE001
-        return None
-    with _lock:
-        record.update({k: v for k, v in counted.items() if k != "bytes"})
-    return record
+    return record if _COUNTED <= set(record) else None
 
 
 def _probe_input(descriptor: ImageModelDescriptor, device: torch.device, dtype: torch.dtype):

@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resample", choices=tuple(FILTERS), default="lanczos", help="filter for the final resize to the exact size"
     )
     up.add_argument(
+        "--tileable",
+        action="store_true",
+        help="the image is a repeating texture: read across each edge from the opposite one, so the result "
+        "repeats without a seam too",
+    )
+    up.add_argument(
         "--format",
         choices=[e.lstrip(".") for e in WRITE_EXTENSIONS],
         help="output format when OUT is a folder (default: the input's)",
@@ -581,6 +587,7 @@ def _upscale(args) -> int:
         target=target,
         resample=args.resample,
         alpha=args.alpha,
+        tileable=args.tileable,
     )
     model = load_model(args.model, hints=_hints(args))  # a bad model stops here, before any cluster starts
     if args.ray:

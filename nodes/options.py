@@ -78,6 +78,7 @@ class NodeOptions:
     output_device: str = "auto"
     resample: str = "lanczos"
     alpha: AlphaMode = "resize"
+    tileable: bool = False
 
 
 def output_device_input() -> io.Combo.Input:
@@ -101,6 +102,16 @@ def resample_input() -> io.Combo.Input:
     )
 
 
+def tileable_input() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "tileable",
+        default=False,
+        optional=True,
+        tooltip="For repeating textures: continue the image across each edge from the opposite one, so the result "
+        "repeats without a seam too.",
+    )
+
+
 def alpha_input() -> io.Combo.Input:
     return io.Combo.Input(
         "alpha",
@@ -118,15 +129,16 @@ class TilewiseOptions(io.ComfyNode):
             node_id="TilewiseOptions",
             display_name="Tilewise Options",
             category="image/upscaling",
-            description="Fine control for Upscale Image (Tilewise): tile size, precision, device, resize filter and "
-            "alpha. The defaults already fit the model to your memory without seams; connect this node only to "
-            "change them.",
+            description="Fine control for Upscale Image (Tilewise): tile size, precision, device, resize filter, "
+            "alpha and tileable textures. The defaults already fit the model to your memory without seams; connect "
+            "this node only to change them.",
             inputs=[
                 *(tile_input(name) for name in ("tile_size", "tile_padding", "merge", "precision", "tile_batch")),
                 tile_input("device"),
                 output_device_input(),
                 resample_input(),
                 alpha_input(),
+                tileable_input(),
             ],
             outputs=[
                 OPTIONS_TYPE.Output("options", tooltip="Connect to the options input of Upscale Image (Tilewise).")

@@ -257,6 +257,7 @@ def run_upscale(upscale_model, image, target: ScaleTarget, settings: NodeOptions
         target=target,
         resample=settings.resample,
         alpha=settings.alpha,
+        tileable=settings.tileable,
     )
     pixels = image.movedim(-1, 1)  # ComfyUI IMAGE (B, H, W, C) -> the engine's (B, C, H, W)
     progress, cancel = host.callbacks()

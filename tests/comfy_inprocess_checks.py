@@ -263,6 +263,16 @@ def test_upscale_image_with_options_equals_the_legacy_node(comfy, compact, widge
     assert torch.equal(new, legacy)
 
 
+def test_tileable_option_gives_the_engines_tileable_result(comfy, compact):
+    """Tilewise Options' `tileable` reaches the engine: the node's result is the engine's tileable
+    one, which differs from the plain one at the edges."""
+    pixels = image()
+    options = comfy.nodes["TilewiseOptions"].execute(tileable=True, device="cpu")[0]
+    out = comfy.nodes["TilewiseUpscaleImage"].execute(compact, pixels, options=options)[0]
+    assert torch.equal(out, engine_result(comfy, compact, pixels, tileable=True))
+    assert not torch.allclose(out, engine_result(comfy, compact, pixels), atol=1e-3)
+
+
 def test_upscale_image_fits_inside_a_box(comfy, compact):
     node = comfy.nodes["TilewiseUpscaleImage"]
     assert node.execute(compact, image(), scale_mode="fit inside", width=100, height=100)[0].shape == (1, 71, 100, 3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import photo
@@ -216,3 +218,58 @@ def test_a_result_that_cannot_fit_is_refused_before_allocating(model):
             model, torch.rand(1, 3, 64, 64), _options(target=ScaleTarget("size", width=2_000_000, height=2_000_000))
         )
     assert time.perf_counter() - start < 5
+
+
+# ------------------------------------------------------------------------------- tileable
+def _centre_of_repeated(descriptor, image: torch.Tensor, options: UpscaleOptions) -> torch.Tensor:
+    """The independent reference for a tileable result: the texture laid out 3 x 3, upscaled as
+    one ordinary image, and the middle copy cut out."""
+    target = options.target
+    if target.mode == "size":  # three copies of the asked size
+        target = replace(target, width=3 * target.width, height=3 * target.height)
+    out = upscale(descriptor, image.repeat(1, 1, 3, 3), replace(options, tileable=False, tiles=WHOLE, target=target))
+    height, width = out.shape[-2] // 3, out.shape[-1] // 3
+    return out[..., height : 2 * height, width : 2 * width]
+
+
+@pytest.mark.parametrize("tiles", [WHOLE, TileSettings(tile=32)], ids=["whole", "tiled"])
+@pytest.mark.parametrize(
+    "target",
+    [ScaleTarget(), ScaleTarget("factor", factor=3.0), ScaleTarget("size", width=50, height=31)],
+    ids=["native", "two-passes-then-lanczos", "downscale"],
+)
+def test_a_tileable_result_repeats_without_a_seam(model, tiles, target):
+    image = photo("astronaut", 100, 120, 40, 52)
+    options = _options(tiles=tiles, target=target, tileable=True)
+    out = upscale(model, image, options)
+    want = _centre_of_repeated(model, image, options)
+    assert out.shape == want.shape
+    assert (out - want).abs().max() <= 1e-5
+    # without the option the edges are the model's (and the filter's) own border handling
+    plain = upscale(model, image, replace(options, tileable=False))
+    assert (plain - want).abs().max() > 1e-2
+
+
+def test_tileable_covers_y_models_alpha_and_wide_margins():
+    ymodel = describe(ConvNet(scale=2, channels=1), scale=2, channels=1)
+    image = photo("coffee", 100, 100, 24, 20)
+    options = _options(tiles=WHOLE, tileable=True, target=ScaleTarget("factor", factor=1.5))
+    assert (upscale(ymodel, image, options) - _centre_of_repeated(ymodel, image, options)).abs().max() <= 1e-5
+    rgba = torch.cat([photo("astronaut", 0, 0, 24, 20), torch.rand(1, 1, 24, 20)], dim=1)
+    for alpha in ("resize", "model"):
+        chosen = _options(tiles=WHOLE, tileable=True, alpha=alpha, target=ScaleTarget("factor", factor=3.0))
+        rgba_model = describe(ConvNet(scale=2))
+        assert (upscale(rgba_model, rgba, chosen) - _centre_of_repeated(rgba_model, rgba, chosen)).abs().max() <= 1e-5
+    # a margin wider than the image wraps more than once
+    tiny = photo("astronaut", 200, 200, 5, 3)
+    wide = _options(tiles=TileSettings(tile=-1, pad=9), tileable=True)
+    assert (upscale(ymodel, tiny[:, :1], wide) - _centre_of_repeated(ymodel, tiny[:, :1], wide)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["lanczos", "bicubic", "bilinear", "nearest"])
+def test_wrapped_resize_reads_across_the_edges(method):
+    planes = torch.rand(1, 2, 37, 29, generator=torch.Generator().manual_seed(0))
+    for height, width in ((55, 43), (20, 13), (37, 60)):
+        out = resize(planes, height, width, method, wrap=True)
+        want = resize(planes.repeat(1, 1, 3, 3), 3 * height, 3 * width, method)[..., height:-height, width:-width]
+        assert (out - want).abs().max() <= 1e-6, (height, width)

@@ -18,7 +18,7 @@ from ..choices import ALPHA_MODES, SCALE_MODES, AlphaMode
 from ..compute import devices as devices_
 from ..compute.precision import resolve_device, resolve_dtype
 from ..errors import ImageError
-from ..plan.planner import TileSettings, plan_run
+from ..plan.planner import TileSettings, plan_run, wrap_margin
 from ..run.runner import CancelFn, ProgressFn, run_tiled
 from .colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from .resize import FILTERS, resize
@@ -95,6 +95,9 @@ class UpscaleOptions:
     resample: str = "lanczos"  # filter for the final resize to the exact target
     alpha: AlphaMode = "resize"  # alpha upscaled with `resample`, run through the model as gray, or dropped
     max_passes: int = MAX_PASSES
+    #: The image repeats (a tileable texture): every step reads across each edge from the
+    #: opposite one, so the result repeats without a seam too (`wrap_edges`).
+    tileable: bool = False
     #: The host's answers about devices (free memory, precisions, out-of-memory); None: plain
     #: PyTorch (`devices.DevicePolicy`). Not part of equality: it decides plans, not pixels.
     devices: devices_.DevicePolicy | None = field(default=None, compare=False, repr=False)
@@ -144,25 +147,43 @@ def _upscale(
 
     colour, alpha = _split_alpha(image, descriptor.input_channels)
     alpha_through_model = alpha is not None and options.alpha == "model"
+    margin = wrap_margin(descriptor, options.tiles, device) if options.tileable else 0
     stages = _stage_sizes(descriptor.scale, height, width, passes)
     counter = _ProgressCounter(
         progress,
-        sum(len(plan_run(descriptor, h, w, options.tiles, device, dtype).tiles) * batch for h, w in stages)
+        sum(
+            len(plan_run(descriptor, h + 2 * margin, w + 2 * margin, options.tiles, device, dtype).tiles) * batch
+            for h, w in stages
+        )
         * (2 if alpha_through_model else 1),
     )
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return _run_channels(descriptor, x, options, device, dtype, output_device, counter, cancel)
+        if not margin:
+            return _run_channels(descriptor, x, options, device, dtype, output_device, counter, cancel)
+        h, w = x.shape[-2:]
+        out = _run_channels(descriptor, wrap_edges(x, margin), options, device, dtype, output_device, counter, cancel)
+        edge = margin * descriptor.scale
+        return out[..., edge : edge + h * descriptor.scale, edge : edge + w * descriptor.scale].contiguous()
 
     for _ in range(passes):
         colour = run(colour)
         if alpha is not None and alpha_through_model:
             alpha = run(alpha)
-    colour = resize(colour, *target, options.resample)
+    colour = resize(colour, *target, options.resample, wrap=options.tileable)
     if alpha is None or options.alpha == "discard":
         return colour
-    alpha = resize(alpha.to(output_device), *target, options.resample)
+    alpha = resize(alpha.to(output_device), *target, options.resample, wrap=options.tileable)
     return torch.cat([colour, alpha], dim=1)
+
+
+def wrap_edges(image: torch.Tensor, margin: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H + 2 margin, W + 2 margin): the image continued across each edge
+    by its opposite side, as a repeating texture continues (any margin, even beyond the image)."""
+    height, width = image.shape[-2:]
+    rows = torch.arange(-margin, height + margin, device=image.device) % height
+    columns = torch.arange(-margin, width + margin, device=image.device) % width
+    return image.index_select(-2, rows).index_select(-1, columns)
 
 
 def check_fits(

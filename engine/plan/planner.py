@@ -325,6 +325,21 @@ def context_pad(
     return model_context(descriptor, forward32, device, align, reach).pad
 
 
+#: The least context a tileable image is wrapped by: the chroma of 1-channel (Y) models is
+#: resized bicubic (a 2-pixel reach) beside the model, whatever the model's own radius.
+MIN_WRAP = 4
+
+
+def wrap_margin(descriptor: ImageModelDescriptor, settings: TileSettings, device: torch.device) -> int:
+    """How far a tileable image is continued across its edges before a model pass: the tile
+    margin (the caller's `pad`, else the model's receptive radius), at least `MIN_WRAP`, in
+    whole steps of the model's alignment so the image keeps its window grid. For a model with
+    global context this is its hint, so the edges join as closely as its tiles do."""
+    align = _alignment(descriptor)
+    margin = max(context_pad(descriptor, settings, device, align), MIN_WRAP)
+    return -(-margin // align) * align
+
+
 def halved_tile(tile: int, windows: Iterable[Rect], device: torch.device, advice: str) -> tuple[int, int]:
     """(current, next) tile length after running out of memory: the current tile, or the longest
     window side when the run was untiled (`tile` <= 0), and half of it. Raises TilewiseError,

@@ -61,6 +61,7 @@ PACKAGE_NAME = "tilewise"
 OPT_TILE = "tilewise_tile"
 OPT_TILE_PAD = "tilewise_tile_pad"
 OPT_PRECISION = "tilewise_precision"
+OPT_TILEABLE = "tilewise_tileable"
 DEFAULT_TILE = 0  # automatic
 DEFAULT_TILE_PAD = -1  # the model's receptive radius
 DEFAULT_PRECISION = "auto"
@@ -241,7 +242,8 @@ def upscale_options():
     window length (at least the engine's `MIN_USER_TILE`, else an error); tile padding -1 = the
     model's receptive radius (no `--tile-pad`),
     else `--tile-pad N`; precision is `--precision`, with `auto` meaning fp32 when the host runs
-    with `--no-half`. The target is the model's native scale (the host's loop does the rest).
+    with `--no-half`; tileable textures is `--tileable`. The target is the model's native scale
+    (the host's loop does the rest).
     """
     try:
         tile = int(_option(OPT_TILE, DEFAULT_TILE))
@@ -266,6 +268,7 @@ def upscale_options():
         precision=precision,
         device=_device(),
         target=tw.ScaleTarget("native"),
+        tileable=_option(OPT_TILEABLE, False) is True,
         devices=web_ui_devices(),
     )
 
@@ -374,6 +377,15 @@ def on_ui_settings() -> None:
             getattr(gr, "Radio", None),
             {"choices": choices},
             "auto = fp16/bf16 on CUDA when the model supports it (fp32 with --no-half)",
+        ),
+        (
+            OPT_TILEABLE,
+            False,
+            "Tilewise tileable textures",
+            getattr(gr, "Checkbox", None),
+            {},
+            "continue each image across its edges from the opposite side, so an upscaled repeating texture "
+            "repeats without a seam (the host's own resize to a scale the model does not reach does not wrap)",
         ),
     ]
     for key, default, label, component, args, info in options:

@@ -368,6 +368,16 @@ def test_settings_live_in_the_upscaling_section_and_reach_the_engine(host, monke
     host.shared.cmd_opts.no_half = True
     entry.scaler.do_upscale(small, entry.data_path)
     assert (seen[-1].tiles.tile, seen[-1].tiles.pad, seen[-1].precision) == (-1, None, "fp32")
+    assert seen[-1].tileable is False and labels["tilewise_tileable"].section[0] == "upscaling"
+    host.set(tilewise_tileable=True)
+    tiled = entry.scaler.do_upscale(small, entry.data_path)
+    assert seen[-1].tileable is True
+    # the CLI's --tileable pixels
+    from tilewise.engine.image.images import pil_to_tensor, tensor_to_pil
+
+    model = engine.load_model(entry.data_path)
+    want = real(model, pil_to_tensor(small), engine.UpscaleOptions(device="cpu", tileable=True, precision="fp32"))
+    assert np.array_equal(np.asarray(tiled), np.asarray(tensor_to_pil(want)))
 
 
 def test_the_host_decides_devices_precision_and_cache_emptying(host, zoo_models, monkeypatch):
@@ -433,10 +443,10 @@ def test_settings_change_the_tiles_run(host, zoo_models):
 
 def test_settings_are_read_even_when_the_ui_did_not_register_them(host):
     host.start()
-    for key in ("tilewise_tile", "tilewise_tile_pad", "tilewise_precision"):
+    for key in ("tilewise_tile", "tilewise_tile_pad", "tilewise_precision", "tilewise_tileable"):
         del host.shared.opts.data_labels[key], host.shared.opts.data[key]
     options = host.module.upscale_options()  # API-only runs never build the settings page
-    assert (options.tiles.tile, options.tiles.pad, options.precision) == (0, None, "auto")
+    assert (options.tiles.tile, options.tiles.pad, options.precision, options.tileable) == (0, None, "auto", False)
 
 
 def test_console_progress_bar_follows_the_hosts_option(host, monkeypatch):

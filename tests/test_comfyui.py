@@ -411,6 +411,20 @@ def test_exact_size_workflow_equals_the_engine(comfy):
     np.testing.assert_array_equal(image, expected[0])
 
 
+def test_tileable_texture_workflow_equals_the_engine(comfy):
+    prompt = api_workflow("upscale_tileable_texture")
+    prompt["4"]["inputs"]["filename_prefix"] = "equal/tileable"
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(entry)
+    assert prompt["6"]["inputs"]["tileable"] is True and prompt["3"]["inputs"]["options"] == ["6", 0]
+    options = UpscaleOptions(device="cpu", tileable=True)
+    expected = as_saved(
+        upscale(load_model(prompt["2"]["inputs"]["model_name"]), load_input(comfy, "example.png"), options)
+    )
+    (saved,) = comfy.images(entry, "4")
+    np.testing.assert_array_equal(decode(saved), expected[0])
+
+
 def test_batch_progress_counts_tiles_times_images(comfy):
     prompt = api_workflow("upscale_image_batch")
     assert prompt["5"]["inputs"]["options"] == ["8", 0]

@@ -10,7 +10,9 @@
 - docs/images/comfyui_*.png: crops of the screenshots `tests/test_browser.py` leaves in its
   artifacts folder ($TILEWISE_ARTIFACTS or the test cache);
 - example_workflows/<name>.jpg for every template without a thumbnail (the video workflows: a
-  strip of frames of a panning photo, low resolution left, upscaled right).
+  strip of frames of a panning photo, low resolution left, upscaled right; the tileable texture:
+  a texture upscaled tileable, and plain and tileable upscales' differences to a seamless
+  reference, magnified).
 Needs the test extra (scikit-image for the photo).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +100,7 @@ def screenshots() -> None:
     shots = shots / "browser"
     crops = {
         "after_run_nodes.png": ("comfyui_upscale_and_info.png", (60, 110, 1080, 970)),
-        "workflow_upscale_image_batch.png": ("comfyui_options.png", (60, 330, 1580, 860)),
+        "workflow_upscale_image_batch.png": ("comfyui_options.png", (60, 330, 1580, 880)),
         "template_browser.png": ("comfyui_templates.png", (100, 70, 1500, 930)),
     }
     for source, (target, box) in crops.items():
@@ -129,6 +132,51 @@ def video_thumbnails() -> None:
             strip.save(target, quality=88)
 
 
+def periodic_component(image: np.ndarray) -> np.ndarray:
+    """The periodic part of a photograph (Moisan's periodic plus smooth decomposition): the
+    photo less the smooth image that carries the jumps between its opposite edges, so the rest
+    repeats seamlessly and looks like the photo."""
+    height, width = image.shape
+    jumps = np.zeros_like(image)
+    jumps[0, :] += image[-1, :] - image[0, :]
+    jumps[-1, :] -= image[-1, :] - image[0, :]
+    jumps[:, 0] += image[:, -1] - image[:, 0]
+    jumps[:, -1] -= image[:, -1] - image[:, 0]
+    q = np.cos(2 * np.pi * np.arange(height) / height)[:, None]
+    r = np.cos(2 * np.pi * np.arange(width) / width)[None, :]
+    denominator = 2 * q + 2 * r - 4
+    denominator[0, 0] = 1
+    smooth = np.fft.fft2(jumps) / denominator
+    smooth[0, 0] = 0
+    return image - np.real(np.fft.ifft2(smooth))
+
+
+def tileable_thumbnail() -> None:
+    """A repeating texture (the periodic part of a photograph of gravel) upscaled by the default
+    model and laid out 2 x 2, beside the difference of a plain and a tileable upscale to the
+    texture laid out 4 x 4 and upscaled whole (magnified 16 times): the plain one shows a cross
+    where the copies meet."""
+    from skimage import data
+
+    target = ROOT / "example_workflows" / "upscale_tileable_texture.jpg"
+    if target.is_file():
+        return
+    gravel = periodic_component(data.gravel()[100:196, 100:196].astype(np.float64) / 255)
+    texture = torch.from_numpy(gravel.astype(np.float32)).clamp(0, 1).expand(1, 3, -1, -1)
+    model = load_model(DEFAULT_MODEL)
+    options = UpscaleOptions(device="cpu")
+    whole = upscale(model, texture.repeat(1, 1, 4, 4), options)
+    size = whole.shape[-1] // 4
+    reference = whole[..., size : 3 * size, size : 3 * size]  # 2 x 2 copies away from the borders
+    pictures = []
+    shown = {"tileable, 2 x 2": None, "plain: difference x16": False, "tileable: difference x16": True}
+    for text, tileable in shown.items():
+        out = upscale(model, texture, replace(options, tileable=bool(tileable))).repeat(1, 1, 2, 2)
+        picture = out if tileable is None else (out - reference).abs().mul(16)
+        pictures.append(label(to_pil(picture).resize((256, 256), Image.Resampling.LANCZOS), text))
+    side_by_side(pictures, gap=8).convert("RGB").save(target, quality=90)
+
+
 if __name__ == "__main__":
     DOCS.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -136,3 +184,4 @@ if __name__ == "__main__":
     seams()
     screenshots()
     video_thumbnails()
+    tileable_thumbnail()

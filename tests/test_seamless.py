@@ -6,6 +6,8 @@ measured effective radius (<= 1e-4); window transformers keep their window grid.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import PARAGONSR2_FIXTURES as FIXTURES
@@ -208,3 +210,32 @@ def test_a_probe_with_a_reach_stops_there_and_otherwise_answers_as_the_full_prob
     assert model_context(descriptor, forward, cpu, 1, reach=4).partial and probes == [5]
     assert model_context(descriptor, forward, cpu, 1) == full and probes == [5, None]
     assert model_context(descriptor, forward, cpu, 1, reach=5) == full and probes == [5, None]
+
+
+@pytest.mark.parametrize(
+    "name, mean, most",
+    [
+        ("Compact", 1e-7, 1e-5),
+        ("SPAN", 1e-7, 1e-5),
+        ("ESRGAN", 1e-7, 1e-5),
+        ("SwinIR", 1e-7, 1e-5),
+        ("NAFNet", 1e-4, 1e-3),
+        ("OmniSR", 3e-3, 3e-2),
+    ],
+)
+def test_tileable_edges_continue_as_the_texture_does(name, mean, most):
+    """A tileable result against the texture laid out 3 x 3 and run whole (its middle copy):
+    exact where the margin covers the model's reach; close for models with a global term
+    (NAFNet's pooled channel attention, OmniSR's), where a plain run is 0.1-0.5 off at the edges."""
+    from tilewise.engine import UpscaleOptions, upscale
+
+    descriptor = describe_state_dict(ZOO[name].state_dict(seed=4))
+    texture = photo("astronaut", 100, 100, 64, 48)
+    options = UpscaleOptions(device="cpu", tiles=TileSettings(tile=-1))
+    middle = upscale(descriptor, texture.repeat(1, 1, 3, 3), options)
+    height, width = middle.shape[-2] // 3, middle.shape[-1] // 3
+    middle = middle[..., height : 2 * height, width : 2 * width]
+    tileable = (upscale(descriptor, texture, replace(options, tileable=True)) - middle).abs()
+    plain = (upscale(descriptor, texture, options) - middle).abs()
+    assert tileable.mean() <= mean and tileable.max() <= most
+    assert plain.max() > 0.05

@@ -1,4 +1,4 @@
-"""Proves the test suite bites: breaks the engine in eight known ways, one at a time, and runs
+"""Proves the test suite bites: breaks the engine in nine known ways, one at a time, and runs
 the tests that should notice. Each mutation must make at least one test fail.
 
     python tools/mutation_check.py [NAME ...]
@@ -33,9 +33,9 @@ MUTATIONS = (
     Mutation(
         "tile crop offsets off by one",
         "engine/run/runner.py",
-        "output[:, core.y0:core.y1, core.x0:core.x1] = result[:, inner.y0:inner.y1, inner.x0:inner.x1]",
-        "output[:, core.y0:core.y1, core.x0:core.x1] = result[:, max(inner.y0 - 1, 0):max(inner.y0 - 1, 0) + inner.y1 "
-        "- inner.y0, inner.x0:inner.x1]",
+        "output[:, core.y0 : core.y1, core.x0 : core.x1] = result[:, inner.y0 : inner.y1, inner.x0 : inner.x1]",
+        "output[:, core.y0 : core.y1, core.x0 : core.x1] = result[:, max(inner.y0 - 1, 0) : max(inner.y0 - 1, 0) "
+        "+ inner.y1 - inner.y0, inner.x0 : inner.x1]",
         ("tests/test_runner.py", "tests/test_seamless.py"),
     ),
     Mutation(
@@ -88,6 +88,13 @@ MUTATIONS = (
         ("tests/test_hostile.py",),
         "    raise PickleRefused(f\"calls '{printable(name)}', which weights never need\")",
         '    return _Node("object", args.items)',
+    ),
+    Mutation(
+        "tileable edges clamped instead of wrapped",
+        "engine/image/pipeline.py",
+        "rows = torch.arange(-margin, height + margin, device=image.device) % height",
+        "rows = torch.arange(-margin, height + margin, device=image.device).clamp(0, height - 1)",
+        ("tests/test_pipeline.py", "tests/test_seamless.py"),
     ),
 )
 

@@ -185,3 +185,16 @@ def test_every_subpackage_goes_into_the_wheel():
         for init in (root / top).rglob("__init__.py"):
             found.add(".".join(("tilewise", *init.parent.relative_to(root).parts)))
     assert found == listed
+
+
+def test_every_mutation_of_the_mutation_check_still_finds_its_line():
+    """`tools/mutation_check.py` edits exact source lines; a reformat or a rename must not turn
+    it into a tool that only says "update this tool" (it did once, after the move to ruff format)."""
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "tools" / "mutation_check.py"), run_name="mutation_check")
+    for mutation in tool["MUTATIONS"]:
+        source = (ROOT / mutation.file).read_text()
+        for old in filter(None, (mutation.old, mutation.old2)):
+            assert source.count(old) == 1, f"{mutation.name}: {old!r} is not in {mutation.file} exactly once"
+        assert all((ROOT / test).is_file() for test in mutation.tests), mutation.name

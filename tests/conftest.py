@@ -59,3 +59,12 @@ def photo_png(tmp_path) -> Path:
     path = tmp_path / "chelsea.png"
     Image.fromarray(data.chelsea()[100:160, 150:230]).save(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def glibc_cost_terms(monkeypatch):
+    """Auto tiling's plans as measured on glibc, on any platform the tests run on: the
+    large-tensor term is glibc's only (`test_autotile` tests that rule itself)."""
+    from tilewise.engine.plan import autotile
+
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 31 << 20)

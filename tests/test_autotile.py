@@ -435,6 +435,23 @@ def test_one_probe_forward_gives_the_memory_figure_and_the_tensor_profile(monkey
     assert model.model.calls == [(1, 3, 64, 64)], "one probe forward for both figures and both images"
 
 
+def test_the_large_tensor_term_is_glibcs_only(monkeypatch):
+    """The term models glibc's reuse of blocks under its mmap threshold; where every large block
+    is mapped afresh (Windows' heap) or nothing was measured (macOS), strips cannot avoid the
+    faults and only add margins: no such term, and an image that fits runs whole."""
+    monkeypatch.setattr(autotile.platform, "libc_ver", lambda *args, **kwargs: ("glibc", "2.41"))
+    assert autotile._large_tensor_limit() == 31 << 20
+    monkeypatch.setattr(autotile.platform, "libc_ver", lambda *args, **kwargs: ("", ""))
+    assert autotile._large_tensor_limit() is None
+    model = describe(ConvNet())
+    monkeypatch.setattr(autotile, "free_memory", lambda device: 16 << 30)
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", 48 * 136 * 136)  # 136² windows of ConvNet
+    assert len(plan_run(model, 300, 320, TileSettings(tile=0, pad=4), CPU).tiles) > 1
+    monkeypatch.setattr(autotile, "LARGE_TENSOR", None)
+    assert autotile.large_tensor_rate(model, CPU, torch.float32, 10**8) == 1.0
+    assert len(plan_run(model, 300, 320, TileSettings(tile=0, pad=4), CPU).tiles) == 1
+
+
 def test_the_large_tensor_slowdown_is_weighted_by_the_share_of_large_tensors(monkeypatch):
     """A forward whose only large tensor is one concatenation pays a small part of the slowdown
     (SPAN bf16 on 512² was cut into strips computing 1.42x the pixels, slower than whole); one

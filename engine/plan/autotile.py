@@ -34,6 +34,7 @@ benchmarks/README.md, "CPU cost terms".
 from __future__ import annotations
 
 import math
+import platform
 import threading
 import weakref
 
@@ -49,9 +50,22 @@ SAFETY = 0.5  # use at most half of what is free
 #: Working memory over the peak of live tensors a forward's operations return (measured up to 2.1x:
 #: RRDB 17 kB per pixel against 8 kB live, fp32).
 CPU_OVERHEAD = 3.0
-#: On a CPU, a forward whose largest tensor exceeds this runs about `LARGE_TENSOR_PENALTY` times
-#: slower per pixel in a host's worker thread (see `largest_tensor_per_pixel`).
-LARGE_TENSOR = 31 << 20
+
+
+def _large_tensor_limit() -> int | None:
+    """Where the large-tensor cost was measured, glibc: blocks under its dynamic mmap threshold
+    (at most 32 MiB) are reused by the next forward, larger ones are mapped afresh and fault
+    page by page, so windows whose tensors stay under it run faster per pixel. Elsewhere None,
+    no such term: Windows' heap maps every block over 512 KiB afresh, so strips fault as much as
+    the whole image and only add margins; macOS was not measured. Auto then runs the whole
+    image where it fits, as the hosts' own upscale nodes do."""
+    return 31 << 20 if platform.libc_ver()[0] == "glibc" else None
+
+
+#: On a CPU with glibc, a forward whose largest tensor exceeds this runs about
+#: `LARGE_TENSOR_PENALTY` times slower per pixel in a host's worker thread (see
+#: `largest_tensor_per_pixel`); None where that does not hold (`_large_tensor_limit`).
+LARGE_TENSOR: int | None = _large_tensor_limit()
 LARGE_TENSOR_PENALTY = 1.45
 #: On a CPU, a forward whose estimated working set (`bytes_per_pixel` x window) exceeds this runs
 #: slower per pixel, by `WORKING_SET_SLOPE` per GiB beyond it (`working_set_rate`); fitted to
@@ -345,13 +359,14 @@ def large_tensor_rate(descriptor: ImageModelDescriptor, device: torch.device, dt
     (SPAN's one large concatenation among smaller feature maps made auto cut an image that ran
     faster whole); Compact's feature maps are all large, so it keeps the full penalty. The sizes
     come from the memory probe's 64² forward (`_counted`), kept on disk with it."""
-    record = _counted_record(descriptor, device, dtype)  # failing in this dtype: no preference
-    if record is None:
+    limit = LARGE_TENSOR
+    record = _counted_record(descriptor, device, dtype) if limit is not None else None
+    if record is None:  # no such term here, or failing in this dtype: no preference
         return 1.0
     total = sum(record["totals"])
     if not total:
         return 1.0
-    large = sum(t for size, t in zip(record["sizes"], record["totals"]) if size * pixels > LARGE_TENSOR)
+    large = sum(t for size, t in zip(record["sizes"], record["totals"]) if size * pixels > limit)
     return 1.0 + (LARGE_TENSOR_PENALTY - 1.0) * large / total
 
 

@@ -247,8 +247,8 @@ def _cheaper_cpu_tile(
     align: int,
 ) -> int:
     """The auto window budget on a CPU: the cheapest of `tile` (what memory allows), the largest
-    window whose working set stays under `autotile.CPU_WORKING_SET` and the largest whose biggest
-    tensor stays under `autotile.LARGE_TENSOR`. A plan costs the pixels its windows compute,
+    window whose working set stays under `autotile.CPU_WORKING_SET` and, with glibc, the largest
+    whose biggest tensor stays under `autotile.LARGE_TENSOR`. A plan costs the pixels its windows compute,
     margins included, times the slowdown of windows over either size: more margin against
     slower pixels. Compact x4 on 640² (fp32, pad 18): four full-height strips instead of the
     whole image; an RRDB with 79-px margins: the whole image where it fits.
@@ -260,10 +260,12 @@ def _cheaper_cpu_tile(
         working = autotile.bytes_per_pixel(descriptor, device, dtype)
     except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
         working = 0.0
-    if height * width * max(largest, 1.0) <= autotile.LARGE_TENSOR and height * width * working <= CPU_WORKING_SET:
+    large = autotile.LARGE_TENSOR  # None: no large-tensor term on this platform
+    if (large is None or height * width * max(largest, 1.0) <= large) and height * width * working <= CPU_WORKING_SET:
         return tile  # the whole image runs at the fast rate
     sides = {tile}
-    for limit, per_pixel in ((autotile.LARGE_TENSOR, largest), (CPU_WORKING_SET, working)):
+    limits = ((large, largest),) if large is not None else ()
+    for limit, per_pixel in (*limits, (CPU_WORKING_SET, working)):
         side = int(math.sqrt(limit / max(per_pixel, 1.0)))  # a pixel budget: shapes need no alignment
         if MIN_AUTO_TILE <= side < tile:
             sides.add(side)

@@ -168,12 +168,14 @@ def tileable_thumbnail() -> None:
     whole = upscale(model, texture.repeat(1, 1, 4, 4), options)
     size = whole.shape[-1] // 4
     reference = whole[..., size : 3 * size, size : 3 * size]  # 2 x 2 copies away from the borders
-    pictures = []
-    shown = {"tileable, 2 x 2": None, "plain: difference x16": False, "tileable: difference x16": True}
-    for text, tileable in shown.items():
-        out = upscale(model, texture, replace(options, tileable=bool(tileable))).repeat(1, 1, 2, 2)
-        picture = out if tileable is None else (out - reference).abs().mul(16)
-        pictures.append(label(to_pil(picture).resize((256, 256), Image.Resampling.LANCZOS), text))
+    tileable = upscale(model, texture, replace(options, tileable=True)).repeat(1, 1, 2, 2)
+    plain = upscale(model, texture, options).repeat(1, 1, 2, 2)
+    shown = {
+        "tileable, 2 x 2": tileable,
+        "plain: difference x16": (plain - reference).abs().mul(16),
+        "tileable: difference x16": (tileable - reference).abs().mul(16),
+    }
+    pictures = [label(to_pil(p).resize((256, 256), Image.Resampling.LANCZOS), text) for text, p in shown.items()]
     side_by_side(pictures, gap=8).convert("RGB").save(target, quality=90)
 
 

@@ -255,12 +255,13 @@ def _cheaper_cpu_tile(
 
     When `tile` runs the whole image, the margin probe only looks as far as a margin that could
     still make a tiled plan cheaper (`_margin_that_matters`)."""
-    largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype)
+    large = autotile.LARGE_TENSOR  # None: no large-tensor term on this platform
+    # (a model failing in `dtype` is sized from an fp32 forward: not run where the term is off)
+    largest = autotile.largest_tensor_per_pixel(descriptor, device, dtype) if large is not None else 0.0
     try:
         working = autotile.bytes_per_pixel(descriptor, device, dtype)
     except Exception:  # noqa: BLE001 - the memory probe failed (and `tile` was sized without it)
         working = 0.0
-    large = autotile.LARGE_TENSOR  # None: no large-tensor term on this platform
     if (large is None or height * width * max(largest, 1.0) <= large) and height * width * working <= CPU_WORKING_SET:
         return tile  # the whole image runs at the fast rate
     sides = {tile}

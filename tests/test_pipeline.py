@@ -221,7 +221,7 @@ def test_a_result_that_cannot_fit_is_refused_before_allocating(model):
 
 
 # ------------------------------------------------------------------------------- tileable
-def _centre_of_repeated(descriptor, image: torch.Tensor, options: UpscaleOptions) -> torch.Tensor:
+def centre_of_repeated(descriptor, image: torch.Tensor, options: UpscaleOptions) -> torch.Tensor:
     """The independent reference for a tileable result: the texture laid out 3 x 3, upscaled as
     one ordinary image, and the middle copy cut out."""
     target = options.target
@@ -242,7 +242,7 @@ def test_a_tileable_result_repeats_without_a_seam(model, tiles, target):
     image = photo("astronaut", 100, 120, 40, 52)
     options = _options(tiles=tiles, target=target, tileable=True)
     out = upscale(model, image, options)
-    want = _centre_of_repeated(model, image, options)
+    want = centre_of_repeated(model, image, options)
     assert out.shape == want.shape
     assert (out - want).abs().max() <= 1e-5
     # without the option the edges are the model's (and the filter's) own border handling
@@ -254,16 +254,16 @@ def test_tileable_covers_y_models_alpha_and_wide_margins():
     ymodel = describe(ConvNet(scale=2, channels=1), scale=2, channels=1)
     image = photo("coffee", 100, 100, 24, 20)
     options = _options(tiles=WHOLE, tileable=True, target=ScaleTarget("factor", factor=1.5))
-    assert (upscale(ymodel, image, options) - _centre_of_repeated(ymodel, image, options)).abs().max() <= 1e-5
+    assert (upscale(ymodel, image, options) - centre_of_repeated(ymodel, image, options)).abs().max() <= 1e-5
     rgba = torch.cat([photo("astronaut", 0, 0, 24, 20), torch.rand(1, 1, 24, 20)], dim=1)
     for alpha in ("resize", "model"):
         chosen = _options(tiles=WHOLE, tileable=True, alpha=alpha, target=ScaleTarget("factor", factor=3.0))
         rgba_model = describe(ConvNet(scale=2))
-        assert (upscale(rgba_model, rgba, chosen) - _centre_of_repeated(rgba_model, rgba, chosen)).abs().max() <= 1e-5
+        assert (upscale(rgba_model, rgba, chosen) - centre_of_repeated(rgba_model, rgba, chosen)).abs().max() <= 1e-5
     # a margin wider than the image wraps more than once
     tiny = photo("astronaut", 200, 200, 5, 3)
     wide = _options(tiles=TileSettings(tile=-1, pad=9), tileable=True)
-    assert (upscale(ymodel, tiny[:, :1], wide) - _centre_of_repeated(ymodel, tiny[:, :1], wide)).abs().max() <= 1e-5
+    assert (upscale(ymodel, tiny[:, :1], wide) - centre_of_repeated(ymodel, tiny[:, :1], wide)).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("method", ["lanczos", "bicubic", "bilinear", "nearest"])

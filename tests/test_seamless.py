@@ -14,6 +14,7 @@ from conftest import PARAGONSR2_FIXTURES as FIXTURES
 from conftest import photo
 from model_zoo import ZOO, _esrgan_finish
 from spandrel.architectures.ESRGAN import ESRGAN
+from test_pipeline import centre_of_repeated
 from test_runner import describe
 from tilewise.engine import TileSettings, describe_state_dict, load_model, run_tiled
 from tilewise.engine.compute.precision import forward_fn
@@ -232,9 +233,7 @@ def test_tileable_edges_continue_as_the_texture_does(name, mean, most):
     descriptor = describe_state_dict(ZOO[name].state_dict(seed=4))
     texture = photo("astronaut", 100, 100, 64, 48)
     options = UpscaleOptions(device="cpu", tiles=TileSettings(tile=-1))
-    middle = upscale(descriptor, texture.repeat(1, 1, 3, 3), options)
-    height, width = middle.shape[-2] // 3, middle.shape[-1] // 3
-    middle = middle[..., height : 2 * height, width : 2 * width]
+    middle = centre_of_repeated(descriptor, texture, options)
     tileable = (upscale(descriptor, texture, replace(options, tileable=True)) - middle).abs()
     plain = (upscale(descriptor, texture, options) - middle).abs()
     assert tileable.mean() <= mean and tileable.max() <= most

@@ -100,20 +100,24 @@ def test_interrupted_cli_leaves_no_partial_output(tmp_path):
     for index in range(3):
         sources.append(tmp_path / f"big{index}.png")
         sources[-1].write_bytes(source.read_bytes())
+    arguments = [
+        "upscale",
+        *map(str, sources),
+        "-o",
+        str(out),
+        "--tile",
+        "48",
+        "--model",
+        "builtin:magic-kernel-sharp-4x",
+    ]
+    # `python -m tilewise`, with Ctrl+C's default meaning even when this test runs in a background
+    # job, whose children inherit an ignored SIGINT (then no interrupt arrives and the run finishes)
+    launcher = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['tilewise', *sys.argv[1:]]; runpy.run_module('tilewise', run_name='__main__')"
+    )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tilewise",
-            "upscale",
-            *map(str, sources),
-            "-o",
-            str(out),
-            "--tile",
-            "48",
-            "--model",
-            "builtin:magic-kernel-sharp-4x",
-        ],
+        [sys.executable, "-c", launcher, *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
